@@ -1,0 +1,4 @@
+"""``python -m lana`` (also what ``torchrun -m lana`` runs)."""
+from lana.cli import main
+
+main()

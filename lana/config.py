@@ -1,0 +1,197 @@
+"""Run configuration: defaults owned by code, YAML only overrides, unknown keys rejected.
+
+Precedence is command line > config file > defaults (black / hf CLI style). The resolved
+config is written into the run folder as ``config.yaml`` so a run can be repeated exactly.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lana.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TeacherConfig(_Section):
+    """Which network to accelerate."""
+
+    model: str = "lana.models:demo_resnet"
+    checkpoint: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=lambda: {"num_classes": 10, "in_chans": 1})
+    blocks: list[str] | None = None  # module names; None = discover automatically
+
+
+class DataConfig(_Section):
+    """Where images come from and how they are prepared."""
+
+    kind: Literal["fashion_mnist", "imagefolder", "digits", "synthetic"] = "fashion_mnist"
+    root: str = "/usr/share/datasets/fashion-mnist"
+    image_size: int | None = None  # resize to this square size; None keeps the native size
+    channels: int = 1
+    mean: list[float] = Field(default_factory=lambda: [0.2860])
+    std: list[float] = Field(default_factory=lambda: [0.3530])
+    val_size: int = 5000  # held out from train for scoring candidates
+    train_limit: int | None = None  # use only the first N training images (after the val split)
+    test_limit: int | None = None
+    batch_size: int = 128
+    num_workers: int = 0
+    seed: int = 0
+
+
+class OpsConfig(_Section):
+    """Which op-zoo candidates to build for each block."""
+
+    include: list[str] = Field(default_factory=lambda: ["*"])
+    exclude: list[str] = Field(default_factory=list)
+    modules: list[str] = Field(default_factory=list)  # user modules that register ops
+
+
+class TeacherTrainingConfig(_Section):
+    """Training the demo teacher from scratch (``lana demo`` / ``lana train-teacher``)."""
+
+    epochs: float = 2.0
+    lr: float = 4e-3
+    weight_decay: float = 5e-4
+
+
+class DistillConfig(_Section):
+    """Layer-wise feature-map distillation of all candidates."""
+
+    epochs: float = 1.0
+    max_steps: int | None = None
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    batch_size: int | None = None  # None = data.batch_size
+
+
+class ScoreConfig(_Section):
+    """Swap-one scoring on the held-out split."""
+
+    val_images: int = 2000
+    metric: Literal["loss", "accuracy"] = "loss"
+    batch_size: int = 500
+
+
+class LatencyConfig(_Section):
+    """How latency is measured: the figures the solver trusts."""
+
+    device: str = "cpu"
+    batch_size: int = 64
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    runtime: Literal["eager", "torchscript"] = "eager"
+    channels_last: bool = False
+    threads: int | None = None  # CPU threads; None = torch's default
+    warmup: int = 5
+    repeats: int = 25
+
+
+class SolveConfig(_Section):
+    """Default budget and solver for ``lana solve``."""
+
+    budget: str = "50%"
+    solver: str = "pulp"
+
+
+class FinetuneConfig(_Section):
+    """End-to-end distillation of the assembled student."""
+
+    epochs: float = 1.0
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    temperature: float = 4.0
+    alpha: float = 0.7  # weight of the KL term; (1 - alpha) weights the label loss
+
+
+class ExportConfig(_Section):
+    """TorchScript export and its check."""
+
+    atol: float = 1e-3
+    check_images: int = 256
+
+
+class LanaConfig(_Section):
+    """The whole run configuration (one tree, each section owning its defaults)."""
+
+    name: str = "run"
+    seed: int = 0
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    ops: OpsConfig = Field(default_factory=OpsConfig)
+    teacher_training: TeacherTrainingConfig = Field(default_factory=TeacherTrainingConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    solve: SolveConfig = Field(default_factory=SolveConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "config"
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{where}'; check the spelling against `lana config --defaults`"
+    return f"'{where}': {err['msg']} (got {err.get('input')!r})"
+
+
+def build_config(data: dict[str, Any] | None = None, overrides: list[str] | None = None) -> LanaConfig:
+    """Validate a config tree, applying ``key.path=value`` overrides on top.
+
+    Args:
+        data: the parsed YAML tree (or None for all defaults).
+        overrides: command-line overrides such as ``["distill.epochs=0.5"]``; values are YAML.
+
+    Returns:
+        The validated config.
+    """
+    tree: dict[str, Any] = dict(data or {})
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' is not KEY=VALUE; write e.g. --set distill.epochs=0.5")
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    try:
+        return LanaConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config: {_first_error(exc)}") from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> LanaConfig:
+    """Read a YAML config file (or none) and return the validated config.
+
+    Args:
+        path: YAML file; None means defaults only.
+        overrides: ``key.path=value`` strings applied after the file.
+
+    Returns:
+        The validated config.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found; pass an existing YAML file to --config")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections, found {type(data).__name__}")
+    return build_config(data, overrides)
+
+
+def dump_config(config: LanaConfig) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,132 @@
+"""``lana demo``: the whole pipeline on the embedded default, from an untrained teacher.
+
+Fashion-MNIST (Debian's ``dataset-fashion-mnist``) and the small demo ResNet: train the
+teacher, distil every candidate, solve for half the teacher's measured latency, fine-tune
+the student, export it and report measured figures. Where Fashion-MNIST is missing the
+demo says so and uses scikit-learn's small handwritten-digits set instead.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from lana.config import LanaConfig, build_config
+from lana.data import fashion_mnist_available, load_data
+from lana.pipeline import distill_stage, prepare
+from lana.rundir import RunFolder, read_json, save_tensors, setup_logging, write_json
+from lana.student import finetune_stage
+from lana.teacher import build_model
+from lana.train import fit, label_loss
+
+log = logging.getLogger("lana")
+console = Console(stderr=True)
+
+
+def demo_config(run: RunFolder, data_root: str | None, overrides: list[str] | None) -> LanaConfig:
+    """The demo's config: code defaults, the data fallback, then the user's overrides."""
+    tree: dict = {"name": "demo", "teacher": {"checkpoint": str(run.file("teacher.pt"))}}
+    root = data_root or "/usr/share/datasets/fashion-mnist"
+    if fashion_mnist_available(root):
+        tree["data"] = {"root": root}
+    else:
+        console.print(
+            f"[yellow]lana: Fashion-MNIST not found under {root} (apt-get install dataset-fashion-mnist, or --data DIR); "
+            "running on scikit-learn's handwritten digits instead[/yellow]"
+        )
+        tree["data"] = {"kind": "digits", "image_size": 28, "val_size": 300, "mean": [0.30], "std": [0.42]}
+        tree["teacher_training"] = {"epochs": 15}
+        tree["distill"] = {"epochs": 6}
+        tree["finetune"] = {"epochs": 8}
+        tree["score"] = {"val_images": 300}
+    return build_config(tree, overrides)
+
+
+def train_teacher(config: LanaConfig, run: RunFolder) -> float:
+    """Train the demo teacher from scratch and save its weights (skipped when saved).
+
+    Returns:
+        Seconds spent (0 when the saved teacher was reused).
+    """
+    path = Path(config.teacher.checkpoint)
+    if path.is_file():
+        return 0.0
+    start = time.time()
+    torch.manual_seed(config.seed)
+    splits = load_data(config.data)
+    model = build_model(config.teacher.model, config.teacher.kwargs)
+    cfg = config.teacher_training
+    fit(model, splits, label_loss, cfg.epochs, cfg.lr, cfg.weight_decay, config.data.batch_size, config.seed, "teacher")
+    save_tensors(path, model.state_dict())
+    return time.time() - start
+
+
+def run_demo(run_dir: str | Path, data_root: str | None = None, budget: str | None = None, overrides: list[str] | None = None) -> dict:
+    """Run every stage on the demo default and return the report.
+
+    Args:
+        run_dir: the run folder (stages already done there are reused).
+        data_root: a folder with Fashion-MNIST idx files (default: Debian's location).
+        budget: latency budget (default ``solve.budget``, 50 % of the teacher).
+        overrides: ``key.path=value`` config overrides.
+
+    Returns:
+        The report written to ``RUN/report.json``.
+    """
+    from lana.export import export_stage
+    from lana.solve import solve_run
+
+    run = RunFolder(run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    setup_logging(run)
+    config = demo_config(run, data_root, overrides)
+    run.save_config(config)
+    stages: dict[str, float] = {}
+    stages_file = run.file("stage_seconds.json")
+
+    def mark(stage: str, seconds: float) -> None:
+        stages[stage] = round(seconds, 1)
+        write_json(stages_file, stages)
+
+    console.rule("1/5 train the teacher")
+    mark("train_teacher", train_teacher(config, run))
+    console.rule("2/5 distill, score and time every candidate")
+    tick = time.time()
+    table = distill_stage(config, run)
+    mark("distill_score_latency", time.time() - tick)
+    console.print(f"{len(table)} candidates over {table['block'].nunique()} blocks")
+    console.rule("3/5 solve")
+    tick = time.time()
+    selection = solve_run(run, budget or config.solve.budget, solver=config.solve.solver)
+    mark("solve", time.time() - tick)
+    console.rule("4/5 fine-tune the student")
+    ctx = prepare(config, run)
+    tick = time.time()
+    finetune_stage(ctx, selection)
+    mark("finetune", time.time() - tick)
+    console.rule("5/5 export and measure")
+    tick = time.time()
+    mark("export_measure", 0.0)
+    report = export_stage(ctx, selection)
+    mark("export_measure", time.time() - tick)
+    report["stage_seconds"] = stages
+    write_json(run.file("report.json"), report)
+    return report
+
+
+def summary_rows(report: dict) -> list[tuple[str, str, str]]:
+    """(what, teacher, student) rows for printing a report."""
+    return [
+        ("top-1 accuracy (test)", f"{report['teacher_top1']:.2f} %", f"{report['student_top1']:.2f} %"),
+        (f"latency ({report['latency_settings']})", f"{report['teacher_latency_ms']:.2f} ms", f"{report['student_latency_ms']:.2f} ms"),
+        ("predicted latency", "", f"{report['predicted_student_latency_ms']:.2f} ms" if report.get("predicted_student_latency_ms") else ""),
+        ("speed-up (measured)", "1.00×", f"{report['speedup']:.2f}×"),
+    ]
+
+
+def load_report(run: RunFolder) -> dict:
+    """The run's ``report.json``."""
+    return read_json(run.file("report.json"))

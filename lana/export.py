@@ -1,0 +1,139 @@
+"""Export: the student as TorchScript, checked against eager, plus the run's report.
+
+Re-parameterisable candidates are fused first; the module is scripted (traced where a
+third-party module cannot be scripted), saved, reloaded from disk and compared with the
+eager student on real held-out images. Whole-network latency of teacher and student is
+measured here, in the same session and under the same settings: report figures are always
+measured, never predicted.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import op_zoo
+from lana.data import take_tensors
+from lana.errors import ExportError
+from lana.latency import measure_network, settings_tag
+from lana.pipeline import Context, prepare
+from lana.rundir import RunFolder, atomic_write_bytes, read_json, write_json
+from lana.score import evaluate
+from lana.student import load_selection, load_student
+
+log = logging.getLogger("lana")
+
+
+def to_torchscript(model: nn.Module, example: torch.Tensor) -> tuple[torch.jit.ScriptModule, str]:
+    """Script (or, failing that, trace) an eval-mode copy of ``model`` with fused branches."""
+    model = op_zoo.fuse_for_export(copy.deepcopy(model).eval())
+    try:
+        return torch.jit.script(model), "script"
+    except Exception as exc:  # e.g. a third-party block with unscriptable Python
+        log.info("export: scripting failed (%s); tracing instead", str(exc).splitlines()[0])
+        with torch.no_grad():
+            return torch.jit.trace(model, example), "trace"
+
+
+def export_torchscript(model: nn.Module, path: Path, images: torch.Tensor, atol: float) -> dict:
+    """Write ``model`` as TorchScript to ``path``, reload it and check it matches eager.
+
+    Args:
+        model: the eager model.
+        path: the ``.ts`` file to write (atomically).
+        images: real inputs for the check.
+        atol: largest tolerated absolute difference of outputs.
+
+    Returns:
+        ``{"path", "method", "max_abs_diff", "images"}``.
+    """
+    import io
+
+    model = model.eval()
+    scripted, method = to_torchscript(model, images[:2])
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    reloaded = torch.jit.load(str(path), map_location="cpu").eval()
+    with torch.no_grad():
+        diff = max((reloaded(images[i : i + 256]) - model(images[i : i + 256])).abs().max().item() for i in range(0, len(images), 256))
+    if not diff <= atol:
+        raise ExportError(f"exported {path.name} differs from the eager student by {diff:.2e} > atol {atol:.0e}; report this op set")
+    return {"path": str(path), "method": method, "max_abs_diff": diff, "images": len(images)}
+
+
+def export_stage(ctx: Context, selection: dict, finetuned: bool = True, out: Path | None = None) -> dict:
+    """Export the selection's student and write ``report.json`` with measured figures.
+
+    Args:
+        ctx: the prepared run.
+        selection: the solver's selection.
+        finetuned: use ``student.pt`` when it belongs to this selection.
+        out: TorchScript path (default ``RUN/student.ts``).
+
+    Returns:
+        The report (also written to ``RUN/report.json``).
+    """
+    cfg = ctx.config
+    student, was_finetuned = load_student(ctx, selection, finetuned)
+    test_x, test_y = take_tensors(ctx.splits.test, cfg.data.test_limit)
+    out = out or ctx.run.file("student.ts")
+    export = export_torchscript(student, out, test_x[: cfg.export.check_images], cfg.export.atol)
+    write_json(out.with_suffix(".json"), {**export, "choice": selection["choice"]})
+
+    teacher_loss, teacher_acc = evaluate(ctx.teacher, test_x, test_y)
+    student_loss, student_acc = evaluate(student, test_x, test_y)
+    # Time the deployed artefact against the teacher in the same settings, interleaved.
+    deployed = torch.jit.load(str(out), map_location="cpu")
+    teacher_ms, student_ms = [], []
+    for _ in range(3):
+        teacher_ms.append(measure_network(ctx.teacher, ctx.input_shape, cfg.latency, rounds=1).median_ms)
+        student_ms.append(measure_network(deployed if cfg.latency.runtime == "torchscript" else student, ctx.input_shape, cfg.latency, rounds=1).median_ms)
+    teacher_latency, student_latency = sorted(teacher_ms)[1], sorted(student_ms)[1]
+    report = {
+        "teacher": cfg.teacher.model,
+        "data": ctx.splits.source,
+        "device": cfg.latency.device,
+        "latency_settings": settings_tag(cfg.latency),
+        "batch_size": cfg.latency.batch_size,
+        "dtype": cfg.latency.dtype,
+        "budget": selection.get("budget"),
+        "budget_ms": selection.get("budget_ms"),
+        "teacher_top1": teacher_acc,
+        "student_top1": student_acc,
+        "top1_drop": teacher_acc - student_acc,
+        "teacher_test_loss": teacher_loss,
+        "student_test_loss": student_loss,
+        "test_images": len(test_x),
+        "teacher_latency_ms": teacher_latency,
+        "student_latency_ms": student_latency,
+        "predicted_student_latency_ms": selection.get("predicted_latency_ms"),
+        "speedup": teacher_latency / student_latency,
+        "finetuned": was_finetuned,
+        "choice": selection["choice"],
+        "export": export,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    stage_file = ctx.run.file("stage_seconds.json")
+    if stage_file.is_file():
+        report["stage_seconds"] = read_json(stage_file)
+    write_json(ctx.run.file("report.json"), report)
+    return report
+
+
+def run_export(run: RunFolder, overrides: list[str] | None = None, finetuned: bool = True, out: Path | None = None) -> dict:
+    """``lana export``: export the run's selected (and fine-tuned) student."""
+    config = run.load_config(overrides)
+    ctx = prepare(config, run)
+    return export_stage(ctx, load_selection(run), finetuned, out)
+
+
+def export_selection(run_dir: str | Path, selection_path: str | Path) -> dict:
+    """Export the student of a just-written selection (``lana solve --export``)."""
+    run = RunFolder(run_dir)
+    ctx = prepare(run.load_config(), run)
+    return export_stage(ctx, load_selection(run, Path(selection_path)), finetuned=True)

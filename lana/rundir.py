@@ -1,0 +1,165 @@
+"""The run folder: every stage reads and writes here, atomically.
+
+Nothing is ever half-written: files go to a temp file in the same folder, are fsync'ed,
+then renamed over the target. A run folder remembers the fingerprint of the teacher and of
+the config sections that shape its candidates, and refuses to mix in another teacher.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from lana.config import LanaConfig, dump_config, load_config
+from lana.errors import CheckpointError, RunFolderError, TableError
+
+TABLE = "candidates"
+REQUIRED_COLUMNS = ("block", "candidate", "family", "params", "macs")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via temp file + fsync + rename (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Text version of :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=float) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    """Read JSON, turning a missing or corrupted file into a one-line error."""
+    if not path.is_file():
+        raise RunFolderError(f"{path} not found; run the stage that writes it first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RunFolderError(f"{path} is corrupted ({exc.msg}); delete it and rerun its stage") from None
+
+
+def save_tensors(path: Path, obj: Any) -> None:
+    """Atomically ``torch.save`` a tree of tensors (state dicts, no pickled code)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_tensors(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True``; corrupted files give a one-line error."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found; rerun the stage that writes it")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unpickling failure means the file is unusable
+        raise CheckpointError(f"{path} is corrupted or not a weights file ({type(exc).__name__}); delete it and rerun") from None
+
+
+def sha256_text(text: str) -> str:
+    """Hex digest of a string."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class RunFolder:
+    """One run's folder and the files every stage shares."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    # -- paths -------------------------------------------------------------------------
+    def file(self, name: str) -> Path:
+        """Path of a file inside the run folder."""
+        return self.path / name
+
+    @property
+    def weights_dir(self) -> Path:
+        return self.path / "weights"
+
+    # -- config ------------------------------------------------------------------------
+    def save_config(self, config: LanaConfig) -> None:
+        """Write the resolved config (``config.yaml``)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.file("config.yaml"), dump_config(config))
+
+    def load_config(self, overrides: list[str] | None = None) -> LanaConfig:
+        """Read the run's resolved config."""
+        path = self.file("config.yaml")
+        if not path.is_file():
+            raise RunFolderError(f"{self.path} has no config.yaml; start it with `lana distill --config FILE --run {self.path}`")
+        return load_config(path, overrides)
+
+    # -- fingerprints ------------------------------------------------------------------
+    def check_fingerprint(self, teacher_sha: str, config: LanaConfig) -> None:
+        """Record the teacher/config fingerprint, or refuse if the folder holds another run."""
+        shaping = {k: config.model_dump(mode="json")[k] for k in ("teacher", "ops", "data", "seed")}
+        shaping["teacher"].pop("checkpoint", None)  # the weights' hash covers it
+        current = {"teacher": teacher_sha, "config": sha256_text(json.dumps(shaping, sort_keys=True))}
+        path = self.file("fingerprint.json")
+        if path.is_file():
+            stored = read_json(path)
+            for key in ("teacher", "config"):
+                if stored.get(key) != current[key]:
+                    raise RunFolderError(
+                        f"{self.path} was made from another {key} (fingerprint {stored.get(key, '?')[:12]} "
+                        f"vs {current[key][:12]}); use a new --run folder or delete this one"
+                    )
+            return
+        write_json(path, current)
+
+    # -- the candidates table ----------------------------------------------------------
+    def save_table(self, frame: pd.DataFrame) -> None:
+        """Write the candidates table as Parquet plus a CSV copy a person can open."""
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        atomic_write_bytes(self.file(f"{TABLE}.parquet"), buffer.getvalue())
+        atomic_write_text(self.file(f"{TABLE}.csv"), frame.to_csv(index=False))
+
+    def load_table(self) -> pd.DataFrame:
+        """Read the candidates table; a missing or corrupted table is a one-line error."""
+        path = self.file(f"{TABLE}.parquet")
+        if not path.is_file():
+            raise RunFolderError(f"{self.path} has no candidates table; run `lana distill --run {self.path}` first")
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises several types for damaged files
+            raise TableError(f"{path} is corrupted ({type(exc).__name__}); rerun `lana distill --run {self.path}`") from None
+        missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+        if missing:
+            raise TableError(f"{path} lacks columns {missing}; it was not written by lana distill")
+        return frame
+
+
+def setup_logging(run: RunFolder) -> logging.Logger:
+    """Log to ``RUN/logs/lana.log`` (progress bars go to the terminal)."""
+    log_dir = run.path / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger("lana")
+    logger.setLevel(logging.INFO)
+    target = str(log_dir / "lana.log")
+    if not any(getattr(h, "baseFilename", None) == os.path.abspath(target) for h in logger.handlers):
+        handler = logging.FileHandler(target)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+    return logger

@@ -1,0 +1,133 @@
+"""Swap-one scoring: each candidate alone replaces its block in the teacher.
+
+LANA's accuracy estimate: the change of validation loss and top-1 accuracy when one block
+is swapped, assumed additive across blocks. The keep-teacher candidate scores 0. To avoid
+recomputing the network before the block for every candidate, the candidates of a block
+run side by side on the batch: the block is replaced by a module that stacks their
+outputs along the batch axis, so the prefix runs once and the suffix sees all of them.
+Models whose later layers reuse earlier activations (where stacking cannot work) fall
+back to one candidate at a time.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from lana.blocks import get_submodule, set_submodule
+from lana.candidates import Candidate
+
+log = logging.getLogger("lana")
+
+
+class _Stacked(nn.Module):
+    """Runs several candidates on the same input and stacks their outputs on the batch axis."""
+
+    def __init__(self, modules: list[nn.Module]) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(modules)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([branch(x) for branch in self.branches])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy (percent) of ``model`` on tensors."""
+    model.eval()
+    loss, correct = 0.0, 0
+    for start in range(0, len(images), batch_size):
+        logits = model(images[start : start + batch_size])
+        y = labels[start : start + batch_size]
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    return loss / len(images), 100.0 * correct / len(images)
+
+
+@torch.no_grad()
+def _evaluate_group(teacher, block, modules, images, labels, batch_size):
+    """Loss and accuracy of each module in ``modules`` swapped into ``block`` (stacked)."""
+    original = get_submodule(teacher, block)
+    set_submodule(teacher, block, _Stacked(modules).eval())
+    k = len(modules)
+    loss, correct = torch.zeros(k), torch.zeros(k)
+    try:
+        for start in range(0, len(images), batch_size):
+            x, y = images[start : start + batch_size], labels[start : start + batch_size]
+            logits = teacher(x)
+            if logits.shape[0] != k * len(x):
+                raise RuntimeError("stacked outputs did not reach the logits")
+            logits = logits.view(k, len(x), -1)
+            loss += F.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none").view(k, -1).sum(1)
+            correct += (logits.argmax(-1) == y).sum(1).float()
+    finally:
+        set_submodule(teacher, block, original)
+    return (loss / len(images)).tolist(), (100.0 * correct / len(images)).tolist()
+
+
+def score_candidates(
+    teacher: nn.Module,
+    candidates: dict[str, dict[str, Candidate]],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 500,
+    max_stack: int = 4096,
+) -> tuple[dict[tuple[str, str], dict], dict]:
+    """Score every candidate by swapping it alone into the teacher.
+
+    Args:
+        teacher: the teacher network (restored after every swap).
+        candidates: candidates by block and op name.
+        images, labels: the held-out split used for scoring.
+        batch_size: images per forward pass.
+        max_stack: most candidate-images stacked into one forward pass.
+
+    Returns:
+        Per (block, op) ``val_loss``, ``val_acc``, ``val_loss_delta`` and ``acc_delta``
+        (points), and the teacher's own ``{"val_loss", "val_acc"}``.
+    """
+    teacher.eval()
+    base_loss, base_acc = evaluate(teacher, images, labels, batch_size)
+    results: dict[tuple[str, str], dict] = {}
+    total = sum(len(c) for c in candidates.values())
+    bar = tqdm(total=total, desc="score", unit="cand", dynamic_ncols=True)
+    stackable = True
+    group_size = max(1, max_stack // batch_size)
+    for block, cands in candidates.items():
+        names = list(cands)
+        for first in range(0, len(names), group_size):
+            group = names[first : first + group_size]
+            modules = [cands[n].module.eval() for n in group]
+            metrics = None
+            if stackable and len(group) > 1:
+                try:
+                    metrics = _evaluate_group(teacher, block, modules, images, labels, batch_size)
+                except RuntimeError as exc:
+                    log.info("score: stacking candidates failed (%s); scoring one at a time", exc)
+                    stackable = False
+            if metrics is None:
+                metrics = ([], [])
+                original = get_submodule(teacher, block)
+                for module in modules:
+                    set_submodule(teacher, block, module)
+                    try:
+                        loss, acc = evaluate(teacher, images, labels, batch_size)
+                    finally:
+                        set_submodule(teacher, block, original)
+                    metrics[0].append(loss)
+                    metrics[1].append(acc)
+            for name, loss, acc in zip(group, *metrics):
+                if name == "teacher":  # by definition: keeping the block changes nothing
+                    loss, acc = base_loss, base_acc
+                results[(block, name)] = {
+                    "val_loss": loss,
+                    "val_acc": acc,
+                    "val_loss_delta": loss - base_loss,
+                    "acc_delta": acc - base_acc,
+                }
+            bar.update(len(group))
+    bar.close()
+    return results, {"val_loss": base_loss, "val_acc": base_acc}

@@ -1,0 +1,118 @@
+"""The student: the teacher with the selected candidate in each block, and its fine-tuning."""
+from __future__ import annotations
+
+import copy
+import logging
+
+from torch import nn
+
+from lana.blocks import set_submodule
+from lana.candidates import TEACHER_OP, build_candidate
+from lana.errors import RunFolderError
+from lana.pipeline import Context, prepare
+from lana.rundir import RunFolder, load_tensors, read_json, save_tensors, write_json
+from lana.score import evaluate
+from lana.data import take_tensors
+from lana.train import distillation_loss, fit
+from op_zoo import BlockSpec
+
+log = logging.getLogger("lana")
+STUDENT_WEIGHTS = "student.pt"
+
+
+def assemble_student(teacher: nn.Module, specs: list[BlockSpec], choice: dict[str, str], weights_dir) -> nn.Module:
+    """A copy of the teacher with each block replaced by its chosen, distilled candidate.
+
+    Args:
+        teacher: the teacher network (not modified).
+        specs: the teacher's replaceable blocks.
+        choice: block name → op name (blocks not named keep the teacher's block).
+        weights_dir: the run's ``weights/`` folder holding distilled candidate weights.
+
+    Returns:
+        The student network in eval mode.
+    """
+    known = {s.name for s in specs}
+    unknown = sorted(set(choice) - known)
+    if unknown:
+        raise RunFolderError(f"selection names blocks {unknown} that this teacher does not have; re-solve for this run")
+    student = copy.deepcopy(teacher)
+    for spec in specs:
+        name = choice.get(spec.name, TEACHER_OP)
+        if name != TEACHER_OP:
+            set_submodule(student, spec.name, build_candidate(spec, name, weights_dir))
+    return student.eval()
+
+
+def load_selection(run: RunFolder, path=None) -> dict:
+    """The selection file written by ``lana solve`` (``RUN/selection.json`` by default)."""
+    path = path or run.file("selection.json")
+    if not path.is_file():
+        raise RunFolderError(f"{path} not found; run `lana solve --run {run.path} --budget 50%` first")
+    selection = read_json(path)
+    if not isinstance(selection, dict) or "choice" not in selection:
+        raise RunFolderError(f"{path} has no 'choice'; re-run `lana solve`")
+    return selection
+
+
+def load_student(ctx: Context, selection: dict, finetuned: bool = True) -> tuple[nn.Module, bool]:
+    """Assemble the selection's student, with fine-tuned weights when they match it.
+
+    Returns:
+        The student and whether fine-tuned weights were loaded.
+    """
+    student = assemble_student(ctx.teacher, ctx.specs, selection["choice"], ctx.run.weights_dir)
+    path = ctx.run.file(STUDENT_WEIGHTS)
+    if finetuned and path.is_file():
+        stored = load_tensors(path)
+        if stored.get("choice") == selection["choice"]:
+            student.load_state_dict(stored["state_dict"])
+            return student.eval(), True
+        log.info("student.pt belongs to another selection; using distilled weights")
+    return student.eval(), False
+
+
+def finetune_stage(ctx: Context, selection: dict) -> dict:
+    """Fine-tune the selected student end to end by distillation from the teacher.
+
+    Args:
+        ctx: the prepared run (config, data, teacher, blocks).
+        selection: the solver's selection (``choice`` block → op).
+
+    Returns:
+        Validation loss and accuracy of the student before and after, and the final train loss.
+    """
+    cfg = ctx.config.finetune
+    student, _ = load_student(ctx, selection, finetuned=False)
+    images, labels = take_tensors(ctx.splits.val, ctx.config.score.val_images)
+    before = evaluate(student, images, labels)
+    loss = fit(
+        student,
+        ctx.splits,
+        distillation_loss(ctx.teacher, cfg.temperature, cfg.alpha),
+        cfg.epochs,
+        cfg.lr,
+        cfg.weight_decay,
+        ctx.config.data.batch_size,
+        ctx.config.seed,
+        desc="finetune",
+    )
+    after = evaluate(student, images, labels)
+    save_tensors(ctx.run.file(STUDENT_WEIGHTS), {"choice": selection["choice"], "state_dict": student.state_dict()})
+    result = {
+        "val_loss_before": before[0],
+        "val_acc_before": before[1],
+        "val_loss_after": after[0],
+        "val_acc_after": after[1],
+        "train_loss": loss,
+        "epochs": cfg.epochs,
+    }
+    write_json(ctx.run.file("finetune.json"), result)
+    return result
+
+
+def run_finetune(run: RunFolder, overrides: list[str] | None = None) -> dict:
+    """``lana finetune``: load the run, its selection, fine-tune and save ``student.pt``."""
+    config = run.load_config(overrides)
+    ctx = prepare(config, run)
+    return finetune_stage(ctx, load_selection(run))
