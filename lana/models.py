@@ -70,7 +70,7 @@ def demo_resnet(
     in_chans: int = 1,
     widths: list[int] | None = None,
     depth: int = 2,
-    stem_stride: int = 1,
+    stem_stride: int = 2,
 ) -> DemoResNet:
     """Build the demo teacher (``lana.models:demo_resnet`` in a config).
 

@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny seeded run on real data (scikit-learn's digits) that every
+pipeline test can reuse, so the whole suite stays within a few minutes on 2 CPU cores."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lana.config import LanaConfig, build_config
+
+TINY_OPS = ["identity", "conv_k1", "conv_k3", "mbconv_k3_e1", "mbconv_k3_e3_se", "fused_mbconv_k3_e1", "pruned_keep50", "lowrank_r50"]
+
+
+def tiny_tree(**sections) -> dict:
+    """A config tree for a 2-stage demo ResNet on 16×16 digits, a few steps per stage."""
+    tree = {
+        "name": "tiny",
+        "teacher": {"kwargs": {"num_classes": 10, "in_chans": 1, "widths": [8, 16], "depth": 1}},
+        "data": {"kind": "digits", "image_size": 16, "val_size": 200, "train_limit": 400, "mean": [0.3], "std": [0.42], "batch_size": 32},
+        "ops": {"include": TINY_OPS},
+        "distill": {"epochs": 1, "max_steps": 12},
+        "score": {"val_images": 200},
+        "latency": {"batch_size": 4, "warmup": 1, "repeats": 3},
+        "finetune": {"epochs": 0.5},
+        "teacher_training": {"epochs": 2},
+    }
+    for key, value in sections.items():
+        tree[key] = {**tree.get(key, {}), **value}
+    return tree
+
+
+def tiny_config(**sections) -> LanaConfig:
+    """The validated tiny config."""
+    return build_config(tiny_tree(**sections))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A run folder where the tiny teacher was trained and distil/score/latency ran once."""
+    from lana.demo import train_teacher
+    from lana.pipeline import distill_stage
+    from lana.rundir import RunFolder
+
+    torch.manual_seed(0)
+    run = RunFolder(tmp_path_factory.mktemp("run") / "tiny")
+    run.path.mkdir(parents=True)
+    config = tiny_config(teacher={"checkpoint": str(run.file("teacher.pt"))})
+    train_teacher(config, run)
+    table = distill_stage(config, run)
+    return run, config, table
