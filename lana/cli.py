@@ -50,17 +50,25 @@ def distill(
     run: Optional[Path] = typer.Option(None, "--run", help="Run folder (default runs/<name>). An existing folder resumes."),
     overrides: Optional[list[str]] = SetOpt,
     force: bool = typer.Option(False, "--force", help="Redo distillation, scoring and timing even if their results exist."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Memory per device for training candidates, e.g. 8GB "
+                                             "(default auto: what the device has free); candidates train in groups that fit."),
 ) -> None:
-    """Distil every candidate of every block, score each by swap-one and time it on the device."""
+    """Distil every candidate of every block, score each by swap-one and time it on the device.
+
+    Resumes where a stopped run left off. On several GPUs or machines run it under torchrun:
+    `torchrun --nproc_per_node=N -m lana distill ...`.
+    """
     from lana.config import load_config
     from lana.pipeline import distill_stage
     from lana.rundir import RunFolder
 
     if config is None and run is not None and (run / "config.yaml").is_file():
         config = run / "config.yaml"
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, [*(overrides or []), *([f"distill.max_memory={max_memory}"] if max_memory else [])])
     folder = RunFolder(run or Path("runs") / cfg.name)
     table = distill_stage(cfg, folder, force=force)
+    if table is None:  # a torchrun rank other than 0: rank 0 reports
+        return
     out.print(f"{len(table)} candidates over {table['block'].nunique()} blocks -> {folder.file('candidates.parquet')}")
     out.print(f"next: lana solve --run {folder.path} --budget {cfg.solve.budget}")
 
@@ -220,6 +228,10 @@ _register_solve()
 
 def main() -> None:
     """Entry point: run the app, turning known errors into one line and an exit code."""
+    import warnings
+
+    # TorchScript is lana's export format; torch >= 2.10 marks it deprecated on every call.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=FutureWarning)
     try:
         app(standalone_mode=False)
     except LanaError as exc:

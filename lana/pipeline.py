@@ -19,8 +19,9 @@ from lana.blocks import discover_blocks, describe_blocks
 from lana.candidates import TEACHER_OP, build_all_candidates
 from lana.config import LanaConfig
 from lana.data import DataSplits, load_data, take_tensors
-from lana.distill import distill_candidates
-from lana.latency import measure_candidates, measure_network, settings_tag
+from lana.distill import clear_state, distill_candidates, memory_limits
+from lana.distributed import init_distributed
+from lana.latency import measure_candidates, measure_network, resolve_device, settings_tag
 from lana.rundir import RunFolder, read_json, setup_logging, write_json
 from lana.score import score_candidates
 from lana.teacher import load_teacher, teacher_fingerprint
@@ -44,14 +45,16 @@ class Context:
         return self.splits.input_shape
 
 
-def prepare(config: LanaConfig, run: RunFolder) -> Context:
-    """Load data and teacher, find the blocks and check the run folder's fingerprint."""
-    setup_logging(run)
+def prepare(config: LanaConfig, run: RunFolder, writes: bool = True) -> Context:
+    """Load data and teacher, find the blocks and (if ``writes``) check the run folder's fingerprint."""
+    if writes:
+        setup_logging(run)
     torch.manual_seed(config.seed)
     splits = load_data(config.data)
     teacher = load_teacher(config.teacher.model, config.teacher.checkpoint, config.teacher.kwargs)
     specs = discover_blocks(teacher, (1, *splits.input_shape), config.teacher.blocks)
-    run.check_fingerprint(teacher_fingerprint(teacher), config)
+    if writes:
+        run.check_fingerprint(teacher_fingerprint(teacher), config)
     return Context(config, run, splits, teacher, specs)
 
 
@@ -63,7 +66,7 @@ def _unkeyed(path) -> dict:
     return {(r.pop("block"), r.pop("candidate")): r for r in read_json(path)}
 
 
-def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False) -> pd.DataFrame:
+def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False) -> pd.DataFrame | None:
     """Distil, score and time every candidate of every block; write the candidates table.
 
     Args:
@@ -72,24 +75,38 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False) -> pd
         force: redo sub-stages whose results already exist.
 
     Returns:
-        The candidates table (one row per block and candidate).
+        The candidates table (one row per block and candidate); None on torchrun's ranks
+        other than 0, which only help distil (rank 0 alone writes, scores and times).
     """
-    run.path.mkdir(parents=True, exist_ok=True)
-    ctx = prepare(config, run)
-    run.save_config(config)
-    write_json(run.file("blocks.json"), describe_blocks(ctx.specs))
+    resolve_device(config.latency.device)  # a missing GPU is said now, not after distillation
+    memory_limits(config.distill)
+    dist = init_distributed(config.distill.device)
+    ctx = prepare(config, run, writes=False)
     torch.manual_seed(config.seed)
-    candidates = build_all_candidates(ctx.specs, config.ops)
+    candidates = build_all_candidates(ctx.specs, config.ops)  # bad op names are said before anything is written
+    if dist.is_main:
+        run.path.mkdir(parents=True, exist_ok=True)
+        setup_logging(run)
+        run.check_fingerprint(teacher_fingerprint(ctx.teacher), config)
+        run.save_config(config)
+        write_json(run.file("blocks.json"), describe_blocks(ctx.specs))
     counts = {b: len(c) for b, c in candidates.items()}
     log.info("candidates per block: %s", counts)
     seconds: dict[str, float] = {}
 
     distill_file = run.file("distill.json")
     tick = time.time()
-    if force or not distill_file.is_file():
-        if force:
-            run.file("distill_state.pt").unlink(missing_ok=True)
-        _keyed(distill_file, distill_candidates(ctx.teacher, ctx.specs, candidates, ctx.splits, config, run))
+    results = None
+    if dist.broadcast_json(force or not distill_file.is_file()):
+        if force and dist.is_main:
+            clear_state(run)
+        results = distill_candidates(ctx.teacher, ctx.specs, candidates, ctx.splits, config, run, dist)
+    dist.close()
+    if not dist.is_main:
+        return None
+    if results is not None:
+        _keyed(distill_file, results)
+        clear_state(run)
     else:
         from lana.candidates import weights_file
         from lana.rundir import load_tensors
@@ -130,8 +147,9 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False) -> pd
                 "teacher_latency_ms": whole.median_ms,
                 "teacher_latency_iqr_ms": whole.iqr_ms,
                 "blocks_sum_ms": blocks_sum,
-                # what no choice changes (stem, head) plus the gap between the sum and the whole
-                "fixed_latency_ms": whole.median_ms - blocks_sum,
+                # what no choice changes (stem, head) plus the gap between the sum and the whole;
+                # never negative, so a prediction can't undercut zero when blocks time slower alone
+                "fixed_latency_ms": max(0.0, whole.median_ms - blocks_sum),
                 "candidates": [
                     {"block": b, "candidate": c, "median_ms": t.median_ms, "iqr_ms": t.iqr_ms} for (b, c), t in timings.items()
                 ],
