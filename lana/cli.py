@@ -56,7 +56,7 @@ def distill(
     """Distil every candidate of every block, score each by swap-one and time it on the device.
 
     Resumes where a stopped run left off. On several GPUs or machines run it under torchrun:
-    `torchrun --nproc_per_node=N -m lana distill ...`.
+    `torchrun --nproc_per_node=N -m lana -- distill ...` (docs/scaling.md).
     """
     from lana.config import load_config
     from lana.pipeline import distill_stage
@@ -122,11 +122,20 @@ def demo(
 def ops(
     pattern: str = typer.Argument("*", help="Glob over op names, e.g. 'mbconv*'."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Also list the ops registered by this config's ops.modules."),
 ) -> None:
     """List the op zoo: every candidate op with its family, description and source."""
     import op_zoo
 
+    if config is not None:
+        from lana.config import load_config
+
+        op_zoo.import_op_modules(list(load_config(config).ops.modules))
     defs = op_zoo.list_ops(pattern)
+    if not defs:
+        from lana.errors import UnknownOpError
+
+        raise UnknownOpError(f"no op matches '{pattern}'; `lana ops` lists all {len(op_zoo.list_ops())}")
     if as_json:
         print(json.dumps([{"name": d.name, "family": d.family, "description": d.description, "source": d.source} for d in defs], indent=1))
         return
@@ -151,8 +160,13 @@ def blocks(
 
     cfg = load_config(config, overrides)
     teacher = load_teacher(cfg.teacher.model, cfg.teacher.checkpoint, cfg.teacher.kwargs)
-    size = cfg.data.image_size or 28
-    specs = discover_blocks(teacher, (1, cfg.data.channels, size, size), cfg.teacher.blocks)
+    if cfg.data.image_size:
+        shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+    else:  # the native size of the data (28×28 for Fashion-MNIST)
+        from lana.data import load_data
+
+        shape = load_data(cfg.data).input_shape
+    specs = discover_blocks(teacher, (1, *shape), cfg.teacher.blocks)
     counts = {b: len(c) for b, c in build_all_candidates(specs, cfg.ops).items()}
     table = Table(title=f"{len(specs)} blocks of {cfg.teacher.model}")
     for col in ("block", "class", "input", "output", "stride", "act", "candidates"):
@@ -226,6 +240,17 @@ def _register_solve() -> None:
 _register_solve()
 
 
+def _register_latency() -> None:
+    from lana.cli_latency import latency_check_command, profile_command, proxy_command
+
+    app.command("profile")(profile_command)
+    app.command("latency-check")(latency_check_command)
+    app.command("proxy")(proxy_command)
+
+
+_register_latency()
+
+
 def main() -> None:
     """Entry point: run the app, turning known errors into one line and an exit code."""
     import warnings
@@ -233,7 +258,9 @@ def main() -> None:
     # TorchScript is lana's export format; torch >= 2.10 marks it deprecated on every call.
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=FutureWarning)
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # typer returns Ctrl-C as exit code 130 instead of raising
+        if code == 130:
+            raise KeyboardInterrupt
     except LanaError as exc:
         if STATE["debug"]:
             raise
@@ -253,6 +280,8 @@ def main() -> None:
         if isinstance(exc, click.exceptions.Abort):
             sys.exit(1)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,11 @@ class DistillConfig(_Section):
     max_steps: int | None = None
     lr: float = 2e-3
     weight_decay: float = 0.0
-    batch_size: int | None = None  # None = data.batch_size
+    batch_size: int | None = None  # None = data.batch_size (the global batch, split over torchrun's ranks)
+    checkpoint_every: int = Field(50, ge=1)  # steps between resumable checkpoints
+    max_memory: str | int = "auto"  # per device, e.g. 8GB; auto = what the device has free; none = one group
+    feature_cache: str | int = "auto"  # teacher features kept for blocks split over groups, e.g. 2GB; none = recompute
+    device: str = "auto"  # auto = this rank's GPU if any, else cpu
 
 
 class ScoreConfig(_Section):
@@ -84,11 +88,21 @@ class LatencyConfig(_Section):
     device: str = "cpu"
     batch_size: int = 64
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    runtime: Literal["eager", "torchscript"] = "eager"
+    runtime: Literal["eager", "torchscript", "onnxruntime"] = "eager"
     channels_last: bool = False
-    threads: int | None = None  # CPU threads; None = torch's default
-    warmup: int = 5
-    repeats: int = 25
+    cuda_graphs: bool = False  # replay CUDA graphs (GPU, eager/torchscript only)
+    threads: int | None = None  # CPU threads; None = torch's default (the count used is recorded)
+    # CPU clock: wall (perf_counter) or process (CPU time: with threads 1, immune to other jobs)
+    clock: Literal["wall", "process"] = "wall"
+    steady_malloc: bool = True  # CPU: pin glibc's malloc thresholds (no page faults after warm-up)
+    warmup: int = 5  # fewest warm-up calls; more while timings still drift
+    repeats: int = 25  # fewest timed calls; more until the median's CI is tight
+    max_repeats: int | None = None  # most timed calls (None = 8 x repeats)
+    ci: float = 0.02  # target half-width of the median's 95 % CI, relative to the median
+    time_cap_s: float = 3.0  # wall-clock cap per timed module
+    # context: each candidate timed inside the whole network (what the sum needs); isolated: alone
+    method: Literal["context", "isolated"] = "context"
+    context_rounds: int = Field(2, ge=1)  # in-context: networks each candidate is timed in (random neighbours)
 
 
 class SolveConfig(_Section):

@@ -42,6 +42,7 @@ def demo_config(run: RunFolder, data_root: str | None, overrides: list[str] | No
         "teacher": {"checkpoint": str(run.file("teacher.pt"))},
         "ops": {"include": DEMO_OPS},
         "distill": {"max_steps": 120},
+        "latency": {"time_cap_s": 1.0, "context_rounds": 1},
     }
     root = data_root or "/usr/share/datasets/fashion-mnist"
     if fashion_mnist_available(root):

@@ -1,16 +1,29 @@
-"""Layer-wise feature-map distillation of every candidate of every block at once.
+"""Layer-wise feature-map distillation of every candidate of every block.
 
-One teacher forward per batch: forward hooks capture each block's input and output, and
-every candidate of that block regresses the output from the input, with the MSE divided by
-the variance of the teacher's output (so blocks of any scale weigh alike). The teacher
-runs once per batch however many candidates there are. Progress is checkpointed so a
-killed run resumes where it stopped.
+One teacher pass serves every candidate of a group: forward hooks capture each block's
+input and output, and every candidate of that block regresses the output from the input,
+with the MSE divided by the variance of the teacher's output (so blocks of any scale weigh
+alike). Candidates train in groups that fit a memory limit (``distill.max_memory``, by
+default what the device has free); every group sees the same seeded batches, so grouping
+changes no result. Features of a block split over several groups are kept (on the training
+device, if ``distill.feature_cache`` allows) rather than recomputed by the teacher.
+
+Progress (weights, optimiser, scheduler, loss statistics) is checkpointed every
+``distill.checkpoint_every`` steps; a run killed at any moment resumes from its last
+checkpoint and ends with the same results. Ctrl-C or SIGTERM stops at the next step after
+saving. Under ``torchrun`` each rank takes a slice of every batch (``lana.distributed``).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import os
+import shutil
+import signal
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -18,14 +31,24 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lana.blocks import get_submodule
-from lana.candidates import Candidate, weights_file
+from lana.candidates import TEACHER_OP, Candidate, weights_file
 from lana.config import LanaConfig
-from lana.data import DataSplits, make_loader
+from lana.data import DataSplits
+from lana.distributed import (FLOAT, Dist, GlobalBatches, Key, all_reduce_grads, check_world, free_memory, graceful_stop, init_distributed,
+                              memory_limits, mib, plan_groups, synced_batchnorm)
+from lana.errors import BlockDiscoveryError, CheckpointError, RunFolderError
 from lana.rundir import RunFolder, load_tensors, save_tensors
 from op_zoo import BlockSpec
 
 log = logging.getLogger("lana")
 STATE_FILE = "distill_state.pt"
+GROUPS_DIR = "distill_groups"
+STATE_FORMAT = 2
+FAULT_ENV = "LANA_FAULT_KILL_AT_STEP"  # for tests: SIGKILL this process once that many steps are done
+
+
+class _StopForward(Exception):
+    """Raised from a hook once every needed block has run: the rest of the teacher is skipped."""
 
 
 class FeatureTap:
@@ -34,14 +57,30 @@ class FeatureTap:
     def __init__(self, teacher: nn.Module, blocks: list[str]) -> None:
         self.inputs: dict[str, torch.Tensor] = {}
         self.outputs: dict[str, torch.Tensor] = {}
+        self.needed: set[str] = set()
         self._handles = [get_submodule(teacher, name).register_forward_hook(self._hook(name)) for name in blocks]
 
     def _hook(self, name: str):
         def hook(_module, args, output):
             self.inputs[name] = args[0].detach()
             self.outputs[name] = output.detach()
+            if self.needed and self.needed <= self.outputs.keys():
+                raise _StopForward
 
         return hook
+
+    @torch.no_grad()
+    def features(self, teacher: nn.Module, images: torch.Tensor, needed: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """(input, output) of the ``needed`` blocks; the teacher stops after the last of them."""
+        self.inputs, self.outputs, self.needed = {}, {}, set(needed)
+        try:
+            teacher(images)
+        except _StopForward:
+            pass
+        missing = self.needed - self.outputs.keys()
+        if missing:
+            raise BlockDiscoveryError(f"blocks {sorted(missing)} did not run in the teacher's forward pass; fix teacher.blocks")
+        return {b: (self.inputs[b], self.outputs[b]) for b in needed}
 
     def close(self) -> None:
         """Remove the hooks."""
@@ -55,10 +94,298 @@ def normalised_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 
 def total_steps(config: LanaConfig, n_train: int) -> int:
-    """Optimisation steps distillation will take."""
+    """Optimisation steps distillation will take (per group)."""
     batch = config.distill.batch_size or config.data.batch_size
     steps = math.ceil(config.distill.epochs * n_train / batch)
     return max(1, min(steps, config.distill.max_steps or steps))
+
+
+def clear_state(run: RunFolder) -> None:
+    """Delete the resumable state (after ``distill.json`` is written, or to start over)."""
+    run.file(STATE_FILE).unlink(missing_ok=True)
+    shutil.rmtree(run.file(GROUPS_DIR), ignore_errors=True)
+
+
+def _settings_hash(config: LanaConfig, steps: int, n_train: int, keys: list[Key]) -> str:
+    cfg = config.distill
+    what = [STATE_FORMAT, cfg.epochs, cfg.max_steps, cfg.lr, cfg.weight_decay, cfg.batch_size or config.data.batch_size,
+            config.seed, steps, n_train, sorted("\t".join(k) for k in keys)]
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
+
+
+def _join(key: Key) -> str:
+    return "\t".join(key)
+
+
+def _split(text: str) -> Key:
+    block, name = text.split("\t")
+    return block, name
+
+
+class _Distiller:
+    """One distillation run: the groups, their training, checkpoints and resumption."""
+
+    def __init__(self, teacher, specs, candidates, splits, config: LanaConfig, run: RunFolder, dist: Dist, profile: dict | None):
+        self.teacher, self.specs, self.candidates, self.config, self.run, self.dist = teacher, specs, candidates, config, run, dist
+        self.cfg = config.distill
+        self.device = dist.device
+        self.batch = self.cfg.batch_size or config.data.batch_size
+        check_world(self.batch, dist)
+        self.local_batch = math.ceil(self.batch / dist.world)
+        self.steps = total_steps(config, len(splits.train))
+        self.late = int(self.steps * 0.75)  # the reported loss averages the last quarter of training
+        self.batches = GlobalBatches(splits.train, self.batch, config.seed, dist, config.data.num_workers)
+        self.input_shape = splits.input_shape
+        self.keys = [(b, n) for b, cs in candidates.items() for n in cs]
+        self.stats = {k: {"loss_sum": 0.0, "loss_n": 0, "status": "ok"} for k in self.keys}
+        self.settings = _settings_hash(config, self.steps, len(splits.train), self.keys)
+        self.profile = profile if profile is not None else {}
+        self.profile.update({k: 0.0 for k in ("teacher_s", "candidates_s", "data_s")}, teacher_passes=0, cached_steps=0, steps=0, images=0)
+        self.state_path = run.file(STATE_FILE)
+
+    # -- state ---------------------------------------------------------------------------
+    def _group_file(self, index: int) -> Path:
+        return self.run.file(GROUPS_DIR) / f"group_{index:05d}.pt"
+
+    def _load_state(self) -> dict | None:
+        state = None
+        if self.dist.is_main:
+            for stale in [*self.run.path.glob(f".{STATE_FILE}.*.tmp"), *self.run.file(GROUPS_DIR).glob(".*.tmp")]:
+                stale.unlink(missing_ok=True)
+            if self.state_path.is_file():
+                state = load_tensors(self.state_path)
+                if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+                    raise CheckpointError(f"{self.state_path} was written by another lana version; pass --force to restart distillation")
+                if state.get("settings") != self.settings:
+                    raise RunFolderError(f"{self.state_path} was written with other distill settings (epochs, steps, lr, batch or ops); "
+                                         "rerun with the same settings, or pass --force to restart distillation")
+        return self.dist.broadcast_tensors(state)
+
+    def _save_state(self, groups: list[list[Key]], index: int, step: int, members: list[Key], optimiser, scheduler) -> None:
+        if not self.dist.is_main:
+            return
+        save_tensors(self.state_path, {
+            "format": STATE_FORMAT, "settings": self.settings, "group": index, "step": step,
+            "groups": [[_join(k) for k in g] for g in groups],
+            "weights": {_join(k): self._module(k).state_dict() for k in members if self._cand(k).trainable},
+            "optimiser": optimiser.state_dict() if optimiser else None,
+            "scheduler": scheduler.state_dict() if scheduler else None,
+            "stats": {_join(k): v for k, v in self.stats.items()},
+            "rng": torch.get_rng_state(),
+        })
+
+    def _cand(self, key: Key) -> Candidate:
+        return self.candidates[key[0]][key[1]]
+
+    def _module(self, key: Key) -> nn.Module:
+        return self._cand(key).module
+
+    # -- the run -------------------------------------------------------------------------
+    def run_all(self) -> dict[Key, dict]:
+        state = self._load_state()
+        if state is not None:
+            groups = [[_split(k) for k in g] for g in state["groups"]]
+            first, start = int(state["group"]), int(state["step"])
+            self.stats.update({_split(k): dict(v) for k, v in state["stats"].items()})
+            torch.set_rng_state(state["rng"])
+            if self.dist.is_main:
+                for index in range(first):
+                    stored = load_tensors(self._group_file(index))
+                    for key, weights in stored.items():
+                        self._module(_split(key)).load_state_dict(weights)
+            log.info("distill: resuming group %d of %d at step %d of %d", first + 1, len(groups), start, self.steps)
+        else:
+            groups, first, start = self._plan(), 0, 0
+        self.cache_blocks = self._cache_plan(groups, first, start)
+        self.cache: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.teacher.to(self.device).eval()
+        tap = FeatureTap(self.teacher, [s.name for s in self.specs])
+        bar = tqdm(total=len(groups) * self.steps, initial=first * self.steps + start, desc="distill", unit="step",
+                   dynamic_ncols=True, disable=not self.dist.is_main)
+        fault = int(os.environ.get(FAULT_ENV, "0") or 0)
+        started = time.time()
+        try:
+            with graceful_stop() as stop:
+                for index in range(first, len(groups)):
+                    self._train_group(groups, index, start if index == first else 0, state if index == first else None, tap, bar, stop, fault)
+                    state = None
+                stopped = self.dist.any(stop["stop"])  # asked to stop during the very last step
+        finally:
+            bar.close()
+            tap.close()
+            self.teacher.cpu()
+        self.profile["wall_s"] = time.time() - started
+        self.profile["groups"] = len(groups)
+        if self.dist.is_main:
+            self._save_state(groups, len(groups), 0, [], None, None)
+            for block, cands in self.candidates.items():
+                save_tensors(weights_file(self.run.weights_dir, block), {n: c.module.state_dict() for n, c in cands.items() if n != TEACHER_OP})
+        log.info("distill: %d groups of %d steps over %d candidates in %.1fs", len(groups), self.steps, len(self.keys), self.profile["wall_s"])
+        if stopped:
+            raise KeyboardInterrupt
+        return self._results()
+
+    def _plan(self) -> list[list[Key]]:
+        groups = None
+        if self.dist.is_main:
+            limit = memory_limits(self.cfg)[0]
+            budget = free_memory(self.device) if limit == "auto" else limit
+            planned, self.group_peak = plan_groups(self.teacher, self.specs, self.candidates, self.local_batch, budget, self.input_shape)
+            self.budget = budget
+            groups = [[_join(k) for k in g] for g in planned]
+            if len(groups) > 1:
+                log.info("distill: %d groups fit %s (about %s each at most)", len(groups), mib(budget), mib(self.group_peak))
+        return [[_split(k) for k in g] for g in self.dist.broadcast_json(groups)]
+
+    def _cache_plan(self, groups: list[list[Key]], first: int, start: int) -> set[str]:
+        """Blocks shared by several groups, if their features for every step fit the cache limit."""
+        owners: dict[str, set[int]] = {}
+        for index, group in enumerate(groups[first:], first):
+            for block, _ in group:
+                owners.setdefault(block, set()).add(index)
+        shared = {b for b, o in owners.items() if len(o) > 1}
+        if not shared:
+            return set()
+        per_sample = sum(s.in_channels * math.prod(s.in_size) + s.out_channels * math.prod(s.out_size) for s in self.specs if s.name in shared)
+        need = FLOAT * per_sample * self.local_batch * (self.steps - start)
+        limit = memory_limits(self.cfg)[1]
+        if limit == "auto" and self.device.type == "cuda":  # kept on the GPU, in what the groups leave free
+            budget = getattr(self, "budget", None) or free_memory(self.device)
+            allowed = max(0, budget - getattr(self, "group_peak", 0))
+        elif limit == "auto":
+            allowed = free_memory(self.device) // 2
+        else:
+            allowed = limit or 0
+        allowed = self.dist.broadcast_json(allowed)
+        log.info("distill: features of %s %s (%d MiB)", sorted(shared), "cached" if need <= allowed else "recomputed", need >> 20)
+        return shared if need <= allowed else set()
+
+    def _train_group(self, groups, index, start, state, tap, bar, stop, fault) -> None:
+        members = groups[index]
+        later = {b for g in groups[index + 1 :] for b, _ in g}
+        blocks = list(dict.fromkeys(b for b, _ in members))
+        for key in members:
+            self._module(key).to(self.device).train(self._cand(key).trainable)
+        trainable = [k for k in members if self._cand(k).trainable]
+        params = [p for k in trainable for p in self._module(k).parameters()]
+        optimiser = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay) if params else None
+        steps = self.steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))) if optimiser else None
+        if state is not None:
+            for key, weights in state["weights"].items():
+                self._module(_split(key)).load_state_dict(weights)
+            if optimiser is not None and state["optimiser"]:
+                optimiser.load_state_dict(state["optimiser"])
+                scheduler.load_state_dict(state["scheduler"])
+        cached = all(s in self.cache and all(b in self.cache[s] for b in blocks) for s in range(start, steps))
+        images = None if cached else self.batches.images(range(start, steps))
+        with synced_batchnorm([self._module(k) for k in trainable], self.dist):
+            for step in range(start, steps):
+                if self.dist.any(stop["stop"]):
+                    self._save_state(groups, index, step, members, optimiser, scheduler)
+                    log.info("distill: stopped at group %d step %d; state saved", index + 1, step)
+                    raise KeyboardInterrupt
+                feats = self._features(step, blocks, later, images, tap)
+                tick = time.perf_counter()
+                step_losses = self._step(members, blocks, feats, step, optimiser, scheduler)
+                self._sync()
+                self.profile["candidates_s"] += time.perf_counter() - tick
+                self.profile["steps"] += 1
+                if step >= self.late:
+                    for key, value in step_losses.items():
+                        self.stats[key]["loss_sum"] += value
+                        self.stats[key]["loss_n"] += 1
+                bar.update(1)
+                if (step + 1) % self.cfg.checkpoint_every == 0 and step + 1 < steps:
+                    self._save_state(groups, index, step + 1, members, optimiser, scheduler)
+                if fault and index * steps + step + 1 == fault:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        for step in list(self.cache):  # features no later group needs
+            self.cache[step] = {b: v for b, v in self.cache[step].items() if b in later}
+        if self.dist.is_main:
+            save_tensors(self._group_file(index), {_join(k): self._module(k).state_dict() for k in trainable})
+            self._save_state(groups, index + 1, 0, [], None, None)
+        for key in members:
+            self._module(key).cpu()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda" and self.profile.get("synchronise"):
+            torch.cuda.synchronize(self.device)
+
+    def _features(self, step, blocks, later, images, tap) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        tick = time.perf_counter()
+        batch = next(images) if images is not None else None
+        self.profile["data_s"] += time.perf_counter() - tick
+        self.profile["images"] += self.batches.indices(step)[1]
+        entry = self.cache.get(step, {})
+        if all(b in entry for b in blocks):
+            self.profile["cached_steps"] += 1
+            return entry
+        tick = time.perf_counter()
+        feats = tap.features(self.teacher, batch.to(self.device, non_blocking=True), blocks)
+        self._sync()
+        self.profile["teacher_s"] += time.perf_counter() - tick
+        self.profile["teacher_passes"] += 1
+        keep = {b: v for b, v in feats.items() if b in self.cache_blocks and b in later}
+        if keep:
+            self.cache.setdefault(step, {}).update(keep)
+        return feats
+
+    def _target_scale(self, feats, blocks) -> dict[str, tuple[torch.Tensor, int]]:
+        """Per block: the teacher output's variance over the global batch and its element count."""
+        if self.dist.world == 1:
+            return {b: (feats[b][1].var().clamp_min(1e-8), feats[b][1].numel()) for b in blocks}
+        ys = [feats[b][1] for b in blocks]
+        packed = self.dist.all_reduce(torch.stack([y.sum(dtype=torch.float64) for y in ys] + [torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device) for y in ys]))
+        sums, counts = packed.chunk(2)
+        squares = self.dist.all_reduce(torch.stack([(y.double() - m).square().sum() for y, m in zip(ys, sums / counts)]))
+        var = (squares / (counts - 1).clamp_min(1)).float().clamp_min(1e-8)
+        return {b: (var[i], int(counts[i].item())) for i, b in enumerate(blocks)}
+
+    def _step(self, members, blocks, feats, step, optimiser, scheduler) -> dict[Key, float]:
+        """One optimisation step of a group; returns the global loss of each live candidate."""
+        if optimiser is not None:
+            optimiser.zero_grad(set_to_none=True)
+        scales = self._target_scale(feats, blocks)
+        losses: dict[Key, float] = {}
+        for block in blocks:
+            (x, y), (var, count) = feats[block], scales[block]
+            live = [k for k in members if k[0] == block and not self.stats[k]["status"].startswith("dropped")]
+            local = []
+            for key in live:
+                with torch.set_grad_enabled(self._cand(key).trainable):
+                    local.append(F.mse_loss(self._module(key)(x), y, reduction="sum") / (count * var))
+            if not local:
+                continue
+            values = self.dist.all_reduce(torch.stack([v.detach() for v in local])).tolist()
+            backward = []
+            for key, loss, value in zip(live, local, values):
+                if not math.isfinite(value):
+                    self.stats[key]["status"] = f"dropped: loss {value} at step {step}"
+                    log.warning("distill: %s/%s dropped (non-finite loss at step %d)", *key, step)
+                    continue
+                losses[key] = value
+                if self._cand(key).trainable:
+                    backward.append(loss)
+            if backward:  # one backward per block frees its graphs before the next
+                torch.stack(backward).sum().backward()
+        if optimiser is not None:
+            all_reduce_grads([p for group in optimiser.param_groups for p in group["params"]], self.dist)
+            optimiser.step()
+            scheduler.step()
+        return losses
+
+    def _results(self) -> dict[Key, dict]:
+        results = {}
+        for key, record in self.stats.items():
+            cand = self._cand(key)
+            cand.module.eval()
+            loss = record["loss_sum"] / record["loss_n"] if record["loss_n"] else (0.0 if key[1] == TEACHER_OP else float("nan"))
+            status = record["status"]
+            if status == "ok" and not cand.trainable:
+                status = "fixed"
+            results[key] = {"distill_loss": loss, "status": status}
+        return results
 
 
 def distill_candidates(
@@ -68,8 +395,9 @@ def distill_candidates(
     splits: DataSplits,
     config: LanaConfig,
     run: RunFolder,
-    checkpoint_every: int = 50,
-) -> dict[tuple[str, str], dict]:
+    dist: Dist | None = None,
+    profile: dict | None = None,
+) -> dict[Key, dict]:
     """Train every trainable candidate to mimic its teacher block; save their weights.
 
     Args:
@@ -77,126 +405,16 @@ def distill_candidates(
         specs: the replaceable blocks.
         candidates: candidates by block and op name (trained in place).
         splits: the dataset splits (``train`` is used).
-        config: the run config (``distill`` section).
-        run: the run folder (weights and resumable state land here).
-        checkpoint_every: steps between resumable checkpoints.
+        config: the run config (``distill`` section: steps, optimiser, memory, checkpoints).
+        run: the run folder (weights and resumable state land here; rank 0 alone writes).
+        dist: rank, world size and device (default: this process alone, ``distill.device``).
+        profile: if given, filled with seconds in teacher/candidates/data, steps, images,
+            teacher passes, cached steps and groups (``{"synchronise": True}`` makes the
+            GPU split exact at some cost).
 
     Returns:
         Per (block, op): ``distill_loss`` (mean normalised MSE over the last quarter of
         steps) and ``status`` (``ok``, ``fixed`` for untrained ops, or ``dropped: ...``).
     """
-    cfg = config.distill
-    teacher.eval()
-    trainable = [c for block in candidates.values() for c in block.values() if c.trainable]
-    params = [p for c in trainable for p in c.module.parameters()]
-    optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
-    steps = total_steps(config, len(splits.train))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))) if optimiser else None
-
-    keys = [(c.block, c.name) for block in candidates.values() for c in block.values()]
-    stats = {k: {"loss_sum": 0.0, "loss_n": 0, "status": "ok"} for k in keys}
-    start = 0
-    state_path = run.file(STATE_FILE)
-    if state_path.is_file():
-        state = load_tensors(state_path)
-        start = int(state["step"])
-        for block, cands in candidates.items():
-            for name, cand in cands.items():
-                if cand.trainable and name in state["weights"].get(block, {}):
-                    cand.module.load_state_dict(state["weights"][block][name])
-        if optimiser is not None and state.get("optimiser"):
-            optimiser.load_state_dict(state["optimiser"])
-            scheduler.load_state_dict(state["scheduler"])
-        for key, value in state["stats"].items():
-            stats[tuple(key.split("\t"))] = value
-        log.info("distill: resuming at step %d of %d", start, steps)
-
-    def save_state(step: int) -> None:
-        save_tensors(
-            state_path,
-            {
-                "step": step,
-                "weights": {b: {n: c.module.state_dict() for n, c in cs.items() if c.trainable} for b, cs in candidates.items()},
-                "optimiser": optimiser.state_dict() if optimiser else None,
-                "scheduler": scheduler.state_dict() if scheduler else None,
-                "stats": {"\t".join(k): v for k, v in stats.items()},
-            },
-        )
-
-    tap = FeatureTap(teacher, [s.name for s in specs])
-    batch = cfg.batch_size or config.data.batch_size
-    late = int(steps * 0.75)  # the reported loss averages the last quarter of training
-    for cands in candidates.values():
-        for cand in cands.values():
-            cand.module.train(cand.trainable)
-    step = start
-    started = time.time()
-    bar = tqdm(total=steps, initial=start, desc="distill", unit="step", dynamic_ncols=True)
-    try:
-        epoch = 0
-        while step < steps:
-            loader = make_loader(splits.train, batch, shuffle=True, seed=config.seed + epoch)
-            skip = start - epoch * len(loader) if step == start else 0
-            for i, (images, _) in enumerate(loader):
-                if step >= steps:
-                    break
-                if i < skip:
-                    continue
-                with torch.no_grad():
-                    teacher(images)
-                if optimiser is not None:
-                    optimiser.zero_grad(set_to_none=True)
-                for block, cands in candidates.items():
-                    x, y = tap.inputs[block], tap.outputs[block]
-                    losses = []
-                    for name, cand in cands.items():
-                        record = stats[(block, name)]
-                        if name == "teacher" or record["status"].startswith("dropped"):
-                            continue
-                        with torch.set_grad_enabled(cand.trainable):
-                            loss = normalised_mse(cand.module(x), y)
-                        if not torch.isfinite(loss):
-                            record["status"] = f"dropped: loss {loss.item()} at step {step}"
-                            log.warning("distill: %s/%s dropped (non-finite loss at step %d)", block, name, step)
-                            continue
-                        if step >= late:
-                            record["loss_sum"] += float(loss.detach())
-                            record["loss_n"] += 1
-                        if cand.trainable:
-                            losses.append(loss)
-                    if losses:  # one backward per block frees its graphs before the next
-                        torch.stack(losses).sum().backward()
-                if optimiser is not None:
-                    optimiser.step()
-                    scheduler.step()
-                step += 1
-                bar.update(1)
-                if step % checkpoint_every == 0 and step < steps:
-                    save_state(step)
-            epoch += 1
-    except KeyboardInterrupt:
-        save_state(step)
-        log.info("distill: interrupted at step %d; state saved", step)
-        raise
-    finally:
-        bar.close()
-        tap.close()
-    save_state(step)
-    log.info("distill: %d steps over %d candidates in %.1fs", steps - start, len(trainable), time.time() - started)
-
-    for block, cands in candidates.items():
-        save_tensors(
-            weights_file(run.weights_dir, block),
-            {name: cand.module.state_dict() for name, cand in cands.items() if name != "teacher"},
-        )
-    for cands in candidates.values():
-        for cand in cands.values():
-            cand.module.eval()
-    results = {}
-    for key, record in stats.items():
-        loss = record["loss_sum"] / record["loss_n"] if record["loss_n"] else (0.0 if key[1] == "teacher" else float("nan"))
-        status = record["status"]
-        if status == "ok" and not candidates[key[0]][key[1]].trainable:
-            status = "fixed"
-        results[key] = {"distill_loss": loss, "status": status}
-    return results
+    dist = dist or init_distributed(config.distill.device)
+    return _Distiller(teacher, specs, candidates, splits, config, run, dist, profile).run_all()

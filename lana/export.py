@@ -19,7 +19,7 @@ from torch import nn
 import op_zoo
 from lana.data import take_tensors
 from lana.errors import ExportError
-from lana.latency import measure_network, settings_tag
+from lana.latency import measure_networks, settings_tag
 from lana.pipeline import Context, prepare
 from lana.rundir import RunFolder, atomic_write_bytes, read_json, write_json
 from lana.score import evaluate
@@ -83,17 +83,22 @@ def export_stage(ctx: Context, selection: dict, finetuned: bool = True, out: Pat
     test_x, test_y = take_tensors(ctx.splits.test, cfg.data.test_limit)
     out = out or ctx.run.file("student.ts")
     export = export_torchscript(student, out, test_x[: cfg.export.check_images], cfg.export.atol)
+    if cfg.latency.runtime == "onnxruntime":  # the deployment runtime's artefact too (needs onnx + onnxruntime)
+        from lana.runtimes import export_onnx
+
+        atomic_write_bytes(out.with_suffix(".onnx"), export_onnx(student, test_x[:2]))
+        export["onnx"] = str(out.with_suffix(".onnx"))
     write_json(out.with_suffix(".json"), {**export, "choice": selection["choice"]})
 
     teacher_loss, teacher_acc = evaluate(ctx.teacher, test_x, test_y)
     student_loss, student_acc = evaluate(student, test_x, test_y)
     # Time the deployed artefact against the teacher in the same settings, interleaved.
     deployed = torch.jit.load(str(out), map_location="cpu")
-    teacher_ms, student_ms = [], []
-    for _ in range(3):
-        teacher_ms.append(measure_network(ctx.teacher, ctx.input_shape, cfg.latency, rounds=1).median_ms)
-        student_ms.append(measure_network(deployed if cfg.latency.runtime == "torchscript" else student, ctx.input_shape, cfg.latency, rounds=1).median_ms)
-    teacher_latency, student_latency = sorted(teacher_ms)[1], sorted(student_ms)[1]
+    teacher_timing, student_timing = measure_networks(
+        [ctx.teacher, deployed if cfg.latency.runtime == "torchscript" else student], ctx.input_shape, cfg.latency,
+        time_cap_s=6 * cfg.latency.time_cap_s)
+    teacher_latency, student_latency = teacher_timing["median_ms"], student_timing["median_ms"]
+    predicted = selection.get("predicted_latency_ms")
     report = {
         "teacher": cfg.teacher.model,
         "data": ctx.splits.source,
@@ -111,7 +116,11 @@ def export_stage(ctx: Context, selection: dict, finetuned: bool = True, out: Pat
         "test_images": len(test_x),
         "teacher_latency_ms": teacher_latency,
         "student_latency_ms": student_latency,
-        "predicted_student_latency_ms": selection.get("predicted_latency_ms"),
+        "predicted_student_latency_ms": predicted,
+        # measured, never predicted: medians of interleaved runs, with the median's 95 % CI half-width
+        "teacher_latency_ci_ms": teacher_timing["ci_ms"],
+        "student_latency_ci_ms": student_timing["ci_ms"],
+        "prediction_error_pct": None if not predicted else (predicted / student_latency - 1) * 100,
         "speedup": teacher_latency / student_latency,
         "finetuned": was_finetuned,
         "choice": selection["choice"],

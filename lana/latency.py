@@ -1,35 +1,67 @@
 """Latency measurement: the figures the solver adds up.
 
-Each module is timed at its real input shape on the configured device, batch size, dtype,
-memory format and runtime: warm-up first, then the median of repeated timings (CUDA events
-with synchronisation on a GPU, ``perf_counter`` with a fixed thread count on a CPU). The
-settings are stored beside the figures so tables from different settings never mix.
+Every figure is taken in the configured deployment: device, batch size, dtype, memory
+format, runtime (eager, TorchScript, ONNX Runtime; CUDA graphs on a GPU) and a fixed CPU
+thread count. Timing itself (warm-up until stable, repeats until the median's confidence
+interval is tight, with a time cap; CUDA events and synchronisation on a GPU) lives in
+``lana.bundle_runner`` so that bundles timed on other machines use the very same code.
+
+Two ways to time a candidate:
+
+- *isolated*: the candidate alone at its block's input shape (cheap, portable, but the sum
+  of isolated blocks drifts from the whole network: caches, launch overlap, stem/head);
+- *in context* (default): the candidate inside the whole network, clocked at its block's
+  boundaries. Every candidate is placed in a few "cover" networks (each block cycles
+  through its candidates) that are timed interleaved; the fixed part (stem, head, glue)
+  is the whole teacher, as deployed, minus its clocked blocks.
 """
 from __future__ import annotations
 
-import statistics
+import copy
+import logging
+import random
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from lana.candidates import Candidate
+from lana import bundle_runner as core
+from lana.blocks import set_submodule
 from lana.config import LatencyConfig
-from lana.errors import DeviceError
+from lana.errors import ConfigError, DeviceError
+from lana.runtimes import deployable
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+log = logging.getLogger("lana")
+DTYPES = core.DTYPES
+TEACHER_OP = "teacher"
 
 
 @dataclass
 class Timing:
-    """Median and spread (interquartile range) of repeated timings, in milliseconds."""
+    """Median and spread of repeated timings, in milliseconds.
+
+    ``iqr_ms`` is the interquartile range, ``ci_ms`` the half-width of the median's 95 %
+    confidence interval, ``tight`` whether that interval met ``latency.ci`` within the cap.
+    """
 
     median_ms: float
     iqr_ms: float
     repeats: int
+    ci_ms: float = 0.0
+    warmup: int = 0
+    tight: bool = True
+
+    @classmethod
+    def from_summary(cls, summary: dict) -> "Timing":
+        """From a :func:`lana.bundle_runner.summarize` dict."""
+        return cls(*(summary.get(k, d) for k, d in (("median_ms", 0.0), ("iqr_ms", 0.0), ("repeats", 0),
+                                                    ("ci_ms", 0.0), ("warmup", 0), ("tight", True))))
+
+    def as_dict(self) -> dict:
+        """JSON-able fields."""
+        return asdict(self)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,35 +79,72 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def resolved_threads(cfg: LatencyConfig) -> int | None:
+    """The CPU thread count measurements use (the configured one, else torch's current)."""
+    return cfg.threads or torch.get_num_threads() if cfg.device == "cpu" else None
+
+
 def settings_tag(cfg: LatencyConfig) -> str:
-    """A short name of the measurement settings, e.g. ``cpu-b64-float32-eager``."""
-    tag = f"{cfg.device}-b{cfg.batch_size}-{cfg.dtype}-{cfg.runtime}"
-    return tag + ("-cl" if cfg.channels_last else "")
+    """A short name of the measurement settings, e.g. ``cpu-b64-float32-eager-t2``.
+
+    Device, batch size, dtype, runtime, channels-last (``-cl``), CUDA graphs (``-graphs``)
+    and the CPU thread count (``-tN``): tables from different settings never share a name.
+    """
+    tag = f"{cfg.device.replace(':', '')}-b{cfg.batch_size}-{cfg.dtype}-{cfg.runtime}"
+    tag += "-cl" if cfg.channels_last else ""
+    tag += "-graphs" if cfg.cuda_graphs and cfg.device.startswith("cuda") else ""
+    threads = resolved_threads(cfg)
+    tag += f"-t{threads}" if threads else ""
+    return tag + ("-cputime" if cfg.clock == "process" and cfg.device == "cpu" else "")
+
+
+def check_settings(cfg: LatencyConfig) -> torch.device:
+    """The device, after checking that the settings make sense together (one-line errors)."""
+    device = resolve_device(cfg.device)
+    if cfg.clock == "process" and device.type == "cpu" and resolved_threads(cfg) != 1:
+        raise ConfigError("latency.clock 'process' (CPU time) equals latency only with one thread; set latency.threads: 1")
+    if cfg.runtime == "onnxruntime" and cfg.cuda_graphs:
+        raise ConfigError("latency.cuda_graphs applies to eager and torchscript, not onnxruntime; drop one")
+    return device
+
+
+def settings_record(cfg: LatencyConfig) -> dict:
+    """The settings as stored beside the figures (config, resolved threads, torch version)."""
+    return {**cfg.model_dump(mode="json"), "threads_used": resolved_threads(cfg), "torch": torch.__version__}
 
 
 @contextmanager
-def _threads(count: int | None):
+def _measuring(cfg: LatencyConfig):
+    """Fix the CPU thread count (restored after) and, if asked, steady the allocator."""
     previous = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    steady = cfg.steady_malloc and cfg.device == "cpu" and core.steady_malloc()
     try:
         yield
     finally:
         torch.set_num_threads(previous)
+        if steady:  # give memory back to the system again (glibc's initial thresholds)
+            core.steady_malloc(128 * 1024)
 
 
-def prepare_for_timing(module: nn.Module, example: torch.Tensor, cfg: LatencyConfig) -> nn.Module:
-    """Move, cast and (for ``torchscript``) script-and-freeze a module as it will be deployed."""
-    module = module.eval().to(device=example.device, dtype=example.dtype)
-    if cfg.channels_last:
-        module = module.to(memory_format=torch.channels_last)
-    if cfg.runtime == "torchscript":
-        try:
-            scripted = torch.jit.script(module)
-        except Exception:  # some third-party modules only trace
-            scripted = torch.jit.trace(module, example)
-        module = torch.jit.freeze(scripted.eval())
-    return module
+def example_input(input_shape: tuple[int, ...], cfg: LatencyConfig) -> torch.Tensor:
+    """A random batch ``(batch_size, *input_shape)`` on the device, in the dtype and memory format."""
+    example = torch.randn(cfg.batch_size, *input_shape, device=check_settings(cfg), dtype=DTYPES[cfg.dtype])
+    return example.contiguous(memory_format=torch.channels_last) if cfg.channels_last else example
+
+
+def _knobs(cfg: LatencyConfig) -> dict:
+    return {"warmup": cfg.warmup, "repeats": cfg.repeats, "max_repeats": cfg.max_repeats, "ci": cfg.ci}
+
+
+def _graphs(cfg: LatencyConfig, example: torch.Tensor) -> bool:
+    return cfg.cuda_graphs and example.device.type == "cuda" and cfg.runtime != "onnxruntime"
+
+
+def prepare_for_timing(module: nn.Module, example: torch.Tensor, cfg: LatencyConfig):
+    """The module as deployed under ``cfg`` (see :func:`lana.runtimes.deployable`)."""
+    return deployable(module, example, cfg.runtime, cfg.channels_last, resolved_threads(cfg))
 
 
 @torch.inference_mode()
@@ -85,67 +154,214 @@ def time_module(module: nn.Module, input_shape: tuple[int, ...], cfg: LatencyCon
     Args:
         module: the module to time (not modified; a prepared copy is timed).
         input_shape: ``(C, H, W)`` of one input.
-        cfg: device, batch size, dtype, runtime, warm-up and repeat counts.
+        cfg: device, batch size, dtype, runtime, warm-up, repeats, CI target and time cap.
 
     Returns:
-        The median and interquartile range of the repeats in milliseconds.
+        The median, spread and confidence interval of the repeats in milliseconds.
     """
-    device = resolve_device(cfg.device)
-    example = torch.randn(cfg.batch_size, *input_shape, device=device, dtype=DTYPES[cfg.dtype])
-    if cfg.channels_last:
-        example = example.contiguous(memory_format=torch.channels_last)
-    import copy
-
-    prepared = prepare_for_timing(copy.deepcopy(module), example, cfg)
-    samples: list[float] = []
-    with _threads(cfg.threads):
-        if device.type == "cuda":
-            for _ in range(cfg.warmup):
-                prepared(example)
-            torch.cuda.synchronize(device)
-            for _ in range(cfg.repeats):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                prepared(example)
-                end.record()
-                torch.cuda.synchronize(device)
-                samples.append(start.elapsed_time(end))
-        else:
-            for _ in range(cfg.warmup):
-                prepared(example)
-            for _ in range(cfg.repeats):
-                begin = time.perf_counter()
-                prepared(example)
-                samples.append((time.perf_counter() - begin) * 1e3)
-    quartiles = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
-    return Timing(statistics.median(samples), quartiles[2] - quartiles[0], len(samples))
+    example = example_input(input_shape, cfg)
+    with _measuring(cfg):
+        prepared = prepare_for_timing(module, example, cfg)
+        step = core.make_step(prepared, example, _graphs(cfg, example), cfg.clock)
+        return Timing.from_summary(core.sample_until_tight(step, **_knobs(cfg), time_cap_s=cfg.time_cap_s))
 
 
-def measure_candidates(
-    candidates: dict[str, dict[str, Candidate]], input_shapes: dict[str, tuple[int, ...]], cfg: LatencyConfig
-) -> dict[tuple[str, str], Timing]:
-    """Time every candidate at its block's input shape.
+def measure_candidates(candidates: dict, input_shapes: dict[str, tuple[int, ...]], cfg: LatencyConfig) -> dict[tuple[str, str], Timing]:
+    """Time every candidate alone at its block's input shape.
 
     Args:
-        candidates: candidates by block and op name.
+        candidates: :class:`lana.candidates.Candidate` (or modules) by block and op name.
         input_shapes: each block's ``(C, H, W)`` input.
         cfg: measurement settings.
 
     Returns:
         Timing per (block, op).
     """
+    from tqdm.auto import tqdm
+
     results = {}
     total = sum(len(c) for c in candidates.values())
-    with tqdm(total=total, desc="latency", unit="cand", dynamic_ncols=True) as bar:
+    with tqdm(total=total, desc="latency (isolated)", unit="cand", dynamic_ncols=True) as bar:
         for block, cands in candidates.items():
             for name, cand in cands.items():
-                results[(block, name)] = time_module(cand.module, input_shapes[block], cfg)
+                results[(block, name)] = time_module(getattr(cand, "module", cand), input_shapes[block], cfg)
                 bar.update(1)
     return results
 
 
+@torch.inference_mode()
+def measure_networks(models: list[nn.Module], input_shape: tuple[int, ...], cfg: LatencyConfig,
+                     time_cap_s: float | None = None) -> list[dict]:
+    """Whole networks end to end in the deployment runtime, timed interleaved.
+
+    Returns:
+        One dict per model: ``median_ms``, ``iqr_ms``, ``ci_ms``, ``repeats``, and the medians
+        of odd and even rounds (``half_a_ms``, ``half_b_ms``) whose gap is the noise floor.
+    """
+    example = example_input(input_shape, cfg)
+    with _measuring(cfg):
+        steps = [core.make_step(prepare_for_timing(m, example, cfg), example, _graphs(cfg, example), cfg.clock) for m in models]
+        cap = time_cap_s if time_cap_s is not None else cfg.time_cap_s * len(models)
+        return core.sample_interleaved(steps, **_knobs(cfg), time_cap_s=cap)
+
+
 def measure_network(model: nn.Module, input_shape: tuple[int, ...], cfg: LatencyConfig, rounds: int = 3) -> Timing:
-    """Whole-network latency: the median over ``rounds`` separate timing runs (less drift)."""
-    timings = [time_module(model, input_shape, cfg) for _ in range(rounds)]
-    best = sorted(timings, key=lambda t: t.median_ms)[len(timings) // 2]
-    return best
+    """Whole-network latency, deployed, with a time cap of ``rounds`` × ``latency.time_cap_s``."""
+    return Timing.from_summary(measure_networks([model], input_shape, cfg, time_cap_s=cfg.time_cap_s * max(1, rounds))[0])
+
+
+# -- in context ------------------------------------------------------------------------------
+class _Clock:
+    """Per-block times of each forward pass: ``perf_counter`` on a CPU, CUDA events on a GPU."""
+
+    def __init__(self, blocks: int, device: torch.device, clock: str = "wall") -> None:
+        self.blocks, self.device, self.records, self.gaps = blocks, device, [], []
+        self.now = time.perf_counter if clock == "wall" else time.process_time
+        self._open: list = []
+
+    def around(self, index: int, inner, x: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            y = inner(x)
+            end.record()
+            self._open.append((index, start, end))
+            return y
+        begin = self.now()
+        y = inner(x)
+        self._open.append((index, (self.now() - begin) * 1e3))
+        return y
+
+    def close(self, whole_ms: float) -> None:
+        """End one forward pass (after the step synchronised): store its per-block times and the whole."""
+        times = [0.0] * self.blocks
+        for index, *clocked in self._open:
+            times[index] += clocked[0].elapsed_time(clocked[1]) if len(clocked) == 2 else clocked[0]
+        self.records.append(times)
+        self.gaps.append(whole_ms - sum(times))  # stem, head, glue: what no block choice changes
+        self._open = []
+
+
+class _Clocked(nn.Module):
+    """A block wrapper that clocks its (deployed) inner module."""
+
+    def __init__(self, inner, clock: _Clock, index: int) -> None:
+        super().__init__()
+        self.inner, self.clock, self.index = inner, clock, index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.clock.around(self.index, self.inner, x)
+
+
+def cover_selections(candidates: dict[str, list[str]], rounds: int = 1, seed: int = 0,
+                     ranked: bool = False) -> list[dict[str, str]]:
+    """Selections in which every candidate of every block appears at least ``rounds`` times.
+
+    With ``ranked``, the first round pairs candidates of similar rank (lists given fastest
+    first): fast ops are timed among fast neighbours, slow among slow, as in networks near
+    either end of the latency range. Other rounds cycle through a seeded shuffle of each
+    block's candidates, so which neighbours a candidate meets is random. Each round has as
+    many networks as the largest block has candidates.
+    """
+    rng = random.Random(seed)
+    count = max(len(names) for names in candidates.values())
+    selections = []
+    for round_ in range(rounds):
+        if ranked and round_ == 0:
+            selections += [{b: names[round(i * (len(names) - 1) / max(1, count - 1))] for b, names in candidates.items()}
+                           for i in range(count)]
+            continue
+        orders = {b: rng.sample(names, len(names)) for b, names in candidates.items()}
+        selections += [{b: order[i % len(order)] for b, order in orders.items()} for i in range(count)]
+    return selections
+
+
+def _clocked_network(teacher: nn.Module, specs, modules: dict[str, nn.Module], example_shapes, cfg, device) -> tuple[nn.Module, _Clock]:
+    clock = _Clock(len(specs), device, cfg.clock)
+    net = copy.deepcopy(teacher).eval().to(device=device, dtype=DTYPES[cfg.dtype])
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    for index, spec in enumerate(specs):
+        example = example_input(example_shapes[spec.name], cfg)
+        set_submodule(net, spec.name, _Clocked(prepare_for_timing(modules[spec.name], example, cfg), clock, index))
+    return net, clock
+
+
+@torch.inference_mode()
+def measure_in_context(teacher: nn.Module, specs, candidates: dict, input_shape: tuple[int, ...], cfg: LatencyConfig,
+                       rounds: int = 1, group: int = 16, order: dict[str, list[str]] | None = None,
+                       ) -> tuple[dict[tuple[str, str], Timing], dict]:
+    """Time every candidate inside the whole network (clocked at its block's boundaries).
+
+    Args:
+        teacher: the teacher network.
+        specs: its blocks (:class:`op_zoo.BlockSpec`, in forward order).
+        candidates: candidates (or modules) by block and op name; each block has ``teacher``.
+        input_shape: ``(C, H, W)`` of one network input.
+        cfg: measurement settings.
+        rounds: how many cover networks each candidate appears in (at least).
+        order: per block, candidate names fastest first (e.g. timed alone): the first round
+            then pairs candidates of similar rank (see :func:`cover_selections`).
+        group: how many networks are timed interleaved at a time.
+
+    Returns:
+        Timing per (block, op) (median over its networks of its per-network median), and a
+        record: ``teacher_latency_ms`` (deployed, unclocked), ``blocks_sum_ms`` (its clocked
+        blocks), ``fixed_latency_ms`` (per call, whole minus clocked blocks, median over all
+        networks; plus, for runtimes other than eager, deployed minus clocked teacher).
+    """
+    from statistics import median
+
+    from tqdm.auto import tqdm
+
+    device = resolve_device(cfg.device)
+    shapes = {s.name: (s.in_channels, *s.in_size) for s in specs}
+    modules = {b: {n: getattr(c, "module", c) for n, c in cands.items()} for b, cands in candidates.items()}
+    selections = [{s.name: TEACHER_OP for s in specs}] + cover_selections(order or {b: list(m) for b, m in modules.items()}, rounds,
+                                                                   ranked=order is not None)
+    example = example_input(input_shape, cfg)
+    per_candidate: dict[tuple[str, str], list[float]] = {}
+    teacher_blocks: list[float] = []
+    gaps: list[float] = []
+    with _measuring(cfg), tqdm(total=len(selections), desc="latency (in context)", unit="net", dynamic_ncols=True) as bar:
+        for first in range(0, len(selections), group):
+            chunk = selections[first : first + group]
+            nets = [_clocked_network(teacher, specs, {b: modules[b][c] for b, c in sel.items()}, shapes, cfg, device) for sel in chunk]
+            steps = [_closing(core.make_step(net, example, clock=cfg.clock), clock) for net, clock in nets]
+            if first == 0:  # the deployed teacher, unclocked, interleaved with its clocked twin
+                steps.append(core.make_step(prepare_for_timing(teacher, example, cfg), example, _graphs(cfg, example), cfg.clock))
+            results = core.sample_interleaved(steps, **_knobs(cfg), time_cap_s=cfg.time_cap_s * len(steps))
+            if first == 0:
+                whole, clocked_teacher = results.pop(), results[0]
+            for sel, (net, clock), result in zip(chunk, nets, results):
+                records = clock.records[result["warmup"]:]
+                gaps.append(median(clock.gaps[result["warmup"]:]))
+                for index, spec in enumerate(specs):
+                    block_ms = median(r[index] for r in records)
+                    per_candidate.setdefault((spec.name, sel[spec.name]), []).append(block_ms)
+                    if sel is selections[0]:
+                        teacher_blocks.append(block_ms)
+            bar.update(len(chunk))
+    timings = {}
+    for key, values in per_candidate.items():
+        spread = (max(values) - min(values)) if len(values) > 1 else 0.0
+        timings[key] = Timing(median(values), spread, len(values))
+    # The fixed part, call by call (whole minus its clocked blocks, paired in the same call, so the
+    # noise of two separate measurements does not land in it), median over every network; other
+    # runtimes than eager add what deploying the whole network changes against eager glue.
+    gap = median(gaps)
+    adjust = 0.0 if cfg.runtime == "eager" else whole["median_ms"] - clocked_teacher["median_ms"]
+    record = {"teacher_latency_ms": whole["median_ms"], "teacher_latency_iqr_ms": whole["iqr_ms"],
+              "teacher_latency_ci_ms": whole["ci_ms"], "blocks_sum_ms": sum(teacher_blocks),
+              "clocked_teacher_ms": clocked_teacher["median_ms"], "fixed_gap_ms": gap, "runtime_adjust_ms": adjust,
+              "fixed_gap_spread_ms": max(gaps) - min(gaps), "fixed_latency_ms": gap + adjust, "networks": len(selections)}
+    return timings, record
+
+
+def _closing(step, clock: _Clock):
+    def timed() -> float:
+        ms = step()
+        clock.close(ms)
+        return ms
+
+    return timed

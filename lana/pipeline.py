@@ -16,12 +16,13 @@ import torch
 from torch import nn
 
 from lana.blocks import discover_blocks, describe_blocks
-from lana.candidates import TEACHER_OP, build_all_candidates
+from lana.candidates import build_all_candidates
 from lana.config import LanaConfig
 from lana.data import DataSplits, load_data, take_tensors
 from lana.distill import clear_state, distill_candidates, memory_limits
 from lana.distributed import init_distributed
-from lana.latency import measure_candidates, measure_network, resolve_device, settings_tag
+from lana.errors import CheckpointError
+from lana.latency import resolve_device
 from lana.rundir import RunFolder, read_json, setup_logging, write_json
 from lana.score import score_candidates
 from lana.teacher import load_teacher, teacher_fingerprint
@@ -81,6 +82,7 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False) -> pd
     resolve_device(config.latency.device)  # a missing GPU is said now, not after distillation
     memory_limits(config.distill)
     dist = init_distributed(config.distill.device)
+    config = type(config).model_validate(dist.broadcast_json(config.model_dump(mode="json")))  # every rank uses rank 0's
     ctx = prepare(config, run, writes=False)
     torch.manual_seed(config.seed)
     candidates = build_all_candidates(ctx.specs, config.ops)  # bad op names are said before anything is written
@@ -112,11 +114,15 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False) -> pd
         from lana.rundir import load_tensors
 
         for block, cands in candidates.items():
-            stored = load_tensors(weights_file(run.weights_dir, block))
-            for name, cand in cands.items():
-                if name in stored:
-                    cand.module.load_state_dict(stored[name])
-                cand.module.eval()
+            try:
+                stored = load_tensors(weights_file(run.weights_dir, block))
+                for name, cand in cands.items():
+                    if name in stored:
+                        cand.module.load_state_dict(stored[name])
+                    cand.module.eval()
+            except (CheckpointError, RuntimeError) as exc:
+                why = str(exc).split(";")[0].splitlines()[0]
+                raise CheckpointError(f"distilled weights of block {block} are unusable ({why}); rerun `lana distill --run {run.path} --force`") from None
     distilled = _unkeyed(distill_file)
     seconds["distill"] = time.time() - tick
 
@@ -134,35 +140,17 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False) -> pd
     tick = time.time()
     latency_file = run.file("latency.json")
     if force or not latency_file.is_file():
-        shapes = {s.name: (s.in_channels, *s.in_size) for s in ctx.specs}
-        timings = measure_candidates(candidates, shapes, config.latency)
-        whole = measure_network(ctx.teacher, ctx.input_shape, config.latency)
-        blocks_sum = sum(timings[(s.name, TEACHER_OP)].median_ms for s in ctx.specs)
-        write_json(
-            latency_file,
-            {
-                "settings": config.latency.model_dump(mode="json"),
-                "tag": settings_tag(config.latency),
-                "input_shape": list(ctx.input_shape),
-                "teacher_latency_ms": whole.median_ms,
-                "teacher_latency_iqr_ms": whole.iqr_ms,
-                "blocks_sum_ms": blocks_sum,
-                # what no choice changes (stem, head) plus the gap between the sum and the whole;
-                # never negative, so a prediction can't undercut zero when blocks time slower alone
-                "fixed_latency_ms": max(0.0, whole.median_ms - blocks_sum),
-                "candidates": [
-                    {"block": b, "candidate": c, "median_ms": t.median_ms, "iqr_ms": t.iqr_ms} for (b, c), t in timings.items()
-                ],
-            },
-        )
+        from lana.profile import profile_latency, store_profile
+
+        record = profile_latency(ctx.teacher, ctx.specs, candidates, ctx.input_shape, config.latency)
+        write_json(latency_file, store_profile(None, record, primary=True))
     latency = read_json(latency_file)
     seconds["latency"] = time.time() - tick
-    timing = {(r["block"], r["candidate"]): r for r in latency["candidates"]}
 
     rows = []
     for index, (block, cands) in enumerate(candidates.items()):
         for name, cand in cands.items():
-            d, s, t = distilled[(block, name)], scores.get((block, name), {}), timing[(block, name)]
+            d, s = distilled[(block, name)], scores.get((block, name), {})
             rows.append(
                 {
                     "block": block,
@@ -177,12 +165,11 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False) -> pd
                     "val_acc": s.get("val_acc", float("nan")),
                     "val_loss_delta": s.get("val_loss_delta", float("nan")),
                     "acc_delta": s.get("acc_delta", float("nan")),
-                    "latency_ms": t["median_ms"],
-                    "latency_iqr_ms": t["iqr_ms"],
-                    "latency_settings": latency["tag"],
                 }
             )
-    table = pd.DataFrame(rows)
+    from lana.profile import merge_latency
+
+    table = merge_latency(pd.DataFrame(rows), latency)  # latency columns of every profile in latency.json
     table["score"] = -table["val_loss_delta"] if config.score.metric == "loss" else table["acc_delta"]
     run.save_table(table)
     write_json(run.file("distill_timing.json"), seconds)

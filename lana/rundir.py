@@ -6,6 +6,7 @@ the config sections that shape its candidates, and refuses to mix in another tea
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -25,6 +26,19 @@ TABLE = "candidates"
 REQUIRED_COLUMNS = ("block", "candidate", "family", "params", "macs")
 
 
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open folders; its rename is durable enough
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via temp file + fsync + rename (never half-written)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,8 +49,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+        _fsync_dir(path.parent)  # the rename itself survives a power loss
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise RunFolderError(
+                f"no space left on the disk holding {path.parent} while writing {path.name} (the previous {path.name}, "
+                "if any, is intact); free some space and rerun the same command"
+            ) from None
         raise
 
 

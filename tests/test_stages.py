@@ -164,7 +164,7 @@ def test_rerun_reuses_results_and_refuses_another_teacher(trained_run):
 def test_latency_timing_and_missing_cuda():
     cfg = tiny_config().latency
     timing = time_module(torch.nn.Conv2d(4, 4, 3, padding=1), (4, 8, 8), cfg)
-    assert timing.median_ms > 0 and timing.repeats == cfg.repeats
+    assert timing.median_ms > 0 and cfg.repeats <= timing.repeats <= 8 * cfg.repeats  # repeats is the minimum
     scripted = time_module(torch.nn.Conv2d(4, 4, 3, padding=1), (4, 8, 8), cfg.model_copy(update={"runtime": "torchscript"}))
     assert scripted.median_ms > 0
     if not torch.cuda.is_available():

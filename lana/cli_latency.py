@@ -1,0 +1,141 @@
+"""The latency commands of the CLI: ``lana profile``, ``lana latency-check``, ``lana proxy``.
+
+Thin: parse, call ``lana.profile`` / ``lana.latency_check`` / ``lana.proxy``, print.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lana.errors import ConfigError
+
+out = Console()
+RunArg = Annotated[Path, typer.Option("--run", help="Run folder written by `lana distill`.")]
+SetArg = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key, e.g. --set latency.batch_size=1 (repeatable).")]
+
+
+def _folder(run: Path):
+    from lana.errors import RunFolderError
+    from lana.rundir import RunFolder
+
+    if not (run / "latency.json").is_file():
+        raise RunFolderError(f"{run} has no latency.json; run `lana distill --run {run}` first")
+    return RunFolder(run)
+
+
+def profile_command(
+    run: RunArg,
+    device: Annotated[Optional[str], typer.Option("--device", help="Measure on this device (cpu, cuda, cuda:N); other settings with --set latency.KEY=VALUE.")] = None,
+    overrides: SetArg = None,
+    primary: Annotated[bool, typer.Option("--primary", help="Make this the profile `lana solve` uses (latency_ms); the old one becomes latency_ms:<tag>.")] = False,
+    bundle: Annotated[Optional[Path], typer.Option("--bundle", help="Write a self-contained TorchScript bundle with a torch-only runner to this folder instead of measuring.")] = None,
+    networks: Annotated[int, typer.Option("--networks", help="With --bundle: whole networks to include for the correction fit.")] = 6,
+    import_file: Annotated[Optional[Path], typer.Option("--import", help="Merge the CSV a bundle's runner.py wrote on another machine.")] = None,
+) -> None:
+    """(Re)measure a run's candidates for another device or setting, adding latency_ms:<tag> columns."""
+    from lana import profile
+
+    folder = _folder(run)
+    if bundle is not None and import_file is not None:
+        raise ConfigError("give either --bundle DIR or --import FILE, not both")
+    if bundle is not None:
+        manifest = profile.write_bundle(folder, bundle, networks, overrides)
+        out.print(f"bundle of {len(manifest['entries'])} TorchScript modules in {bundle}; on the target machine run:\n"
+                  f"  python {bundle / 'runner.py'} --device cuda --out latency.csv\n"
+                  f"then: lana profile --run {run} --import latency.csv")
+        return
+    if import_file is not None:
+        record = profile.import_csv(folder, import_file, primary)
+    else:
+        record = profile.profile_run(folder, overrides, device, primary)
+    column = "latency_ms" if primary else f"latency_ms:{record['tag']}"
+    fixed = record["fixed_latency_ms"]
+    out.print(f"profile {record['tag']} ({record['method']}): teacher {record['teacher_latency_ms']:.4g} ms, "
+              f"fixed part {fixed:.4g} ms, {len(record['candidates'])} candidates -> column {column}")
+    if record.get("calibration"):
+        cal = record["calibration"]
+        out.print(f"correction from {cal['networks']} measured networks: {cal['fixed_ms']:.4g} ms + {cal['scale']:.4f} x sum")
+
+
+def latency_check_command(
+    run: RunArg,
+    networks: Annotated[int, typer.Option("--networks", help="Random networks to build and measure (besides the solver's picks and the teacher).")] = 12,
+    fit: Annotated[int, typer.Option("--fit", help="Fit a correction (fixed + scale x sum) on the teacher plus this many networks, judge it on the rest, and store it so `lana solve` uses it. 0: check only.")] = 0,
+    tag: Annotated[Optional[str], typer.Option("--tag", help="Which latency profile (default: the primary one).")] = None,
+    overrides: SetArg = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Build networks, measure each end to end and report predicted vs measured latency (CSV, PNG, errors)."""
+    from lana.latency_check import check_run
+
+    if networks < 2 or fit < 0 or (fit and fit >= networks):
+        raise ConfigError("--networks must be at least 2 and --fit between 0 and networks - 1")
+    result = check_run(_folder(run), networks, fit, tag=tag, overrides=overrides)
+    summary = result["summary"]
+    if as_json:
+        typer.echo(json.dumps(summary, default=float))
+        return
+    table = Table(title=f"predicted vs measured ({summary['tag']})")
+    for col in ("kind", "predicted ms", "measured ms", "error %", "changed blocks"):
+        table.add_column(col, justify="right")
+    for row in result["frame"].itertuples():
+        table.add_row(row.kind, f"{row.predicted_ms:.4g}", f"{row.measured_ms:.4g}", f"{row.error_pct:+.1f}", str(row.changed_blocks))
+    out.print(table)
+    before = summary["before"]
+    out.print(f"error: median {before['median_error_pct']:.1f} %, worst {before['worst_error_pct']:.1f} % over {before['networks']} networks; "
+              f"noise floor median {before['median_noise_pct']:.1f} %, worst {before['worst_noise_pct']:.1f} %; "
+              f"teacher drift since profiling {summary['teacher_drift_pct']:+.1f} %")
+    if summary.get("after"):
+        after, cal = summary["after"], summary["correction"]
+        out.print(f"corrected ({cal['fixed_ms']:.4g} ms + {cal['scale']:.4f} x sum, fitted on {cal['networks']}): "
+                  f"held-out median {after['median_error_pct']:.1f} %, worst {after['worst_error_pct']:.1f} % "
+                  f"over {after['networks']}; stored in latency.json")
+    out.print(f"written: {run / 'latency_check.csv'}, {run / 'latency_check.png'}, {run / 'latency_check.json'}")
+
+
+def _proxy_table(run: Optional[Path], table: Optional[Path]):
+    from lana.solve import read_table
+
+    if (run is None) == (table is None):
+        raise ConfigError("give exactly one of --run DIR or --table FILE")
+    if run is not None:
+        return _folder(run).load_table()
+    return read_table(table)
+
+
+def proxy_command(
+    proxy: Annotated[str, typer.Option("--proxy", help="Latency column of the proxy device, e.g. latency_ms.")],
+    target: Annotated[str, typer.Option("--target", help="Latency column of the target device, e.g. 'latency_ms:cuda-b64-float16-eager'.")],
+    run: Annotated[Optional[Path], typer.Option("--run", help="Run folder whose table holds both columns.")] = None,
+    table: Annotated[Optional[Path], typer.Option("--table", help="Or a CSV/Parquet table with block, candidate, family, score and both columns.")] = None,
+    samples: Annotated[int, typer.Option("--samples", help="Fit a per-family correction on this many target rows (0: rank report only).")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Which rows are sampled.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Can one device's latencies stand in for another's? Rank correlation, correction, Pareto check."""
+    from lana.proxy import proxy_report
+
+    report = proxy_report(_proxy_table(run, table), proxy, target, samples, seed)
+    if as_json:
+        typer.echo(json.dumps({k: (v.to_dict("records") if hasattr(v, "to_dict") else v) for k, v in report.items()}, default=float))
+        return
+    rank = report["rank"]
+    out.print(f"Spearman rho {proxy} vs {target}: overall {rank['overall']:.3f}, per block median {rank['median_block']:.3f}, "
+              f"worst {rank['worst_block'][1]:.3f} ({rank['worst_block'][0]})")
+    for name in ("pareto_raw", "pareto_corrected"):
+        frame = report.get(name)
+        if frame is not None and len(frame):
+            kept = int(frame["on_front"].sum())
+            out.print(f"{name.replace('pareto_', '')} proxy: {kept}/{len(frame)} selections on the target's Pareto front "
+                      f"(largest score gap {frame['score_gap'].max():.4g})")
+    if report["correction"]:
+        err = report.get("corrected_error_pct") or {}
+        factors = ", ".join(f"{k} x{v:.3g}" for k, v in report["correction"].items())
+        out.print(f"per-family correction from {report['samples']} samples: {factors}")
+        if err:
+            out.print(f"corrected proxy vs target on the other rows: median {err['median']:.1f} %, worst {err['worst']:.1f} %")

@@ -1,0 +1,325 @@
+"""Check the latency model: predicted (fixed part + sum of per-block figures) vs measured.
+
+``lana latency-check --run DIR`` builds N whole networks (random selections spread over the
+latency range, plus the solver's picks), measures each end to end in the deployment
+runtime (interleaved, so machine drift hits all alike), and reports predicted vs measured:
+a CSV, a PNG scatter and the median and worst relative error, next to the noise floor (the
+gap between two interleaved halves of the same measurement). ``--fit`` then fits
+``measured ≈ fixed + scale × sum`` on those networks (robustly) and writes it back, so that
+``lana solve`` adds corrected figures.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from lana.blocks import set_submodule
+from lana.config import LatencyConfig
+from lana.latency import TEACHER_OP, measure_networks
+
+log = logging.getLogger("lana")
+
+
+def random_selections(latency: dict[str, dict[str, float]], count: int, seed: int = 0) -> list[dict[str, str]]:
+    """``count`` selections whose predicted latencies spread from the fastest to the slowest.
+
+    Network ``i`` aims at rank ``i / (count - 1)`` of each block's candidates ordered by
+    latency, with random jitter of a quarter of the ranks, so networks cover the range and
+    mix fast and slow blocks.
+
+    Args:
+        latency: per block, predicted latency by candidate name.
+        count: how many selections.
+        seed: random seed.
+    """
+    rng = random.Random(seed)
+    ordered = {b: sorted(c, key=c.get) for b, c in latency.items()}
+    selections = []
+    for i in range(count):
+        aim = i / max(1, count - 1)
+        choice = {}
+        for block, names in ordered.items():
+            top = len(names) - 1
+            rank = aim * top + rng.uniform(-0.25, 0.25) * top
+            choice[block] = names[min(top, max(0, round(rank)))]
+        selections.append(choice)
+    return selections
+
+
+def build_network(teacher: nn.Module, specs, choice: dict[str, str], modules: dict[str, dict[str, nn.Module]]) -> nn.Module:
+    """The teacher with each block replaced by its chosen module (weights do not matter for timing)."""
+    net = copy.deepcopy(teacher).eval()
+    for spec in specs:
+        name = choice.get(spec.name, TEACHER_OP)
+        if name != TEACHER_OP:
+            set_submodule(net, spec.name, copy.deepcopy(modules[spec.name][name]).eval())
+    return net
+
+
+def predict(choice: dict[str, str], latency: dict[str, dict[str, float]], fixed_ms: float) -> float:
+    """Predicted whole-network latency: the fixed part plus the chosen per-block figures."""
+    return fixed_ms + sum(latency[b][c] for b, c in choice.items())
+
+
+def measure_selections(teacher: nn.Module, specs, modules: dict, selections: list[dict[str, str]],
+                       input_shape: tuple[int, ...], cfg: LatencyConfig, group: int = 12) -> list[dict]:
+    """Measure each selection's whole network end to end, interleaved in groups of ``group``."""
+    results = []
+    for first in range(0, len(selections), group):
+        chunk = selections[first : first + group]
+        nets = [build_network(teacher, specs, choice, modules) for choice in chunk]
+        results.extend(measure_networks(nets, input_shape, cfg, time_cap_s=cfg.time_cap_s * 2 * len(nets)))
+        del nets
+    return results
+
+
+@dataclass
+class Correction:
+    """``measured ≈ fixed_ms + scale × (sum of per-block figures)``."""
+
+    fixed_ms: float
+    scale: float
+    networks: int
+
+    def as_dict(self) -> dict:
+        """JSON-able fields."""
+        return {"fixed_ms": self.fixed_ms, "scale": self.scale, "networks": self.networks}
+
+
+def fit_correction(sums: list[float], measured: list[float], scale_bounds: tuple[float, float] = (0.5, 2.0)) -> Correction:
+    """Fit fixed part and scale of the sum on measured networks, robust to an outlier.
+
+    A Theil-Sen slope (median of pairwise slopes, clipped to ``scale_bounds``) and the median
+    intercept; with fewer than 3 networks or too little spread of the sums, only the fixed
+    part is fitted (scale 1).
+
+    Args:
+        sums: per network, the sum of its per-block figures (without any fixed part).
+        measured: per network, its measured latency.
+    """
+    x, y = np.asarray(sums, float), np.asarray(measured, float)
+    if len(x) == 0:
+        raise ValueError("no measured networks to fit a correction on")
+    scale = 1.0
+    if len(x) >= 3 and np.ptp(x) > 0.05 * np.mean(x):
+        slopes = [(y[j] - y[i]) / (x[j] - x[i]) for i in range(len(x)) for j in range(i + 1, len(x)) if abs(x[j] - x[i]) > 1e-12]
+        scale = float(np.clip(np.median(slopes), *scale_bounds))
+    return Correction(float(np.median(y - scale * x)), scale, len(x))
+
+
+def error_summary(frame: pd.DataFrame) -> dict:
+    """Median and worst absolute relative error (%) of ``predicted_ms`` vs ``measured_ms``, and the noise floor."""
+    error = (frame["predicted_ms"] - frame["measured_ms"]).abs() / frame["measured_ms"] * 100
+    noise = (frame["half_a_ms"] - frame["half_b_ms"]).abs() / frame["measured_ms"] * 100
+    return {"networks": len(frame), "median_error_pct": float(error.median()), "worst_error_pct": float(error.max()),
+            "median_noise_pct": float(noise.median()), "worst_noise_pct": float(noise.max()),
+            "mean_ratio_predicted_over_measured": float((frame["predicted_ms"] / frame["measured_ms"]).mean())}
+
+
+def check_frame(selections: list[dict[str, str]], kinds: list[str], measured: list[dict],
+                latency: dict[str, dict[str, float]], fixed_ms: float) -> pd.DataFrame:
+    """One row per network: kind, predicted and measured latency, error, noise halves, choice."""
+    import json
+
+    rows = []
+    for index, (choice, kind, result) in enumerate(zip(selections, kinds, measured)):
+        block_sum = sum(latency[b][c] for b, c in choice.items())
+        rows.append({"network": index, "kind": kind, "blocks_sum_ms": block_sum, "predicted_ms": fixed_ms + block_sum,
+                     "measured_ms": result["median_ms"], "measured_ci_ms": result["ci_ms"], "half_a_ms": result["half_a_ms"],
+                     "half_b_ms": result["half_b_ms"], "changed_blocks": sum(c != TEACHER_OP for c in choice.values()),
+                     "choice": json.dumps(choice)})
+    frame = pd.DataFrame(rows)
+    frame["error_pct"] = (frame["predicted_ms"] - frame["measured_ms"]) / frame["measured_ms"] * 100
+    return frame
+
+
+def scatter_png(frame: pd.DataFrame, title: str) -> bytes:
+    """PNG bytes: measured vs predicted latency per network, with the diagonal and ±5 % / ±10 % bands."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    low = 0.9 * min(frame["predicted_ms"].min(), frame["measured_ms"].min())
+    high = 1.1 * max(frame["predicted_ms"].max(), frame["measured_ms"].max())
+    line = np.array([low, high])
+    ax.plot(line, line, "k-", lw=1, label="predicted = measured")
+    for share, style in ((0.05, "--"), (0.10, ":")):
+        ax.plot(line, line * (1 + share), "grey", ls=style, lw=0.8, label=f"±{share:.0%}")
+        ax.plot(line, line * (1 - share), "grey", ls=style, lw=0.8)
+    for kind, marker in (("random", "o"), ("solver", "*"), ("teacher", "s")):
+        part = frame[frame["kind"] == kind]
+        if len(part):
+            ax.errorbar(part["predicted_ms"], part["measured_ms"], yerr=part["measured_ci_ms"], fmt=marker, ms=6, label=kind)
+    if "corrected_ms" in frame:
+        ax.plot(frame["corrected_ms"], frame["measured_ms"], "o", mfc="none", color="tab:red", label="after the fitted correction")
+    summary = error_summary(frame)
+    ax.set_title(f"{title}\nmedian error {summary['median_error_pct']:.1f} %, worst {summary['worst_error_pct']:.1f} % "
+                 f"(noise {summary['median_noise_pct']:.1f} %)", fontsize=9)
+    ax.set_xlabel("predicted latency (ms)")
+    ax.set_ylabel("measured latency (ms)")
+    ax.set_xlim(low, high)
+    ax.set_ylim(low, high)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def spread_indices(values: list[float], count: int) -> list[int]:
+    """Indices of ``count`` values spread evenly over their sorted order (for fitting on a few)."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    if count >= len(order):
+        return order
+    return sorted({order[int(round(i))] for i in np.linspace(0, len(order) - 1, count)})
+
+
+def check_latency(teacher: nn.Module, specs, modules: dict, record: dict, input_shape: tuple[int, ...], cfg: LatencyConfig,
+                  selections: list[dict[str, str]], kinds: list[str], fit: int = 0, group: int = 8) -> dict:
+    """Measure ``selections`` end to end and compare them with the profile's predictions.
+
+    The teacher is measured in every group of ``group`` networks (its drift since profiling
+    is reported); with ``fit`` > 0 a correction is fitted on the teacher plus ``fit``
+    networks spread over the range and judged on the others (held out).
+
+    Args:
+        teacher, specs: the teacher and its blocks.
+        modules: candidate modules by block and op name.
+        record: the latency profile (``latency.json`` or one of its ``profiles``).
+        input_shape: ``(C, H, W)`` of one network input.
+        cfg: the profile's measurement settings.
+        selections, kinds: the networks to measure and what each is (``random``, ``solver``).
+        fit: how many networks (besides the teacher) to fit a correction on; 0 = no fit.
+
+    Returns:
+        ``frame`` (one row per network), ``summary`` (errors before and, with ``fit``, after
+        correction on held-out networks; noise floor; teacher drift) and ``correction``.
+    """
+    raw = {b: {} for b in modules}
+    for r in record["candidates"]:
+        raw.setdefault(r["block"], {})[r["candidate"]] = r["median_ms"]
+    scale = (record.get("calibration") or {}).get("scale", 1.0)
+    used = {b: {c: v * scale for c, v in d.items()} for b, d in raw.items()}
+    teacher_choice = {s.name: TEACHER_OP for s in specs}
+    ordered, labels = [], []
+    per_group = max(1, group - 1)
+    for first in range(0, len(selections), per_group):
+        ordered += [teacher_choice] + selections[first : first + per_group]
+        labels += ["teacher"] + kinds[first : first + per_group]
+    measured = measure_selections(teacher, specs, modules, ordered, input_shape, cfg, group=per_group + 1)
+    frame = check_frame(ordered, labels, measured, used, record["fixed_latency_ms"])
+    frame["raw_sum_ms"] = [sum(raw[b][c] for b, c in choice.items()) for choice in ordered]
+    teachers = frame[frame["kind"] == "teacher"]
+    # one teacher row stands for the teacher in the figures (the median of its measurements)
+    keep = frame[frame["kind"] != "teacher"].index.tolist() + [int(teachers.index[len(teachers) // 2])]
+    judged = frame.loc[sorted(keep)].copy()
+    summary = {"before": error_summary(judged), "teacher_profiled_ms": record["teacher_latency_ms"],
+               "teacher_measured_ms": float(teachers["measured_ms"].median()),
+               "teacher_drift_pct": float((teachers["measured_ms"].median() / record["teacher_latency_ms"] - 1) * 100)}
+    correction = None
+    if fit:
+        others = [i for i in judged.index if judged.at[i, "kind"] == "random"]
+        chosen = [others[i] for i in spread_indices(judged.loc[others, "raw_sum_ms"].tolist(), fit)]
+        fit_rows = chosen + [i for i in judged.index if judged.at[i, "kind"] == "teacher"]
+        correction = fit_correction(judged.loc[fit_rows, "raw_sum_ms"].tolist(), judged.loc[fit_rows, "measured_ms"].tolist())
+        judged["fitted_on"] = judged.index.isin(fit_rows)
+        judged["corrected_ms"] = correction.fixed_ms + correction.scale * judged["raw_sum_ms"]
+        held = judged[~judged["fitted_on"]].assign(predicted_ms=lambda f: f["corrected_ms"])
+        summary["after"] = error_summary(held) if len(held) else None
+        summary["correction"] = correction.as_dict()
+    return {"frame": judged.reset_index(drop=True), "summary": summary, "correction": correction}
+
+
+def mixed_selections(latency: dict[str, dict[str, float]], count: int, seed: int = 0) -> list[dict[str, str]]:
+    """``count`` networks: half spread over the latency range by rank, half uniformly random mixes."""
+    rng = random.Random(seed + 1)
+    spread = random_selections(latency, count - count // 2, seed)
+    mixes = [{b: rng.choice(sorted(c)) for b, c in latency.items()} for _ in range(count // 2)]
+    return spread + mixes
+
+
+def solver_selections(record: dict, table: pd.DataFrame, column: str, shares: list[float]) -> list[dict[str, str]]:
+    """The solver's picks at budgets that are ``shares`` of the teacher's latency (infeasible ones skipped)."""
+    from lana.errors import InfeasibleError
+    from solvers import SelectionProblem, solve_selection
+
+    frame = table[table["score"].notna()] if "score" in table.columns else table.assign(score=0.0)
+    problem = SelectionProblem.from_frame(frame, offsets={column: record["fixed_latency_ms"]}, costs=[column])
+    picks = []
+    for share in shares:
+        try:
+            picks.append(solve_selection(problem.with_limits({column: share * record["teacher_latency_ms"]}), "auto").choice)
+        except InfeasibleError:
+            continue
+    return picks
+
+
+def check_run(run, networks: int = 12, fit: int = 0, shares: tuple[float, ...] = (0.5, 0.7, 0.9), tag: str | None = None,
+              overrides: list[str] | None = None, seed: int = 0) -> dict:
+    """``lana latency-check``: measure networks of a run end to end, compare, optionally fit and store a correction.
+
+    Writes ``RUN/latency_check.csv``, ``.png`` and ``.json``; with ``fit``, the correction goes
+    into the profile in ``latency.json`` and the table's latency columns are rebuilt, so
+    ``lana solve`` adds corrected figures.
+
+    Args:
+        run: the run folder.
+        networks: random networks to build (besides the solver's picks and the teacher).
+        fit: networks to fit the correction on (0: only check).
+        shares: budgets (shares of the teacher's latency) for the solver's picks.
+        tag: which latency profile (default: the primary one).
+        overrides: ``--set`` config overrides (e.g. ``latency.repeats=50``).
+    """
+    from lana.candidates import build_all_candidates
+    from lana.errors import RunFolderError
+    from lana.pipeline import prepare
+    from lana.profile import config_for_record, find_profile, merge_latency
+    from lana.rundir import atomic_write_bytes, read_json, write_json
+
+    config = run.load_config(overrides)
+    latency = read_json(run.file("latency.json"))
+    record = find_profile(latency, tag)
+    if record.get("method") == "imported":
+        raise RunFolderError(f"profile '{record['tag']}' was measured on another machine; run the check there")
+    cfg = config_for_record(record, config.latency)
+    ctx = prepare(config, run, writes=False)
+    modules = {b: {n: c.module for n, c in cands.items()} for b, cands in build_all_candidates(ctx.specs, config.ops).items()}
+    table = run.load_table()
+    column = "latency_ms" if tag in (None, latency.get("tag")) else f"latency_ms:{tag}"
+    used = {b: dict(zip(g["candidate"], g[column])) for b, g in table.groupby("block", sort=False)}
+    selections = mixed_selections(used, networks, seed)
+    picks = []
+    for choice in solver_selections(record, table, column, list(shares)):
+        if choice not in picks:  # budgets often share a pick
+            picks.append(choice)
+    result = check_latency(ctx.teacher, ctx.specs, modules, record, ctx.input_shape, cfg,
+                           selections + picks, ["random"] * len(selections) + ["solver"] * len(picks), fit)
+    frame, summary = result["frame"], result["summary"]
+    summary.update({"tag": record["tag"], "settings": record["settings"], "method": record.get("method")})
+    atomic_write_bytes(run.file("latency_check.csv"), frame.to_csv(index=False).encode())
+    atomic_write_bytes(run.file("latency_check.png"), scatter_png(frame, f"{record['tag']}: predicted vs measured"))
+    if result["correction"] is not None:
+        record["calibration"] = {**result["correction"].as_dict(), "fitted_at": frame.attrs.get("at") or _now(),
+                                 "held_out": summary.get("after")}
+        from lana.profile import finish_record
+
+        finish_record(record)
+        write_json(run.file("latency.json"), latency)
+        run.save_table(merge_latency(table, latency))
+    write_json(run.file("latency_check.json"), summary)
+    return {"frame": frame, "summary": summary}
+
+
+def _now() -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%S")

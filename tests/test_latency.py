@@ -1,0 +1,205 @@
+"""The profiler's bookkeeping, the correction fit and the proxy report (no timing accuracy asserted)."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import tiny_config
+from lana import bundle_runner as core
+from lana.config import build_config
+from lana.errors import ConfigError, TableError
+from lana.latency import cover_selections, measure_in_context, measure_networks, settings_tag, time_module
+from lana.latency_check import fit_correction, mixed_selections, random_selections, spread_indices
+from lana.profile import find_profile, latency_columns, latency_offsets, record_columns, store_profile
+from lana.proxy import apply_family_correction, fit_family_correction, pareto_check, proxy_report, rank_correlation
+
+
+def fake_clock(values):
+    """A step that returns the given timings in turn (then the last one forever)."""
+    it = itertools.chain(values, itertools.repeat(values[-1]))
+    return lambda: next(it)
+
+
+# -- statistics and adaptive sampling --------------------------------------------------------
+def test_median_ci_brackets_the_median_and_shrinks_with_samples():
+    rng = np.random.default_rng(0)
+    few, many = list(rng.normal(10, 1, 15)), list(rng.normal(10, 1, 400))
+    for samples in (few, many):
+        median, low, high = core.median_ci(samples)
+        assert low <= median <= high
+    assert core.relative_ci(many) < core.relative_ci(few)
+    assert core.relative_ci([1.0, 2.0]) == float("inf")
+
+
+def test_sampling_stops_when_tight_or_at_the_cap():
+    steady = core.sample_until_tight(fake_clock([1.0]), warmup=2, repeats=5, ci=0.01)
+    assert steady["repeats"] == 5 and steady["tight"] and steady["median_ms"] == 1.0 and steady["warmup"] >= 3
+    noisy = core.sample_until_tight(lambda: float(np.random.default_rng().uniform(1, 100)), warmup=1, repeats=4, max_repeats=20, ci=1e-6)
+    assert noisy["repeats"] == 20 and not noisy["tight"]
+    assert {"median_ms", "iqr_ms", "ci_ms", "repeats", "warmup"} <= set(noisy)
+
+
+def test_warm_up_waits_for_stable_windows():
+    # slow first calls (e.g. TorchScript profiling runs), then steady: warm-up goes past them
+    calls = core.warm_up(fake_clock([50.0, 50.0, 20.0, 10.0, 5.0] + [1.0] * 100), warmup=3, cap_s=5.0)
+    assert calls == 12  # windows of 3: medians 50, 5, 1, 1 -> stable after the fourth
+
+
+def test_interleaved_sampling_gives_halves_per_callable():
+    results = core.sample_interleaved([fake_clock([1.0]), fake_clock([2.0])], warmup=1, repeats=6, ci=0.05, per_round=2)
+    assert [r["median_ms"] for r in results] == [1.0, 2.0]
+    assert all(r["half_a_ms"] == r["half_b_ms"] == r["median_ms"] for r in results)
+    assert results[0]["repeats"] == results[1]["repeats"] >= 6
+
+
+# -- settings ---------------------------------------------------------------------------------
+def test_settings_tag_names_every_setting():
+    base = tiny_config(latency={"threads": None}).latency
+    tags = {settings_tag(base.model_copy(update=u)) for u in (
+        {}, {"batch_size": 1}, {"dtype": "bfloat16"}, {"runtime": "torchscript"}, {"channels_last": True},
+        {"threads": 1}, {"threads": 1, "clock": "process"})}
+    assert len(tags) == 7
+    assert settings_tag(base.model_copy(update={"threads": 3})).endswith("-t3")
+    assert settings_tag(base.model_copy(update={"device": "cuda:1", "cuda_graphs": True})) == "cuda1-b4-float32-eager-graphs"
+
+
+def test_bad_settings_are_one_line_errors():
+    cfg = tiny_config().latency
+    with pytest.raises(ConfigError, match="latency.threads: 1"):
+        time_module(torch.nn.ReLU(), (2, 4, 4), cfg.model_copy(update={"clock": "process", "threads": 2}))
+    with pytest.raises(ConfigError, match="invalid config"):
+        build_config({"latency": {"runtime": "tensorrt"}})
+
+
+def test_time_module_records_spread_ci_and_respects_the_thread_count():
+    cfg = tiny_config().latency.model_copy(update={"threads": 1, "clock": "process", "max_repeats": 12})
+    before = torch.get_num_threads()
+    timing = time_module(torch.nn.Conv2d(4, 4, 3, padding=1), (4, 8, 8), cfg)
+    assert torch.get_num_threads() == before  # restored
+    assert timing.median_ms > 0 and timing.iqr_ms >= 0 and timing.ci_ms >= 0 and 3 <= timing.repeats <= 12
+    assert set(timing.as_dict()) == {"median_ms", "iqr_ms", "repeats", "ci_ms", "warmup", "tight"}
+
+
+def test_onnxruntime_runtime_is_optional():
+    from lana.runtimes import onnx_available
+
+    cfg = tiny_config().latency.model_copy(update={"runtime": "onnxruntime"})
+    if onnx_available():
+        assert time_module(torch.nn.Conv2d(4, 4, 3, padding=1), (4, 8, 8), cfg).median_ms > 0
+    else:
+        with pytest.raises(ConfigError, match="pip install onnx onnxruntime"):
+            time_module(torch.nn.Conv2d(4, 4, 3, padding=1), (4, 8, 8), cfg)
+
+
+# -- in context -----------------------------------------------------------------------------------
+def test_cover_networks_place_every_candidate():
+    cands = {"a": ["teacher", "x", "y"], "b": ["teacher", "z"]}
+    selections = cover_selections(cands, rounds=2)
+    assert len(selections) == 6
+    for block, names in cands.items():
+        assert {s[block] for s in selections} == set(names)
+
+
+def test_in_context_timing_covers_all_candidates_and_adds_up_for_the_teacher():
+    from lana.blocks import discover_blocks
+    from lana.candidates import build_all_candidates
+    from lana.models import demo_resnet
+
+    cfg = tiny_config().latency.model_copy(update={"threads": 1, "clock": "process", "max_repeats": 6})
+    teacher = demo_resnet(in_chans=1, widths=[4, 8], depth=1).eval()
+    specs = discover_blocks(teacher, (1, 1, 8, 8))
+    cands = build_all_candidates(specs, tiny_config(ops={"include": ["identity", "conv_k1", "conv_k3"]}).ops)
+    timings, record = measure_in_context(teacher, specs, cands, (1, 8, 8), cfg)
+    assert set(timings) == {(b, n) for b, c in cands.items() for n in c}
+    assert all(t.median_ms > 0 for t in timings.values())
+    assert record["fixed_latency_ms"] == record["fixed_gap_ms"] + record["runtime_adjust_ms"]
+    assert record["runtime_adjust_ms"] == 0.0 and record["networks"] == 1 + max(len(c) for c in cands.values())
+    halves = measure_networks([teacher], (1, 8, 8), cfg)[0]
+    assert halves["half_a_ms"] > 0 and halves["half_b_ms"] > 0
+
+
+# -- latency.json bookkeeping -----------------------------------------------------------------------
+def _record(tag, scale=None, fixed=0.5):
+    rec = {"tag": tag, "method": "context", "teacher_latency_ms": 3.0, "measured_fixed_latency_ms": fixed,
+           "fixed_latency_ms": fixed, "calibration": None if scale is None else {"scale": scale, "fixed_ms": 0.1, "networks": 5},
+           "candidates": [{"block": "b0", "candidate": "teacher", "median_ms": 1.0, "iqr_ms": 0.1, "isolated_ms": 0.9},
+                          {"block": "b0", "candidate": "x", "median_ms": 0.5, "iqr_ms": 0.1, "isolated_ms": 0.4}]}
+    if scale is not None:
+        rec["fixed_latency_ms"] = 0.1
+    return rec
+
+
+def test_profiles_stack_under_their_tags_and_never_get_lost():
+    latency = store_profile(None, _record("cpu-a"), primary=True)
+    latency = store_profile(latency, _record("gpu-b", scale=2.0), primary=False)
+    columns = latency_columns(latency)
+    assert {"latency_ms", "latency_isolated_ms", "latency_context_ms", "latency_ms:gpu-b", "latency_settings"} <= set(columns)
+    assert columns["latency_ms:gpu-b"].tolist() == [2.0, 1.0]  # calibrated: scale x raw
+    offsets, teacher = latency_offsets(latency)
+    assert offsets == {"latency_ms": 0.5, "latency_ms:gpu-b": 0.1} and teacher["latency_ms:gpu-b"] == 3.0
+    promoted = store_profile(latency, find_profile(latency, "gpu-b"), primary=True)
+    assert promoted["tag"] == "gpu-b" and set(promoted["profiles"]) == {"cpu-a"}
+    assert record_columns(promoted)["latency_ms"].tolist() == [2.0, 1.0]
+
+
+# -- the correction fit -------------------------------------------------------------------------------
+def test_correction_fit_recovers_fixed_and_scale_despite_an_outlier():
+    sums = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    measured = [0.7 + 1.2 * s for s in sums]
+    measured[2] *= 1.5  # one disturbed measurement
+    fit = fit_correction(sums, measured)
+    assert fit.scale == pytest.approx(1.2, rel=1e-6) and fit.fixed_ms == pytest.approx(0.7, rel=1e-6)
+    assert fit_correction([2.0], [3.0]).scale == 1.0 and fit_correction([2.0], [3.0]).fixed_ms == pytest.approx(1.0)
+    assert fit_correction([1.0, 1.01, 1.02], [5.0, 5.0, 5.0]).scale == 1.0  # no spread: offset only
+
+
+def test_check_networks_spread_over_the_latency_range():
+    latency = {f"b{i}": {"teacher": 1.0, "fast": 0.1, "mid": 0.5, "slow": 2.0} for i in range(5)}
+    spread = random_selections(latency, 5, seed=0)
+    totals = [sum(latency[b][c] for b, c in choice.items()) for choice in spread]
+    assert totals[0] <= 5 * 0.5 < 5 * 1.0 <= totals[-1]  # the first are fast, the last slow
+    assert {c for choice in spread for c in choice.values()} >= {"fast", "slow"}
+    assert len(mixed_selections(latency, 7)) == 7
+    assert spread_indices([5.0, 1.0, 3.0, 2.0, 4.0], 3) == [0, 1, 2]
+
+
+# -- proxy ------------------------------------------------------------------------------------------
+def _two_device_table(seed=0, blocks=4, per_block=6):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for b in range(blocks):
+        for c in range(per_block):
+            family = ["conv", "mbconv", "identity"][c % 3] if c else "teacher"
+            cpu = rng.uniform(0.1, 2.0) if c else 2.0
+            factor = {"conv": 0.2, "mbconv": 0.5, "identity": 0.1, "teacher": 0.25}[family]
+            rows.append({"block": f"b{b}", "candidate": "teacher" if c == 0 else f"op{c}", "family": family,
+                         "score": 0.0 if c == 0 else -rng.uniform(0, 1) * (2.0 - cpu), "latency_ms": cpu,
+                         "latency_ms:gpu": cpu * factor})
+    return pd.DataFrame(rows)
+
+
+def test_rank_correlation_per_block_and_overall():
+    table = _two_device_table()
+    table["latency_ms:same"] = table["latency_ms"] * 3
+    table["latency_ms:reversed"] = -table["latency_ms"]
+    assert rank_correlation(table, "latency_ms", "latency_ms:same")["overall"] == pytest.approx(1.0)
+    report = rank_correlation(table, "latency_ms", "latency_ms:reversed")
+    assert report["worst_block"][1] == pytest.approx(-1.0) and set(report["per_block"]) == {"b0", "b1", "b2", "b3"}
+    with pytest.raises(TableError, match="latency columns are"):
+        rank_correlation(table, "latency_ms", "latency_ms:nope")
+
+
+def test_family_correction_recovers_per_family_factors_and_keeps_the_front():
+    table = _two_device_table()
+    factors = fit_family_correction(table, "latency_ms", "latency_ms:gpu", table.index[:12])  # blocks b0, b1
+    assert factors["conv"] == pytest.approx(0.2) and factors["mbconv"] == pytest.approx(0.5)
+    corrected = apply_family_correction(table, "latency_ms", factors)
+    assert np.allclose(corrected, table["latency_ms:gpu"])
+    report = proxy_report(table, "latency_ms", "latency_ms:gpu", samples=12, seed=1)
+    assert report["corrected_error_pct"]["worst"] < 1e-6
+    assert report["pareto_corrected"]["on_front"].all()
+    assert len(pareto_check(table, "latency_ms:gpu", "latency_ms:gpu", [0.5, 0.8])) == 2
