@@ -5,14 +5,14 @@
 
 A small demo ResNet teacher (3 stages of 16/32/64 channels, one block each; untrained: speed
 does not depend on the weights) on synthetic 32x32 images, distilled with 1, 8, 32 and every
-applicable op per block (each in one memory group), then with every op under a memory limit
-that forces about three groups, with and without the feature cache. Each setting first runs one step to warm up (lazy imports,
-kernel selection), then ``--steps`` timed steps per group, ``--repeats`` times (the fastest
-repeat is kept: other work on the machine only slows runs down); checkpoints are off.
-Reported: images per
-second (each image through the teacher once per group and through every candidate),
-candidate-images per second, and the shares of the training time spent in the teacher's
-forward pass, in the candidates (forward, backward, optimiser step) and in fetching data.
+applicable op per block (``distill.max_memory: auto``: one group here), then with every op
+under a memory limit that forces about three groups, with and without the feature cache.
+Each setting first runs one step to warm up (lazy imports, kernel selection), then
+``--steps`` timed steps per group, ``--repeats`` times (the fastest repeat is kept: other work
+on the machine only slows runs down); checkpoints are off. Reported: images per second (each
+image through the teacher once per group and through every candidate), candidate-images per
+second, and the shares of the training time spent in the teacher's forward pass, in the
+candidates (forward, backward, optimiser step) and in fetching data.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def run_setting(ops: list[str], steps: int, batch: int, distill: dict, groups: i
         "teacher": {"kwargs": {"num_classes": 10, "in_chans": 1, "widths": [16, 32, 64], "depth": 1}},
         "data": {"kind": "synthetic", "image_size": 32, "val_size": 100, "batch_size": batch},
         "ops": {"include": ops},
-        "distill": {"max_steps": steps, "epochs": 100, "checkpoint_every": 10**6, "max_memory": "none", **distill},
+        "distill": {"max_steps": steps, "epochs": 100, "checkpoint_every": 10**6, **distill},
     }
     config = build_config(tree)
     splits = load_data(config.data)

@@ -41,7 +41,8 @@ def demo_config(run: RunFolder, data_root: str | None, overrides: list[str] | No
         "name": "demo",
         "teacher": {"checkpoint": str(run.file("teacher.pt"))},
         "ops": {"include": DEMO_OPS},
-        "distill": {"max_steps": 120},
+        "distill": {"max_steps": 100},
+        "score": {"val_images": 1000},
         "latency": {"time_cap_s": 1.0, "context_rounds": 1},
     }
     root = data_root or "/usr/share/datasets/fashion-mnist"
@@ -54,7 +55,7 @@ def demo_config(run: RunFolder, data_root: str | None, overrides: list[str] | No
         )
         tree["data"] = {"kind": "digits", "image_size": 28, "val_size": 300, "mean": [0.30], "std": [0.42]}
         tree["teacher_training"] = {"epochs": 15}
-        tree["distill"] = {"epochs": 6, "max_steps": 120}
+        tree["distill"] = {"epochs": 6, "max_steps": 100}
         tree["finetune"] = {"epochs": 8}
         tree["score"] = {"val_images": 300}
     return build_config(tree, overrides)

@@ -92,6 +92,9 @@ class SolveInputs:
     teacher_ms: float | None = None  # measured whole-teacher latency
     offset_ms: float = 0.0  # measured latency no choice changes
     config: dict = field(default_factory=dict)  # the run config's ``solve`` section
+    # per extra latency column ``latency_ms:<tag>`` (other profiles): fixed part and teacher latency
+    tag_offsets: dict = field(default_factory=dict)
+    tag_teacher_ms: dict = field(default_factory=dict)
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -131,7 +134,12 @@ def load_run(run_dir: Path) -> SolveInputs:
         except yaml.YAMLError as exc:
             raise ConfigError(f"{run_dir / 'config.yaml'} is not valid YAML ({str(exc).splitlines()[0]}); fix it") from None
         config = (loaded.get("solve") or {}) if isinstance(loaded, dict) else {}
-    return SolveInputs(read_table(table_path), run_dir, run_dir, teacher_ms, offset_ms, config)
+    from lana.profile import latency_offsets
+
+    offsets, teachers = latency_offsets(latency)
+    offsets.pop(LATENCY, None)
+    teachers = {k: v for k, v in teachers.items() if k != LATENCY and v is not None}
+    return SolveInputs(read_table(table_path), run_dir, run_dir, teacher_ms, offset_ms, config, offsets, teachers)
 
 
 def teacher_index(problem: SelectionProblem) -> np.ndarray | None:
@@ -159,11 +167,13 @@ def build_problem(inputs: SolveInputs, budget: str | None, max_params: str | Non
                   max_macs: str | None = None, costs: list[str] | None = None) -> tuple[SelectionProblem, Limits]:
     """Parse every limit and build the selection problem (latency offset from the run folder)."""
     offsets = {LATENCY: inputs.offset_ms} if inputs.offset_ms and LATENCY in inputs.table.columns else {}
+    offsets.update({c: v for c, v in inputs.tag_offsets.items() if v and c in inputs.table.columns})
     unlimited = SelectionProblem.from_frame(inputs.table, offsets=offsets, costs=_cost_columns(inputs.table, costs))
     teacher = teacher_index(unlimited)
     references = {} if teacher is None else dict(zip(unlimited.cost_names, unlimited.totals(teacher)))
     if inputs.teacher_ms is not None:
         references[LATENCY] = inputs.teacher_ms
+    references.update(inputs.tag_teacher_ms)
     limits = Limits(budget_text=budget)
     if budget is not None:
         limits.upper[LATENCY] = parse_budget(budget, references.get(LATENCY))
@@ -199,7 +209,7 @@ def describe(selection: Selection, inputs: SolveInputs, limits: Limits) -> dict[
         "optimal": selection.optimal,
         "gap": selection.gap,
         "seconds": selection.seconds,
-        "limits": {"upper": limits.upper, "lower": limits.lower, "offsets": {LATENCY: inputs.offset_ms}},
+        "limits": {"upper": limits.upper, "lower": limits.lower, "offsets": {LATENCY: inputs.offset_ms, **inputs.tag_offsets}},
     }
 
 
