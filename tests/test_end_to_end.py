@@ -128,3 +128,22 @@ def test_demo_falls_back_to_digits_and_says_so(tmp_path, capsys):
     assert config.distill.max_steps == 5 and config.ops.include == DEMO_OPS
     assert "handwritten digits" in capsys.readouterr().err
     assert len(DEMO_OPS) >= 20
+
+
+def test_demo_budget_check_resolves_when_the_measured_student_misses(solved_run):
+    from lana.demo import check_budget
+    from lana.pipeline import prepare
+
+    run, config, table, selection = solved_run
+    ctx = prepare(config, run)
+    marks = {}
+    ok = {"budget_ms": 5.0, "teacher_latency_ms": 10.0, "student_latency_ms": 5.05}
+    assert check_budget(dict(ok), "50%", ctx, run, config, marks.__setitem__) == ok  # within 2 %: kept
+    assert check_budget(dict(ok, student_latency_ms=9.0), "5ms", ctx, run, config, marks.__setitem__)["student_latency_ms"] == 9.0
+    # the measured student is 5 % over 99 % of the teacher: budget scaled by 0.99 / 1.05
+    missed = {"budget_ms": selection["budget_ms"], "teacher_latency_ms": 1.0, "student_latency_ms": 1.05,
+              "student_top1": 50.0, "speedup": 1.0, "choice": selection["choice"]}
+    report = check_budget(missed, "99%", ctx, run, config, marks.__setitem__)
+    assert report["budget"] == "99%" and "budget_check" in report and "budget_check" in marks
+    assert report["budget_check"]["rescaled_budget_ms"] == pytest.approx(selection["budget_ms"] * 0.99 / 1.05)
+    assert run.file("report.json").is_file()
