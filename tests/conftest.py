@@ -47,3 +47,22 @@ def trained_run(tmp_path_factory):
     train_teacher(config, run)
     table = distill_stage(config, run)
     return run, config, table
+
+
+@pytest.fixture
+def one_thread():
+    """Two shared cores: one thread avoids OpenMP oversubscription stalls (and is faster here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_main(args, monkeypatch, capsys) -> tuple[int, str]:
+    """Run ``lana ARGS`` through ``lana.cli.main``; return its exit code and stderr."""
+    from lana import cli
+
+    monkeypatch.setattr("sys.argv", ["lana", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    return exit_info.value.code, capsys.readouterr().err

@@ -5,6 +5,8 @@ import fnmatch
 import json
 
 import pytest
+
+from conftest import run_main
 import torch
 import yaml
 from rich.console import Console
@@ -175,21 +177,15 @@ def test_full_zoo_offers_over_100_candidates_and_patterns_change_counts(tmp_path
 # --- one-line errors ------------------------------------------------------------------
 
 
-def _main(args, monkeypatch, capsys):
-    monkeypatch.setattr("sys.argv", ["lana", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    return exit_info.value.code, capsys.readouterr().err
-
 
 def test_unknown_op_pattern_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     config = write_config(tmp_path / "typo.yaml", {**DEMO, "ops": {"include": ["mbconv_k3_e1", "mbconv_k9_*"]}})
-    code, err = _main(["blocks", "--config", str(config)], monkeypatch, capsys)
+    code, err = run_main(["blocks", "--config", str(config)], monkeypatch, capsys)
     assert code == 2 and err.startswith("lana: error:") and err.strip().count("\n") == 0
     assert "mbconv_k9_*" in err and "Traceback" not in err
 
     run = tmp_path / "run"
-    code, err = _main(["distill", "--config", str(config), "--run", str(run)], monkeypatch, capsys)
+    code, err = run_main(["distill", "--config", str(config), "--run", str(run)], monkeypatch, capsys)
     assert code == 2 and err.startswith("lana: error:") and "mbconv_k9_*" in err
     # nothing is written, so the fixed config can reuse the same run folder
     assert not (run / "fingerprint.json").exists() and not (run / "weights").exists()
@@ -197,6 +193,6 @@ def test_unknown_op_pattern_is_a_one_line_error(tmp_path, monkeypatch, capsys):
 
 def test_unknown_op_module_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     config = write_config(tmp_path / "mods.yaml", {**DEMO, "ops": {"modules": ["no_such_ops_module_h6"]}})
-    code, err = _main(["blocks", "--config", str(config)], monkeypatch, capsys)
+    code, err = run_main(["blocks", "--config", str(config)], monkeypatch, capsys)
     assert code == 2 and err.startswith("lana: error:") and "no_such_ops_module_h6" in err
     assert err.strip().count("\n") == 0

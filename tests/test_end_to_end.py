@@ -7,6 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import run_main
 from lana.cli import app
 from lana.errors import CheckpointError, RunFolderError
 
@@ -99,23 +100,14 @@ def test_cli_ops_and_show(solved_run):
     assert shown.exit_code == 0 and "teacher" in shown.output
 
 
-def _main(args, monkeypatch, capsys):
-    from lana import cli
-
-    monkeypatch.setattr("sys.argv", ["lana", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    return exit_info.value.code, capsys.readouterr().err
-
-
 def test_main_turns_errors_into_one_line(monkeypatch, capsys, tmp_path):
-    code, err = _main(["distill", "--config", str(tmp_path / "none.yaml")], monkeypatch, capsys)
+    code, err = run_main(["distill", "--config", str(tmp_path / "none.yaml")], monkeypatch, capsys)
     assert code == 2 and err.strip().count("\n") == 0 and "lana: error: config file" in err
     cfg = tmp_path / "c.yaml"
     cfg.write_text("teacher:\n  model: timm:resnet181\n")
-    code, err = _main(["blocks", "--config", str(cfg)], monkeypatch, capsys)
+    code, err = run_main(["blocks", "--config", str(cfg)], monkeypatch, capsys)
     assert code == 2 and "resnet18" in err and "Traceback" not in err
-    code, err = _main(["show", "--run", str(tmp_path)], monkeypatch, capsys)
+    code, err = run_main(["show", "--run", str(tmp_path)], monkeypatch, capsys)
     assert code == 2 and "lana distill" in err
 
 

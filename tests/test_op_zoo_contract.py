@@ -23,13 +23,7 @@ from op_zoo import BlockSpec, Reparameterizable, build_candidates, count_macs, c
 SPEC_IDS = ("same", "down", "odd")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two shared cores: one thread avoids OpenMP oversubscription stalls (and is faster here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.cache
