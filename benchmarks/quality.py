@@ -33,7 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 CPU_OPS = [
-    "identity", "conv_k1", "dwsep_k3", "mbconv_k3_e1", "fused_mbconv_k3_e1", "ghost_conv_k3",
+    "identity", "avgpool_conv_k1", "conv_k1", "dwsep_k3", "mbconv_k3_e1", "fused_mbconv_k3_e1", "ghost_conv_k3",
     "pruned_keep25", "pruned_keep40", "pruned_keep50", "pruned_keep60", "pruned_keep75", "lowrank_r25", "lowrank_r50",
 ]
 
@@ -79,6 +79,13 @@ MODES = {
 }
 
 
+# Blocks lana may replace, where the automatic ones (the residual blocks) are not enough:
+# ResNet-18-D's deep stem and its max-pool cost about a quarter of the teacher's latency at
+# 32×32 on a CPU, so at 0.3× the residual blocks alone would have to vanish.
+RESNET_BLOCKS = ["conv1", "maxpool"] + [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
+BLOCKS = {"resnet": RESNET_BLOCKS}
+
+
 def teacher_config(mode: str, key: str, out: Path, data_root: str | None, overrides: list[str]):
     from lana.config import build_config
 
@@ -86,7 +93,7 @@ def teacher_config(mode: str, key: str, out: Path, data_root: str | None, overri
     model, kwargs = preset["teachers"][key]
     tree = json.loads(json.dumps(preset["tree"]))
     tree["name"] = f"quality-{key}"
-    tree["teacher"] = {"model": model, "kwargs": kwargs, "checkpoint": str(out / key / "teacher.pt")}
+    tree["teacher"] = {"model": model, "kwargs": kwargs, "checkpoint": str(out / key / "teacher.pt"), "blocks": BLOCKS.get(key)}
     if data_root:
         tree["data"]["root"] = data_root
     return build_config(tree, overrides)
@@ -121,22 +128,29 @@ def run_teacher(mode: str, key: str, out: str, data_root: str | None, overrides:
     return frame
 
 
-def markdown(frame: pd.DataFrame, summary: pd.DataFrame, lines: list[str], command: str, machine: str, seconds: float,
-             mode: str, timing: dict) -> str:
+def markdown(frame: pd.DataFrame, summary: pd.DataFrame, lines: list[str], meta: dict) -> str:
+    mode, timing = meta["mode"], meta["timing"]
     out = [
         "# Quality against the alternatives",
         "",
-        f"Made by `{command}` ({mode} mode) on {machine}, {time.strftime('%Y-%m-%d')}, "
-        f"{seconds / 60:.1f} min wall. Written by `benchmarks/quality.py`; do not edit by hand.",
+        f"Made by `{meta['command']}` ({mode} mode) on {meta['machine']}, {meta['date']}, "
+        f"{meta['seconds'] / 60:.1f} min wall. Written by `benchmarks/quality.py`; do not edit by hand "
+        "(`--report-only` rewrites it from the run folder).",
         "",
         f"Data: Fashion-MNIST resized to {MODES[mode]['image_size']}×{MODES[mode]['image_size']}, standard test split "
         "(10 000 images) for top-1; validation split carved from train for scoring. "
         "Latency: whole network, measured on the device, interleaved with the teacher at the end of the run "
         "(settings in each teacher's `config.yaml`). Every method gets the same fine-tune by distillation "
-        "from the teacher; `width` is first trained from scratch with the teacher's recipe (with distillation). "
+        "from the teacher (`training s`: that fine-tune; for `width` also its training from scratch with the "
+        "teacher's recipe, with distillation, before it). "
         "Each network met its budget, as a share of the teacher timed interleaved with it, when it was picked; "
         "⚠ marks one that measured more than 2 % above it in the final run. "
-        f"lana's op set: {', '.join(MODES[mode]['tree'].get('ops', {}).get('include', ['the whole zoo']))} (+ the teacher's block).",
+        f"lana's op set: {', '.join(MODES[mode]['tree'].get('ops', {}).get('include', ['the whole zoo']))} (+ the teacher's block); "
+        f"blocks: the residual / inverted-residual blocks, and for ResNet-18-D also its deep stem and max-pool ({', '.join(RESNET_BLOCKS[:2])}).",
+        "",
+        f"Settings ({mode} mode, shared by both teachers): " + "; ".join(
+            f"`{section}`: " + ", ".join(f"{k}={v}" for k, v in values.items() if k != "include")
+            for section, values in MODES[mode]["tree"].items() if isinstance(values, dict) and section not in ("ops", "teacher")) + ".",
         "",
         "![accuracy against measured latency](quality.png)",
         "",
@@ -155,7 +169,7 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, lines: list[str], comma
         out.append(f"| {teacher} | {row['top1']:.2f} % | {row['latency_ms']:.2f} | "
                    f"{t.get('train_teacher_s', 0):.0f} / {t.get('distill_score_latency_s', 0):.0f} |")
     out += ["", "## Every method at every budget", "",
-            "| teacher | budget | method | measured ms (× teacher) | top-1 | drop | fine-tune s | setting |",
+            "| teacher | budget | method | measured ms (× teacher) | top-1 | drop (points) | training s | setting |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for _, r in summary.iterrows():
         if pd.isna(r["top1"]):
@@ -180,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="Fashion-MNIST folder (default: Debian's location)")
     parser.add_argument("--docs", default="docs", help="where quality.md and quality.png go ('' for nowhere)")
     parser.add_argument("--jobs", type=int, default=None, help="teachers run at once (CPU mode default 2)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the docs from RUN/quality.csv and RUN/quality_meta.json without running anything")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override KEY=VALUE for every teacher")
     args = parser.parse_args(argv)
 
@@ -194,30 +210,38 @@ def main(argv: list[str] | None = None) -> int:
     n_random = preset["random"] if args.random is None else args.random
     jobs = args.jobs or (2 if args.mode == "cpu" else 1)
     out = Path(args.run)
-    out.mkdir(parents=True, exist_ok=True)
-    tick = time.time()
-    jobs_args = [(args.mode, k, str(out), args.data, args.overrides, shares, n_random, methods, preset["threads"], lana_shares, jobs > 1 and len(keys) > 1)
-                 for k in keys]
-    if jobs > 1 and len(keys) > 1:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            frames = list(pool.map(run_teacher, *zip(*jobs_args)))
+    meta_path = out / "quality_meta.json"
+    if args.report_only:
+        if not (out / "quality.csv").is_file() or not meta_path.is_file():
+            parser.error(f"--report-only needs {out / 'quality.csv'} and {meta_path} from a finished run")
+        frame = pd.read_csv(out / "quality.csv")
+        meta = json.loads(meta_path.read_text())
     else:
-        frames = [run_teacher(*a) for a in jobs_args]
-    seconds = time.time() - tick
+        out.mkdir(parents=True, exist_ok=True)
+        tick = time.time()
+        jobs_args = [(args.mode, k, str(out), args.data, args.overrides, shares, n_random, methods, preset["threads"], lana_shares,
+                      jobs > 1 and len(keys) > 1) for k in keys]
+        if jobs > 1 and len(keys) > 1:
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+                frames = list(pool.map(run_teacher, *zip(*jobs_args)))
+        else:
+            frames = [run_teacher(*a) for a in jobs_args]
+        frame = pd.concat(frames, ignore_index=True)
+        frame.to_csv(out / "quality.csv", index=False)
+        command = "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        machine = f"{platform.node() or 'this machine'} ({platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()})"
+        meta = {"command": command.strip(), "machine": machine, "seconds": time.time() - tick, "mode": args.mode,
+                "date": time.strftime("%Y-%m-%d"), "timing": {k: json.loads((out / k / "quality_timing.json").read_text()) for k in keys}}
+        meta_path.write_text(json.dumps(meta, indent=2) + "\n")
 
     from lana.compare import plot, summarise, verdict
 
-    frame = pd.concat(frames, ignore_index=True)
-    frame.to_csv(out / "quality.csv", index=False)
     summary = summarise(frame)
     lines = verdict(frame)
-    timing = {k: json.loads((out / k / "quality_timing.json").read_text()) for k in keys}
-    command = "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    machine = f"{platform.node() or 'this machine'} ({platform.machine()}, {os.cpu_count()} cores, {platform.python_version()})"
-    text = markdown(frame, summary, lines, command.strip(), machine, seconds, args.mode, timing)
+    text = markdown(frame, summary, lines, meta)
     print(summary.to_string(index=False))
     print("\n".join(lines))
-    print(f"{seconds / 60:.1f} min")
+    print(f"{meta['seconds'] / 60:.1f} min")
     if args.docs:
         docs = Path(args.docs)
         docs.mkdir(parents=True, exist_ok=True)

@@ -288,19 +288,23 @@ def verdict(frame: pd.DataFrame) -> list[str]:
             others = at[at["method"] != "lana"]
             best_other = others.loc[others["top1"].idxmax()] if not others.empty else None
             if best_other is None:
-                lines.append(f"{teacher} at {share:g}×: lana {ours:.2f} % (no other method run)")
+                lines.append(f"{teacher} at {share:g}×: lana {ours:.2f} % ({_below(lana['drop'].iloc[0])}; no other method run)")
                 continue
             word = "wins" if ours >= best_other["top1"] else "LOSES"
             lines.append(f"{teacher} at {share:g}×: lana {ours:.2f} % {word} against the best other, "
-                         f"{best_other['method']} {best_other['top1']:.2f} % (drop vs teacher {lana['drop'].iloc[0]:+.2f} points)")
+                         f"{best_other['method']} {best_other['top1']:.2f} % (lana {_below(lana['drop'].iloc[0])})")
         lana = group[(group["method"] == "lana") & (group["drop"] <= 0.5)]
         if lana.empty:
             lines.append(f"{teacher}: no lana student within 0.5 points of the teacher")
         else:
             best = lana.loc[lana["speedup"].idxmax()]
-            lines.append(f"{teacher}: fastest lana student within 0.5 points: {best['speedup']:.2f}× "
-                         f"({best['latency_ms']:.2f} ms, {best['top1']:.2f} %, drop {best['drop']:+.2f})")
+            lines.append(f"{teacher}: fastest lana student within 0.5 points of the teacher: {best['speedup']:.2f}× "
+                         f"({best['latency_ms']:.2f} ms, {best['top1']:.2f} %, {_below(best['drop'])})")
     return lines
+
+
+def _below(drop: float) -> str:
+    return f"{drop:.2f} points below the teacher" if drop >= 0 else f"{-drop:.2f} points above the teacher"
 
 
 def plot(frame: pd.DataFrame, path: Path) -> None:

@@ -201,7 +201,7 @@ class _Distiller:
         self.teacher.to(self.device).eval()
         tap = FeatureTap(self.teacher, [s.name for s in self.specs])
         bar = tqdm(total=len(groups) * self.steps, initial=first * self.steps + start, desc="distill", unit="step",
-                   dynamic_ncols=True, disable=not self.dist.is_main)
+                   dynamic_ncols=True, **({} if self.dist.is_main else {"disable": True}))  # TQDM_DISABLE still applies
         fault = int(os.environ.get(FAULT_ENV, "0") or 0)
         started = time.time()
         try:

@@ -95,7 +95,7 @@ def test_verdict_and_summary_arithmetic():
     frame["drop"] = 90.0 - frame["top1"]
     lines = verdict(frame)
     assert "LOSES" in lines[0] and "torch-pruning 89.90" in lines[0]
-    assert "2.00×" in lines[1]  # the 0.5× lana student is within 0.5 points
+    assert "2.00×" in lines[1] and "0.30 points below the teacher" in lines[1]  # within 0.5 points
     summary = summarise(frame)
     random_mean = summary[summary["method"].str.startswith("random (mean")].iloc[0]
     assert random_mean["top1"] == pytest.approx(86.0)
@@ -136,3 +136,15 @@ def test_reduced_benchmark_runs_every_method(tmp_path, monkeypatch, one_thread):
     text = (tmp_path / "docs" / "quality.md").read_text()
     assert "timm:resnet18d" in text and "| lana |" in text and "torch-pruning" in text
     assert (tmp_path / "docs" / "quality.png").stat().st_size > 1000
+    # --report-only rewrites the docs from the run folder alone, with the run's figures
+    (tmp_path / "docs" / "quality.md").unlink()
+    assert bench.main(["--mode", "tiny", "--teachers", "resnet", "--run", str(tmp_path / "q"), "--docs", str(tmp_path / "docs"),
+                       "--report-only"]) == 0
+    assert (tmp_path / "docs" / "quality.md").read_text() == text
+
+
+def test_report_only_without_a_finished_run_says_what_is_missing(tmp_path, capsys):
+    bench = _load_benchmark()
+    with pytest.raises(SystemExit) as info:
+        bench.main(["--run", str(tmp_path / "nothing"), "--report-only"])
+    assert info.value.code == 2 and "quality.csv" in capsys.readouterr().err
