@@ -1,6 +1,6 @@
 """Quality against the alternatives: top-1 accuracy at equal measured latency.
 
-    .venv/bin/python benchmarks/quality.py                       # CPU mode (2-core machine, ≤ 30 min)
+    .venv/bin/python benchmarks/quality.py                       # CPU mode (2-core machine: 32 min measured)
     .venv/bin/python benchmarks/quality.py --mode full           # GPU: full-width teachers, 64×64, whole zoo
     .venv/bin/python benchmarks/quality.py --teachers resnet --shares 0.5 --random 2
 

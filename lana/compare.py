@@ -184,29 +184,24 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
                 seconds = _finetune(ctx, student, desc=f"lana {share:g}")
                 add(student, method="lana", search_share=got, setting=_short(choice), finetune_s=seconds,
                     table_budget_ms=table_budget, **base)
-        if "torch-pruning" in active:
+        for method, found in sweeps.items():  # torch-pruning, width: the least aggressive setting that meets the budget
+            if method not in active:
+                continue
             try:
-                ratio, got = sweeps["torch-pruning"].pick(share, tolerance)
+                knob, got = found.pick(share, tolerance)
             except InfeasibleError as exc:
-                log.warning("torch-pruning at %.3f ms: %s", budget_ms, exc)
-                missed.append({"method": "torch-pruning", "reason": str(exc), **base})
-            else:
-                model = sweeps["torch-pruning"].build(ratio)
-                seconds = _finetune(ctx, model, desc=f"torch-pruning {share:g}")
-                add(model, method="torch-pruning", search_share=got, setting=f"ratio {ratio:.3f}", finetune_s=seconds, **base)
-        if "width" in active:
-            try:
-                width, got = sweeps["width"].pick(share, tolerance)
-            except InfeasibleError as exc:
-                log.warning("width at %.3f ms: %s", budget_ms, exc)
-                missed.append({"method": "width", "reason": str(exc), **base})
-            else:
-                torch.manual_seed(config.seed)
-                model = sweeps["width"].build(width)
+                log.warning("%s at %.3f ms: %s", method, budget_ms, exc)
+                missed.append({"method": method, "reason": str(exc), **base})
+                continue
+            torch.manual_seed(config.seed)
+            model = found.build(knob)
+            seconds = 0.0
+            if method == "width":  # a new network: first trained from scratch with the teacher's recipe
                 recipe = config.teacher_training
-                seconds = _finetune(ctx, model, recipe.epochs, recipe.lr, desc=f"width {share:g} (from scratch)")
-                seconds += _finetune(ctx, model, desc=f"width {share:g}")
-                add(model, method="width", search_share=got, setting=f"×{width:.3f}", finetune_s=seconds, **base)
+                seconds += _finetune(ctx, model, recipe.epochs, recipe.lr, desc=f"width {share:g} (from scratch)")
+            seconds += _finetune(ctx, model, desc=f"{method} {share:g}")
+            setting = f"ratio {knob:.3f}" if method == "torch-pruning" else f"×{knob:.3f}"
+            add(model, method=method, search_share=got, setting=setting, finetune_s=seconds, **base)
         if "random" in active:
             for draw_index in range(n_random):
                 try:
