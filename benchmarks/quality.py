@@ -207,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     shares = [float(s) for s in args.shares.split(",")]
     lana_shares = [float(s) for s in args.lana_shares.split(",") if s.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    from lana.compare import METHODS
+
+    if not methods or set(methods) - set(METHODS):
+        parser.error(f"--methods: unknown {sorted(set(methods) - set(METHODS)) or 'none given'}; choose from {', '.join(METHODS)}")
     n_random = preset["random"] if args.random is None else args.random
     jobs = args.jobs or (2 if args.mode == "cpu" else 1)
     out = Path(args.run)

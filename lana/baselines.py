@@ -18,7 +18,6 @@ model, and drift of the machine between measurements cancels out.
 from __future__ import annotations
 
 import copy
-import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -31,7 +30,6 @@ from lana.errors import ConfigError, InfeasibleError
 from lana.latency import measure_networks
 from lana.teacher import build_model
 
-log = logging.getLogger("lana")
 
 
 def measure_share(model: nn.Module, reference: nn.Module, input_shape: tuple[int, ...], cfg: LatencyConfig,
@@ -133,7 +131,7 @@ def width_scaled(model: str, kwargs: dict, multiplier: float) -> nn.Module:
     """The teacher's family member at ``multiplier`` × its channel widths (untrained).
 
     Supported: timm ResNets (``channels`` and ``stem_width``), torchvision MobileNetV2
-    (``width_mult``) and MNASNet (``alpha``), and the demo ResNet (``widths``).
+    (``width_mult``) and the demo ResNet (``widths``); other families raise ConfigError.
     """
     kwargs = dict(kwargs)
     if model.startswith("timm:resnet") or model.startswith("timm:resnext"):
@@ -142,8 +140,6 @@ def width_scaled(model: str, kwargs: dict, multiplier: float) -> nn.Module:
         kwargs["stem_width"] = _divisible(kwargs.pop("stem_width", 64) * multiplier)
     elif model == "torchvision:mobilenet_v2":
         kwargs["width_mult"] = kwargs.pop("width_mult", 1.0) * multiplier
-    elif model.startswith("torchvision:mnasnet"):
-        raise ConfigError("torchvision MNASNet's width is fixed by the model name; use mnasnet0_5/0_75/1_0/1_3")
     elif model == "lana.models:demo_resnet":
         kwargs["widths"] = tuple(_divisible(c * multiplier) for c in kwargs.pop("widths", (32, 64, 128)))
     else:

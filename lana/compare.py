@@ -134,7 +134,6 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
     run = RunFolder(run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
     timing: dict[str, float] = {}
-    tick = time.time()
     if train_teacher is not None:
         log.info("%s: training the teacher (skipped when %s exists)", config.teacher.model, config.teacher.checkpoint)
         timing["train_teacher_s"] = train_teacher(config, run)

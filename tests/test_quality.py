@@ -143,6 +143,12 @@ def test_reduced_benchmark_runs_every_method(tmp_path, monkeypatch, one_thread):
     assert (tmp_path / "docs" / "quality.md").read_text() == text
 
 
+def test_unknown_method_is_one_usage_line(capsys):
+    with pytest.raises(SystemExit) as info:
+        _load_benchmark().main(["--methods", "lana,prunning"])
+    assert info.value.code == 2 and "prunning" in capsys.readouterr().err
+
+
 def test_report_only_without_a_finished_run_says_what_is_missing(tmp_path, capsys):
     bench = _load_benchmark()
     with pytest.raises(SystemExit) as info:
