@@ -79,9 +79,13 @@ def sweep(build: Callable[[float], nn.Module], knobs: list[float], reference: nn
 
 
 def _classifier(model: nn.Module, num_classes: int) -> list[nn.Module]:
-    """The output layers (Linear or 1x1 conv with ``num_classes`` outputs) that pruning must keep."""
-    return [m for m in model.modules() if (isinstance(m, nn.Linear) and m.out_features == num_classes)
-            or (isinstance(m, nn.Conv2d) and m.out_channels == num_classes)]
+    """The output layer pruning must keep: the last Linear or conv with ``num_classes`` outputs.
+
+    Only the last one: an inner layer that happens to have ``num_classes`` channels is pruned as usual.
+    """
+    outputs = [m for m in model.modules() if (isinstance(m, nn.Linear) and m.out_features == num_classes)
+               or (isinstance(m, nn.Conv2d) and m.out_channels == num_classes)]
+    return outputs[-1:]
 
 
 def prune(teacher: nn.Module, input_shape: tuple[int, ...], ratio: float, num_classes: int, round_to: int | None = 8) -> nn.Module:

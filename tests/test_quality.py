@@ -70,6 +70,10 @@ def test_prune_keeps_the_classifier_and_shrinks_the_network(one_thread):
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(pruned) < 0.5 * count(teacher)
     assert count(prune(teacher, (1, 16, 16), 0.0, 10)) == count(teacher)
+    # an inner layer with as many channels as classes is still pruned; only the head is kept
+    ten = build_model("timm:resnet18d", {**TINY_RESNET, "channels": [10, 32, 64, 64]}).eval()
+    inner = prune(ten, (1, 16, 16), 0.5, num_classes=10)
+    assert inner.fc.out_features == 10 and inner.layer1[0].conv1.out_channels < 10
 
 
 def test_width_scaling_builds_narrower_family_members():
