@@ -40,18 +40,18 @@ from lana.rundir import RunFolder, write_json
 from lana.score import evaluate
 from lana.solve import LATENCY, build_problem, load_run, solve_inputs
 from lana.student import assemble_student
-from lana.train import distillation_loss, fit
+from lana.train import TeacherLogits, distil_into
 
 log = logging.getLogger("lana")
 METHODS = ("lana", "torch-pruning", "width", "random")
 
 
-def _finetune(ctx: Context, model: nn.Module, epochs: float | None = None, lr: float | None = None, desc: str = "finetune") -> float:
+def _finetune(ctx: Context, model: nn.Module, targets: TeacherLogits | None, epochs: float | None = None,
+              lr: float | None = None, desc: str = "finetune") -> float:
     """The shared fine-tune: distillation from the teacher (``finetune`` settings). Returns seconds."""
-    cfg = ctx.config.finetune
     tick = time.time()
-    fit(model, ctx.splits, distillation_loss(ctx.teacher, cfg.temperature, cfg.alpha), cfg.epochs if epochs is None else epochs,
-        cfg.lr if lr is None else lr, cfg.weight_decay, ctx.config.data.batch_size, ctx.config.seed, desc)
+    distil_into(model, ctx.teacher, ctx.splits, ctx.config.finetune, ctx.config.data.batch_size, ctx.config.seed,
+                desc, epochs, lr, targets)
     return time.time() - tick
 
 
@@ -148,6 +148,11 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
     table_teacher_ms = inputs.teacher_ms  # the teacher as profiled into the table: table budgets scale from it
     num_classes = int(config.teacher.kwargs.get("num_classes", 10))
     rng = np.random.default_rng(config.seed)
+    # The teacher's logits over the train split, computed once for every fine-tune below.
+    tick = time.time()
+    targets = TeacherLogits(ctx.teacher, ctx.splits.train, config.data.batch_size) \
+        if TeacherLogits.fits(ctx.splits.train, ctx.splits.num_classes) else None
+    timing["teacher_logits_s"] = time.time() - tick
     rows: list[dict[str, Any]] = []
     models: list[nn.Module] = []
     missed: list[dict[str, Any]] = []  # methods that cannot reach a budget at all
@@ -180,7 +185,7 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
                 log.warning("lana at %.3f ms: %s", budget_ms, exc)
                 missed.append({"method": "lana", "reason": str(exc), **base})
             else:
-                seconds = _finetune(ctx, student, desc=f"lana {share:g}")
+                seconds = _finetune(ctx, student, targets, desc=f"lana {share:g}")
                 add(student, method="lana", search_share=got, setting=_short(choice), finetune_s=seconds,
                     table_budget_ms=table_budget, **base)
         for method, found in sweeps.items():  # torch-pruning, width: the least aggressive setting that meets the budget
@@ -197,8 +202,8 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
             seconds = 0.0
             if method == "width":  # a new network: first trained from scratch with the teacher's recipe
                 recipe = config.teacher_training
-                seconds += _finetune(ctx, model, recipe.epochs, recipe.lr, desc=f"width {share:g} (from scratch)")
-            seconds += _finetune(ctx, model, desc=f"{method} {share:g}")
+                seconds += _finetune(ctx, model, targets, recipe.epochs, recipe.lr, desc=f"width {share:g} (from scratch)")
+            seconds += _finetune(ctx, model, targets, desc=f"{method} {share:g}")
             setting = f"ratio {knob:.3f}" if method == "torch-pruning" else f"×{knob:.3f}"
             add(model, method=method, search_share=got, setting=setting, finetune_s=seconds, **base)
         if "random" in active:
@@ -209,7 +214,7 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
                     log.warning("random selection at %.3f ms: %s", budget_ms, exc)
                     missed.append({"method": "random", "reason": str(exc), **base})
                     break
-                seconds = _finetune(ctx, student, desc=f"random {share:g} #{draw_index + 1}")
+                seconds = _finetune(ctx, student, targets, desc=f"random {share:g} #{draw_index + 1}")
                 add(student, method="random", search_share=got, setting=_short(choice), finetune_s=seconds, draw=draw_index, **base)
 
     # The reported latency: every network timed again, interleaved with the teacher.

@@ -13,7 +13,7 @@ from lana.pipeline import Context, prepare
 from lana.rundir import RunFolder, load_tensors, read_json, save_tensors, write_json
 from lana.score import evaluate
 from lana.data import take_tensors
-from lana.train import distillation_loss, fit
+from lana.train import distil_into
 from op_zoo import BlockSpec
 
 log = logging.getLogger("lana")
@@ -86,17 +86,7 @@ def finetune_stage(ctx: Context, selection: dict) -> dict:
     student, _ = load_student(ctx, selection, finetuned=False)
     images, labels = take_tensors(ctx.splits.val, ctx.config.score.val_images)
     before = evaluate(student, images, labels)
-    loss = fit(
-        student,
-        ctx.splits,
-        distillation_loss(ctx.teacher, cfg.temperature, cfg.alpha),
-        cfg.epochs,
-        cfg.lr,
-        cfg.weight_decay,
-        ctx.config.data.batch_size,
-        ctx.config.seed,
-        desc="finetune",
-    )
+    loss = distil_into(student, ctx.teacher, ctx.splits, cfg, ctx.config.data.batch_size, ctx.config.seed)
     after = evaluate(student, images, labels)
     save_tensors(ctx.run.file(STUDENT_WEIGHTS), {"choice": selection["choice"], "state_dict": student.state_dict()})
     result = {

@@ -118,6 +118,40 @@ def test_distillation_loss_falls(tmp_path):
     assert (tmp_path / "b" / "weights").is_dir()
 
 
+def test_finetune_with_cached_teacher_logits_matches_running_the_teacher():
+    """Caching the teacher's logits once must train the student exactly as running it per step."""
+    from lana.config import FinetuneConfig
+    from lana.train import TeacherLogits, distillation_loss, distil_into, fit
+
+    config = tiny_config()
+    splits = load_data(config.data)
+    torch.manual_seed(0)
+    teacher = demo_resnet(widths=[8, 16], depth=1).eval()
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    cfg = FinetuneConfig(epochs=2, lr=1e-2)
+    students = []
+    for cached in (False, True):
+        torch.manual_seed(1)
+        student = demo_resnet(widths=[4, 8], depth=1)
+        calls.clear()
+        if cached:
+            loss = distil_into(student, teacher, splits, cfg, batch_size=64, seed=0)
+        else:
+            loss = fit(student, splits, distillation_loss(teacher, cfg.temperature, cfg.alpha), cfg.epochs, cfg.lr,
+                       cfg.weight_decay, 64, 0, "plain")
+        students.append((student, loss, len(calls)))
+    (plain, plain_loss, plain_calls), (cached, cached_loss, cached_calls) = students
+    steps, batches = -(-2 * len(splits.train) // 64), -(-len(splits.train) // 64)
+    assert plain_calls == steps and cached_calls == batches < steps  # the teacher ran over the data once, not per step
+    assert cached_loss == pytest.approx(plain_loss, rel=1e-4)
+    for a, b in zip(plain.state_dict().values(), cached.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    item = TeacherLogits(teacher, splits.train, 64)[3]
+    assert len(item) == 3 and item[2].shape == (splits.num_classes,)
+    assert TeacherLogits.fits(splits.train, 10) and not TeacherLogits.fits(range(10**8), 1000)
+
+
 def test_table_scores_and_latency(trained_run):
     run, config, table = trained_run
     blocks = table["block"].unique()
