@@ -50,7 +50,7 @@ def fit(
     train = splits.train if train is None else train
     steps = max(1, math.ceil(epochs * len(train) / batch_size))
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.25)
+    schedule = one_cycle(optimiser, lr, steps)
     model.train()
     recent: list[float] = []
     step, epoch = 0, 0
@@ -73,6 +73,14 @@ def fit(
             epoch += 1
     model.eval()
     return sum(recent) / len(recent)
+
+
+def one_cycle(optimiser: torch.optim.Optimizer, lr: float, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """One-cycle schedule, warming up over a quarter of the steps (at least one step; a
+    single step runs at ``lr``: OneCycleLR divides by zero on phases shorter than a step)."""
+    if steps < 2:
+        return torch.optim.lr_scheduler.LambdaLR(optimiser, lambda _: 1.0)
+    return torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=max(0.25, 1.5 / steps))
 
 
 def label_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -118,6 +118,21 @@ def test_distillation_loss_falls(tmp_path):
     assert (tmp_path / "b" / "weights").is_dir()
 
 
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5])
+def test_short_training_runs_and_learns(steps):
+    """A fine-tune of a few steps (tiny data, fractional epochs) must not crash the LR schedule."""
+    from lana.train import fit, label_loss
+
+    config = tiny_config()
+    splits = load_data(config.data)
+    torch.manual_seed(0)
+    model = demo_resnet(widths=[4, 8], depth=1)
+    before = [p.detach().clone() for p in model.parameters()]
+    epochs = steps * 32 / len(splits.train)
+    fit(model, splits, label_loss, epochs, 1e-2, 0.0, 32, 0, "short")
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
 def test_finetune_with_cached_teacher_logits_matches_running_the_teacher():
     """Caching the teacher's logits once must train the student exactly as running it per step."""
     from lana.config import FinetuneConfig
