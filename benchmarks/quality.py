@@ -1,11 +1,11 @@
 """Quality against the alternatives: top-1 accuracy at equal measured latency.
 
-    .venv/bin/python benchmarks/quality.py                       # CPU mode (2-core machine: 32 min measured)
+    .venv/bin/python benchmarks/quality.py                       # CPU mode (2-core machine: 27 min measured)
     .venv/bin/python benchmarks/quality.py --mode full           # GPU: full-width teachers, 64×64, whole zoo
     .venv/bin/python benchmarks/quality.py --teachers resnet --shares 0.5 --random 2
 
 Fashion-MNIST (Debian's ``dataset-fashion-mnist``; standard train/test split, a validation
-split carved from train for scoring), resized so the networks have depth to work with. Two
+split carved from train for scoring), at its native 28×28 (CPU mode) or resized to 64×64 (full mode). Two
 teacher families, adapted to one input channel and 10 classes and trained here: timm's
 ResNet-18 and torchvision's MobileNetV2. At each budget (a share of the teacher's measured
 latency) lana, Torch-Pruning, width scaling and random selections get the same fine-tuning
@@ -40,16 +40,16 @@ CPU_OPS = [
 # Per mode: the shared settings, then each teacher's model and kwargs.
 MODES = {
     "cpu": {
-        "image_size": 32,
+        "image_size": 28,
         "tree": {
-            "data": {"image_size": 32, "val_size": 2000, "train_limit": 10000, "batch_size": 128},
+            "data": {"image_size": 28, "val_size": 2000, "train_limit": 10000, "batch_size": 128},
             "ops": {"include": CPU_OPS},
             "teacher_training": {"epochs": 5},
             "distill": {"epochs": 2, "max_steps": 160, "checkpoint_every": 80},
             "score": {"val_images": 2000},
             "latency": {"device": "cpu", "batch_size": 128, "threads": 1, "clock": "process", "time_cap_s": 0.6,
                         "context_rounds": 1},
-            "finetune": {"epochs": 2},
+            "finetune": {"epochs": 3},
         },
         "teachers": {
             # half the widths of the ImageNet models so the CPU mode fits 30 minutes
@@ -81,7 +81,7 @@ MODES = {
 
 # Blocks lana may replace, where the automatic ones (the residual blocks) are not enough:
 # ResNet-18-D's deep stem and its max-pool cost about a quarter of the teacher's latency at
-# 32×32 on a CPU, so at 0.3× the residual blocks alone would have to vanish.
+# 32×32 on a CPU (measured), so at 0.3× the residual blocks alone would have to vanish.
 RESNET_BLOCKS = ["conv1", "maxpool"] + [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
 BLOCKS = {"resnet": RESNET_BLOCKS}
 
@@ -137,12 +137,13 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, lines: list[str], meta:
         f"{meta['seconds'] / 60:.1f} min wall. Written by `benchmarks/quality.py`; do not edit by hand "
         "(`--report-only` rewrites it from the run folder).",
         "",
-        f"Data: Fashion-MNIST resized to {MODES[mode]['image_size']}×{MODES[mode]['image_size']}, standard test split "
+        f"Data: Fashion-MNIST at {MODES[mode]['image_size']}×{MODES[mode]['image_size']}, standard test split "
         "(10 000 images) for top-1; validation split carved from train for scoring. "
         "Latency: whole network, measured on the device, interleaved with the teacher at the end of the run "
         "(settings in each teacher's `config.yaml`). Every method gets the same fine-tune by distillation "
         "from the teacher (`training s`: that fine-tune; for `width` also its training from scratch with the "
-        "teacher's recipe, with distillation, before it). "
+        "teacher's recipe, with distillation, before it; the teacher's logits over the train split are computed "
+        "once per teacher and shared by every fine-tune, see the Teachers table). "
         "Each network met its budget, as a share of the teacher timed interleaved with it, when it was picked; "
         "⚠ marks one that measured more than 2 % above it in the final run. "
         f"lana's op set: {', '.join(MODES[mode]['tree'].get('ops', {}).get('include', ['the whole zoo']))} (+ the teacher's block); "
@@ -160,14 +161,14 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, lines: list[str], meta:
         "",
         "## Teachers",
         "",
-        "| teacher | top-1 | latency (ms) | train / distill+score+latency (s) |",
+        "| teacher | top-1 | latency (ms) | train / distill+score+latency / teacher logits (s) |",
         "| --- | --- | --- | --- |",
     ]
     for teacher, group in frame[frame["method"] == "teacher"].groupby("teacher", sort=False):
         row = group.iloc[0]
         t = timing.get(row["key"], {})
         out.append(f"| {teacher} | {row['top1']:.2f} % | {row['latency_ms']:.2f} | "
-                   f"{t.get('train_teacher_s', 0):.0f} / {t.get('distill_score_latency_s', 0):.0f} |")
+                   f"{t.get('train_teacher_s', 0):.0f} / {t.get('distill_score_latency_s', 0):.0f} / {t.get('teacher_logits_s', 0):.0f} |")
     out += ["", "## Every method at every budget", "",
             "| teacher | budget | method | measured ms (× teacher) | top-1 | drop (points) | training s | setting |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
