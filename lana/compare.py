@@ -150,8 +150,7 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
     rng = np.random.default_rng(config.seed)
     # The teacher's logits over the train split, computed once for every fine-tune below.
     tick = time.time()
-    targets = TeacherLogits(ctx.teacher, ctx.splits.train, config.data.batch_size) \
-        if TeacherLogits.fits(ctx.splits.train, ctx.splits.num_classes) else None
+    targets = TeacherLogits.if_it_fits(ctx.teacher, ctx.splits, config.data.batch_size)
     timing["teacher_logits_s"] = time.time() - tick
     rows: list[dict[str, Any]] = []
     models: list[nn.Module] = []

@@ -140,8 +140,8 @@ def distil_into(
         The mean loss over the last 50 steps.
     """
     epochs = cfg.epochs if epochs is None else epochs
-    if targets is None and epochs > 1 and TeacherLogits.fits(splits.train, splits.num_classes):
-        targets = TeacherLogits(teacher, splits.train, batch_size)
+    if targets is None and epochs > 1:
+        targets = TeacherLogits.if_it_fits(teacher, splits, batch_size)
     return fit(student, splits, distillation_loss(teacher, cfg.temperature, cfg.alpha), epochs,
                cfg.lr if lr is None else lr, cfg.weight_decay, batch_size, seed, desc, train=targets)
 
@@ -175,3 +175,8 @@ class TeacherLogits(Dataset):
     def fits(dataset: Dataset, num_classes: int) -> bool:
         """Whether the logits of ``dataset`` fit :data:`CACHE_LIMIT_BYTES` (4 bytes per value)."""
         return len(dataset) * num_classes * 4 <= CACHE_LIMIT_BYTES
+
+    @classmethod
+    def if_it_fits(cls, teacher: nn.Module, splits: DataSplits, batch_size: int) -> "TeacherLogits | None":
+        """The logits over ``splits.train``, or None (the teacher runs per step) when they would not fit."""
+        return cls(teacher, splits.train, batch_size) if cls.fits(splits.train, splits.num_classes) else None
