@@ -23,14 +23,14 @@ import tempfile
 import torch
 
 import op_zoo
-from lana.blocks import discover_blocks
-from lana.candidates import build_all_candidates
 from lana.config import build_config
 from lana.data import load_data
-from lana.distill import distill_candidates
-from lana.distributed import plan_groups
-from lana.rundir import RunFolder
-from lana.teacher import build_model
+from lana.distill.candidates import build_all_candidates
+from lana.distill.core import distill_candidates
+from lana.distill.distributed import plan_groups
+from lana.run.folder import RunFolder
+from lana.teacher.blocks import discover_blocks
+from lana.teacher.load import build_model
 
 
 def run_setting(ops: list[str], steps: int, batch: int, distill: dict, groups: int = 1) -> dict:

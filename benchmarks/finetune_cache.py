@@ -15,13 +15,13 @@ import statistics
 import time
 from pathlib import Path
 
+import quality  # benchmarks/quality.py, beside this script: the benchmark's teacher and data settings
 import torch
 
-import quality  # benchmarks/quality.py, beside this script: the benchmark's teacher and data settings
-from lana.baselines import width_scaled
+from benchmarks.baselines import width_scaled
 from lana.data import load_data
-from lana.teacher import build_model
-from lana.train import TeacherLogits, distil_into
+from lana.distill.train import TeacherLogits, distil_into
+from lana.teacher.load import build_model
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,17 +27,17 @@ import time
 
 import torch
 
-from lana.blocks import discover_blocks
-from lana.candidates import build_all_candidates
 from lana.config import LatencyConfig, OpsConfig
-from lana.latency_check import check_latency, error_summary, mixed_selections
-from lana.profile import profile_latency
-from lana.teacher import load_teacher
+from lana.distill.candidates import build_all_candidates
+from lana.latency.calibration import check_latency, error_summary, mixed_selections
+from lana.latency.profiles import profile_latency
+from lana.teacher.blocks import discover_blocks
+from lana.teacher.load import load_teacher
 
 OPS = ["identity", "conv_k1", "conv_k3", "dwsep_k3", "mbconv_k3_e3", "mbconv_k5_e6", "fused_mbconv_k3_e1",
        "ghost_conv_k3", "pruned_keep50"]
 FAMILIES = {
-    "demo_resnet": ("lana.models:demo_resnet", {"num_classes": 10, "in_chans": 3, "widths": [32, 64, 128], "depth": 2}, (3, 32, 32), 16),
+    "demo_resnet": ("lana.teacher.demo_net:demo_resnet", {"num_classes": 10, "in_chans": 3, "widths": [32, 64, 128], "depth": 2}, (3, 32, 32), 16),
     "mobilenet_v2": ("torchvision:mobilenet_v2", {"num_classes": 10, "width_mult": 0.5}, (3, 64, 64), 8),
 }
 

@@ -115,8 +115,8 @@ def run_teacher(mode: str, key: str, out: str, data_root: str | None, overrides:
 
     if threads:
         torch.set_num_threads(threads)
-    from lana.compare import compare_teacher
-    from lana.demo import train_teacher
+    from benchmarks.compare import compare_teacher
+    from lana.stages.demo import train_teacher
 
     out_path = Path(out)
     config = teacher_config(mode, key, out_path, data_root, overrides)
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     shares = [float(s) for s in args.shares.split(",")]
     lana_shares = [float(s) for s in args.lana_shares.split(",") if s.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    from lana.compare import METHODS
+    from benchmarks.compare import METHODS
 
     if not methods or set(methods) - set(METHODS):
         parser.error(f"--methods: unknown {sorted(set(methods) - set(METHODS)) or 'none given'}; choose from {', '.join(METHODS)}")
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                 "date": time.strftime("%Y-%m-%d"), "timing": {k: json.loads((out / k / "quality_timing.json").read_text()) for k in keys}}
         meta_path.write_text(json.dumps(meta, indent=2) + "\n")
 
-    from lana.compare import plot, summarise, verdict
+    from benchmarks.compare import plot, summarise, verdict
 
     summary = summarise(frame)
     lines = verdict(frame)

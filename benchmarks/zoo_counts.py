@@ -51,8 +51,8 @@ def count_model(model: str, size: int, include: list[str], exclude: list[str]) -
     """Blocks of ``model`` at ``size``×``size`` and how many candidates each gets."""
     import torch
 
-    from lana.blocks import discover_blocks
-    from lana.teacher import load_teacher
+    from lana.teacher.blocks import discover_blocks
+    from lana.teacher.load import load_teacher
 
     torch.set_num_threads(1)
     begin = time.time()

@@ -1,4 +1,4 @@
 """``python -m lana`` (also what ``torchrun -m lana`` runs)."""
-from lana.cli import main
+from lana.cli.app import main
 
 main()

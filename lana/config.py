@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lana.errors import ConfigError
+from lana.names import DEFAULT_SOLVER
 
 
 class _Section(BaseModel):
@@ -21,7 +22,7 @@ class _Section(BaseModel):
 class TeacherConfig(_Section):
     """Which network to accelerate."""
 
-    model: str = "lana.models:demo_resnet"
+    model: str = "lana.teacher.demo_net:demo_resnet"
     checkpoint: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=lambda: {"num_classes": 10, "in_chans": 1})
     blocks: list[str] | None = None  # module names; None = discover automatically
@@ -109,7 +110,7 @@ class SolveConfig(_Section):
     """Default budget and solver for ``lana solve``."""
 
     budget: str = "50%"
-    solver: str = "pulp"
+    solver: str = DEFAULT_SOLVER
 
 
 class FinetuneConfig(_Section):

@@ -22,11 +22,11 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 from torch import nn
 
 from lana.errors import ConfigError, UnknownOpError
+from lana.names import TEACHER_OP
 from op_zoo._spec import BlockSpec
 
 Builder = Callable[[BlockSpec], Union[nn.Module, None]]
 
-TEACHER_OP = "teacher"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 _REGISTRY: dict[str, "OpDef"] = {}
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lana.errors import LanaError
+from lana.names import DEFAULT_SOLVER  # noqa: F401 (re-exported: the back-ends' default)
 from solvers.problem import SelectionProblem
 
 OPTIMAL, FEASIBLE, INFEASIBLE, NOT_SOLVED = "optimal", "feasible", "infeasible", "not_solved"

@@ -10,7 +10,16 @@ import numpy as np
 
 from lana.errors import InfeasibleError, SolverUnavailableError
 from solvers._presolve import drop_dominated, drop_unreachable, lagrangian_gaps
-from solvers.base import INFEASIBLE, OPTIMAL, Backend, NoSelectionFoundError, RawResult, available_solvers, registered_backends
+from solvers.base import (
+    DEFAULT_SOLVER,
+    INFEASIBLE,
+    OPTIMAL,
+    Backend,
+    NoSelectionFoundError,
+    RawResult,
+    available_solvers,
+    registered_backends,
+)
 from solvers.problem import Selection, SelectionProblem, make_selection
 
 AUTO = "auto"
@@ -35,7 +44,7 @@ def resolve_solver(name: str) -> Backend:
     return backend
 
 
-def solve_selection(problem: SelectionProblem, solver: str = "pulp", time_limit: float | None = None,
+def solve_selection(problem: SelectionProblem, solver: str = DEFAULT_SOLVER, time_limit: float | None = None,
                     prune: bool = True, explain: bool = True) -> Selection:
     """Best selection of one candidate per block under the problem's limits.
 
@@ -218,7 +227,7 @@ def best_reachable(problem: SelectionProblem, cost: str, kind: str = "upper",
     return best.totals[cost], upper, lower
 
 
-def top_k_selections(problem: SelectionProblem, k: int, solver: str = "pulp",
+def top_k_selections(problem: SelectionProblem, k: int, solver: str = DEFAULT_SOLVER,
                      time_limit: float | None = None) -> list[Selection]:
     """The ``k`` best distinct selections, best first (fewer if fewer exist).
 
@@ -262,7 +271,7 @@ def top_k_selections(problem: SelectionProblem, k: int, solver: str = "pulp",
     return found
 
 
-def sweep_budgets(problem: SelectionProblem, cost: str, budgets: list[float], solver: str = "pulp",
+def sweep_budgets(problem: SelectionProblem, cost: str, budgets: list[float], solver: str = DEFAULT_SOLVER,
                   time_limit: float | None = None) -> list[Selection | InfeasibleError]:
     """Solve for each budget on ``cost``; infeasible budgets give their InfeasibleError in place.
 

@@ -36,9 +36,9 @@ def tiny_config(**sections) -> LanaConfig:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """A run folder where the tiny teacher was trained and distil/score/latency ran once."""
-    from lana.demo import train_teacher
-    from lana.pipeline import distill_stage
-    from lana.rundir import RunFolder
+    from lana.run.folder import RunFolder
+    from lana.stages.demo import train_teacher
+    from lana.stages.distill import distill_stage
 
     torch.manual_seed(0)
     run = RunFolder(tmp_path_factory.mktemp("run") / "tiny")
@@ -59,8 +59,8 @@ def one_thread():
 
 
 def run_main(args, monkeypatch, capsys) -> tuple[int, str]:
-    """Run ``lana ARGS`` through ``lana.cli.main``; return its exit code and stderr."""
-    from lana import cli
+    """Run ``lana ARGS`` through ``lana.cli.app.main``; return its exit code and stderr."""
+    from lana.cli import app as cli
 
     monkeypatch.setattr("sys.argv", ["lana", *args])
     with pytest.raises(SystemExit) as exit_info:

@@ -8,9 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lana.blocks import describe_blocks, discover_blocks, get_submodule, set_submodule
 from lana.errors import BlockDiscoveryError
-from lana.teacher import load_teacher
+from lana.teacher.blocks import (
+    describe_blocks,
+    discover_blocks,
+    get_submodule,
+    set_submodule,
+)
+from lana.teacher.load import load_teacher
 
 INPUT = (1, 3, 64, 64)
 
@@ -165,7 +170,7 @@ def test_user_basic_block_found_by_class_name():
 
 def test_demo_teacher_found():
     pytest.importorskip("lana.models")
-    model = load_teacher("lana.models:demo_resnet")
+    model = load_teacher("lana.teacher.demo_net:demo_resnet")
     specs = discover_blocks(model, (1, 1, 28, 28))
     assert specs and {type(s.module).__name__ for s in specs} == {"BasicBlock"}
 

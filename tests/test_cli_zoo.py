@@ -5,19 +5,17 @@ import fnmatch
 import json
 
 import pytest
-
-from conftest import run_main
 import torch
 import yaml
-from rich.console import Console
+from conftest import run_main
 from typer.testing import CliRunner
 
 import op_zoo
-from lana import cli
-from lana.blocks import discover_blocks
-from lana.candidates import build_all_candidates
+from lana.cli import app as cli
 from lana.config import build_config
-from lana.teacher import load_teacher
+from lana.distill.candidates import build_all_candidates
+from lana.teacher.blocks import discover_blocks
+from lana.teacher.load import load_teacher
 
 runner = CliRunner()
 SMALL_OPS = ["identity", "conv_k1", "mbconv_k3_e1", "pruned_keep50", "avgpool_conv_k1", "s2d_conv_k1"]
@@ -29,12 +27,11 @@ DEMO = {
 
 
 @pytest.fixture(autouse=True)
-def one_thread_wide_console(monkeypatch):
-    """One thread (two on a shared 2-core machine makes small convs ~30× slower) and a
-    console wide enough that every table row is one line."""
+def one_thread():
+    """One thread (two on a shared 2-core machine makes small convs ~30× slower). No wide console
+    is patched in: off a terminal lana's own consoles keep every row on one line."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    monkeypatch.setattr(cli, "out", Console(width=500))
     yield
     torch.set_num_threads(threads)
 

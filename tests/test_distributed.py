@@ -11,9 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from lana.distill import FAULT_ENV, STATE_FILE
-from lana.distributed import Dist, GlobalBatches, _global_bn_forward, parse_bytes
-from lana.rundir import RunFolder
+from lana.distill.core import FAULT_ENV, STATE_FILE
+from lana.distill.distributed import (
+    Dist,
+    GlobalBatches,
+    _global_bn_forward,
+    parse_bytes,
+)
+from lana.run.folder import RunFolder
 
 
 def test_two_gloo_processes_match_one_process(trained_run, tmp_path):

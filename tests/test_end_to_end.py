@@ -5,10 +5,10 @@ import json
 
 import pytest
 import torch
+from conftest import run_main
 from typer.testing import CliRunner
 
-from conftest import run_main
-from lana.cli import app
+from lana.cli.app import app
 from lana.errors import CheckpointError, RunFolderError
 
 runner = CliRunner()
@@ -16,7 +16,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def solved_run(trained_run):
-    from lana.solve import solve_run
+    from lana.stages.solve import solve_run
 
     run, config, table = trained_run
     selection = solve_run(run, "70%")
@@ -41,8 +41,8 @@ def test_budget_below_fastest_names_the_fastest(solved_run):
 
 
 def test_finetune_then_export_matches_and_reports(solved_run):
-    from lana.export import run_export
-    from lana.student import run_finetune
+    from lana.stages.export import run_export
+    from lana.stages.finetune import run_finetune
 
     run, config, table, selection = solved_run
     result = run_finetune(run)
@@ -58,8 +58,8 @@ def test_finetune_then_export_matches_and_reports(solved_run):
 
     scripted = torch.jit.load(str(run.file("student.ts")))
     from lana.data import load_data, take_tensors
-    from lana.pipeline import prepare
-    from lana.student import load_student
+    from lana.run.context import prepare
+    from lana.stages.finetune import load_student
 
     ctx = prepare(config, run)
     student, finetuned = load_student(ctx, selection)
@@ -70,8 +70,8 @@ def test_finetune_then_export_matches_and_reports(solved_run):
 
 
 def test_corrupted_weights_and_missing_selection_are_one_line_errors(solved_run, tmp_path):
-    from lana.rundir import RunFolder, load_tensors
-    from lana.student import load_selection
+    from lana.run.folder import RunFolder, load_tensors
+    from lana.stages.finetune import load_selection
 
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
@@ -112,8 +112,8 @@ def test_main_turns_errors_into_one_line(monkeypatch, capsys, tmp_path):
 
 
 def test_demo_falls_back_to_digits_and_says_so(tmp_path, capsys):
-    from lana.demo import DEMO_OPS, demo_config
-    from lana.rundir import RunFolder
+    from lana.run.folder import RunFolder
+    from lana.stages.demo import DEMO_OPS, demo_config
 
     config = demo_config(RunFolder(tmp_path / "demo"), str(tmp_path / "no-fashion-here"), ["distill.max_steps=5"])
     assert config.data.kind == "digits" and config.data.image_size == 28
@@ -123,8 +123,8 @@ def test_demo_falls_back_to_digits_and_says_so(tmp_path, capsys):
 
 
 def test_demo_budget_check_resolves_when_the_measured_student_misses(solved_run):
-    from lana.demo import check_budget
-    from lana.pipeline import prepare
+    from lana.run.context import prepare
+    from lana.stages.demo import check_budget
 
     run, config, table, selection = solved_run
     ctx = prepare(config, run)

@@ -21,12 +21,12 @@ import pytest
 import torch
 
 import op_zoo
-from lana.blocks import discover_blocks
-from lana.candidates import TEACHER_OP, build_all_candidates
 from lana.config import LatencyConfig, build_config
+from lana.distill.candidates import TEACHER_OP, build_all_candidates
 from lana.errors import BlockDiscoveryError
-from lana.rundir import RunFolder
-from lana.teacher import load_teacher
+from lana.run.folder import RunFolder
+from lana.teacher.blocks import discover_blocks
+from lana.teacher.load import load_teacher
 
 SIZE = 32
 OPS = ["identity", "conv_k1", "mbconv_k3_e1", "pruned_keep50", "lowrank_r50", "avgpool_conv_k1"]
@@ -146,10 +146,11 @@ def assert_candidates_reproduce_shapes(specs, candidates: dict) -> None:
 
 def run_full_pipeline(tree: dict, folder) -> dict:
     """distill → solve (budget near the fastest reachable) → fine-tune → export; checks each."""
-    from lana.export import export_stage
-    from lana.pipeline import distill_stage, prepare
-    from lana.solve import solve_run
-    from lana.student import finetune_stage
+    from lana.run.context import prepare
+    from lana.stages.distill import distill_stage
+    from lana.stages.export import export_stage
+    from lana.stages.finetune import finetune_stage
+    from lana.stages.solve import solve_run
 
     config = build_config(tree)
     run = RunFolder(folder)

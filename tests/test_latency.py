@@ -7,15 +7,38 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import tiny_config
-from lana import bundle_runner as core
+
 from lana.config import build_config
 from lana.errors import ConfigError, TableError
-from lana.latency import cover_selections, measure_in_context, measure_networks, settings_tag, time_module
-from lana.latency_check import fit_correction, mixed_selections, random_selections, spread_indices
-from lana.profile import find_profile, latency_columns, latency_offsets, record_columns, store_profile
-from lana.proxy import apply_family_correction, fit_family_correction, pareto_check, proxy_report, rank_correlation
+from lana.latency import timing_core as core
+from lana.latency.calibration import (
+    fit_correction,
+    mixed_selections,
+    random_selections,
+    spread_indices,
+)
+from lana.latency.measure import (
+    cover_selections,
+    measure_in_context,
+    measure_networks,
+    settings_tag,
+    time_module,
+)
+from lana.latency.profiles import (
+    find_profile,
+    latency_columns,
+    record_columns,
+    store_profile,
+)
+from lana.latency.proxy import (
+    apply_family_correction,
+    fit_family_correction,
+    pareto_check,
+    proxy_report,
+    rank_correlation,
+)
+from lana.stages.solve import latency_offsets
 
 
 def fake_clock(values):
@@ -85,7 +108,7 @@ def test_time_module_records_spread_ci_and_respects_the_thread_count():
 
 
 def test_onnxruntime_runtime_is_optional():
-    from lana.runtimes import onnx_available
+    from lana.latency.runtimes import onnx_available
 
     cfg = tiny_config().latency.model_copy(update={"runtime": "onnxruntime"})
     if onnx_available():
@@ -105,9 +128,9 @@ def test_cover_networks_place_every_candidate():
 
 
 def test_in_context_timing_covers_all_candidates_and_adds_up_for_the_teacher():
-    from lana.blocks import discover_blocks
-    from lana.candidates import build_all_candidates
-    from lana.models import demo_resnet
+    from lana.distill.candidates import build_all_candidates
+    from lana.teacher.blocks import discover_blocks
+    from lana.teacher.demo_net import demo_resnet
 
     cfg = tiny_config().latency.model_copy(update={"threads": 1, "clock": "process", "max_repeats": 6})
     teacher = demo_resnet(in_chans=1, widths=[4, 8], depth=1).eval()

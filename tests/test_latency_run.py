@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from lana.cli import app
+from lana.cli.app import app
 from lana.errors import ConfigError, TableError
-from lana.rundir import RunFolder
+from lana.run.folder import RunFolder
 
 runner = CliRunner()
 QUICK = ["--set", "latency.threads=1", "--set", "latency.max_repeats=6"]
@@ -83,7 +83,7 @@ def test_bundle_round_trip(run_copy, tmp_path):
 
     broken = tmp_path / "broken.csv"
     rows.iloc[:-4].to_csv(broken, index=False)  # candidates missing
-    from lana.profile import import_csv
+    from lana.stages.profile import import_csv
 
     with pytest.raises(TableError, match="does not match this run's candidates"):
         import_csv(run_copy, broken)
@@ -105,7 +105,7 @@ def test_latency_check_reports_and_fits_a_correction_that_solve_uses(run_copy):
     table = run_copy.load_table()
     assert table["latency_ms"].tolist() == pytest.approx((table["latency_context_ms"] * cal["scale"]).tolist())
 
-    from lana.solve import solve_run
+    from lana.stages.solve import solve_run
 
     selection = solve_run(run_copy, "80%")
     chosen = table.set_index(["block", "candidate"]).loc[list(selection["choice"].items())]
@@ -116,7 +116,7 @@ def test_latency_check_reports_and_fits_a_correction_that_solve_uses(run_copy):
 
 
 def test_primary_profile_swaps_and_keeps_the_old_one(run_copy):
-    from lana.latency import settings_tag
+    from lana.latency.measure import settings_tag
 
     old_tag = json.loads(run_copy.file("latency.json").read_text())["tag"]
     result = invoke("profile", "--run", run_copy.path, "--primary", *QUICK, "--set", "latency.batch_size=3", "--set", "latency.method=isolated")

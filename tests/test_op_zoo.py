@@ -20,11 +20,18 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 import op_zoo
 from lana.errors import ConfigError, UnknownOpError
-from op_zoo import BlockSpec, build_candidates, count_macs, count_params, fuse_for_export, get_op, list_ops
-from op_zoo import _registry
+from op_zoo import (
+    BlockSpec,
+    _registry,
+    build_candidates,
+    count_macs,
+    count_params,
+    fuse_for_export,
+    get_op,
+    list_ops,
+)
 from op_zoo.low_rank import factorise_conv
 from op_zoo.rep import RepConv
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -18,7 +18,14 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 import op_zoo
-from op_zoo import BlockSpec, Reparameterizable, build_candidates, count_macs, count_params, fuse_for_export
+from op_zoo import (
+    BlockSpec,
+    Reparameterizable,
+    build_candidates,
+    count_macs,
+    count_params,
+    fuse_for_export,
+)
 
 SPEC_IDS = ("same", "down", "odd")
 

@@ -14,13 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_config
 
-from lana.baselines import prune, random_selection, width_scaled
-from lana.compare import summarise, verdict
+from benchmarks.baselines import prune, random_selection, width_scaled
+from benchmarks.compare import summarise, verdict
 from lana.errors import ConfigError, InfeasibleError
 from solvers import SelectionProblem
-
-from conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RESNET = {"num_classes": 10, "in_chans": 1, "channels": [16, 32, 64, 64], "stem_width": 8}
@@ -60,7 +59,7 @@ def test_random_selection_below_the_fastest_is_infeasible():
 
 
 def test_prune_keeps_the_classifier_and_shrinks_the_network(one_thread):
-    from lana.teacher import build_model
+    from lana.teacher.load import build_model
 
     torch.manual_seed(0)
     teacher = build_model("timm:resnet18d", TINY_RESNET).eval()

@@ -19,14 +19,14 @@ import pytest
 import torch
 from torch import nn
 
-from lana.blocks import discover_blocks
-from lana.candidates import build_all_candidates
 from lana.data import load_data
-from lana.distill import FAULT_ENV, STATE_FILE, _Distiller, distill_candidates
-from lana.distributed import parse_bytes, plan_groups
+from lana.distill.candidates import build_all_candidates
+from lana.distill.core import FAULT_ENV, STATE_FILE, _Distiller, distill_candidates
+from lana.distill.distributed import parse_bytes, plan_groups
 from lana.errors import ConfigError, RunFolderError
-from lana.rundir import RunFolder, load_tensors
-from lana.teacher import load_teacher
+from lana.run.folder import RunFolder, load_tensors
+from lana.teacher.blocks import discover_blocks
+from lana.teacher.load import load_teacher
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -39,7 +39,7 @@ def _cli(args: list, **env) -> subprocess.CompletedProcess:
 
 def _main(args: list, monkeypatch, capsys) -> tuple[int, str]:
     """``lana ARGS`` in this process; returns the exit code and stderr."""
-    from lana import cli
+    from lana.cli import app as cli
 
     monkeypatch.setattr("sys.argv", ["lana", *map(str, args)])
     with pytest.raises(SystemExit) as exit_info:
@@ -225,7 +225,7 @@ def test_disk_full_keeps_the_previous_checkpoint(trained_run, tmp_path, monkeypa
 
 
 def _other_arch_checkpoint(tmp: Path, run: RunFolder) -> str:
-    from lana.models import demo_resnet
+    from lana.teacher.demo_net import demo_resnet
 
     torch.save(demo_resnet(widths=[4, 8], depth=1).state_dict(), tmp / "small.pt")
     return str(tmp / "small.pt")

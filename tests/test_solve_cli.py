@@ -2,24 +2,25 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import pandas as pd
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from lana.errors import BudgetError, ConfigError, InfeasibleError, LanaError, RunFolderError, SolverUnavailableError, TableError
-from lana.solve import parse_budget, parse_count, parse_limit, solve_command, solve_run
+from lana.cli import pipeline
+from lana.cli.app import app
+from lana.errors import (
+    BudgetError,
+    ConfigError,
+    InfeasibleError,
+    LanaError,
+    RunFolderError,
+    SolverUnavailableError,
+    TableError,
+)
+from lana.selection import parse_budget, parse_count, parse_limit
+from lana.stages.solve import solve_run
 
-app = typer.Typer(add_completion=False)
-app.command("solve")(solve_command)
-
-
-@app.command("version")
-def _version() -> None:  # a second command keeps `solve` a sub-command, as in lana's CLI
-    """Print nothing."""
 
 
 HAND_WRITTEN = """block,candidate,score,latency_ms,params,macs,acc_delta,latency_ms:gpu
@@ -198,11 +199,11 @@ def test_run_folder_without_config_budget(run_dir):
 
 def test_export_calls_the_exporter(run_dir, monkeypatch):
     calls = []
-    fake = types.ModuleType("lana.export")
-    fake.export_selection = lambda run, path: calls.append((run, path))
-    monkeypatch.setitem(sys.modules, "lana.export", fake)
+    monkeypatch.setattr(pipeline, "run_export", lambda run, overrides, finetuned, out: calls.append((run.path, finetuned)) or {})
+    monkeypatch.setattr(pipeline, "print_report", lambda report, out: None)
     assert invoke("--run", str(run_dir), "--budget", "2ms", "--export").exit_code == 0
-    assert calls == [(run_dir, run_dir / "selection.json")]
+    assert calls == [(run_dir, True)] and (run_dir / "selection.json").is_file()
+    assert "drop --out" in failure(invoke("--run", str(run_dir), "--budget", "2ms", "--export", "--out", str(run_dir / "x.json")), ConfigError)
 
 
 def test_solve_run_for_the_demo(run_dir):

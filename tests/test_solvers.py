@@ -11,12 +11,20 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lana.errors import ConfigError, InfeasibleError, SolverUnavailableError, TableError
 from solvers import (
-    SelectionProblem, available_solvers, brute_force, enumerate_selections, min_total, registered_backends,
-    solve_selection, sweep_budgets, top_k_selections,
+    SelectionProblem,
+    available_solvers,
+    brute_force,
+    enumerate_selections,
+    min_total,
+    registered_backends,
+    solve_selection,
+    sweep_budgets,
+    top_k_selections,
 )
 from solvers._presolve import drop_dominated
 

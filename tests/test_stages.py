@@ -7,13 +7,13 @@ import struct
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from lana.config import DataConfig, build_config, load_config
 from lana.data import load_data, read_idx
 from lana.errors import ConfigError, DataError, DeviceError, RunFolderError
-from lana.latency import resolve_device, time_module
-from lana.models import demo_resnet
+from lana.latency.measure import resolve_device, time_module
+from lana.teacher.demo_net import demo_resnet
 
 
 # -- config ------------------------------------------------------------------------------
@@ -97,10 +97,10 @@ def test_digits_fallback_is_real_and_resized():
 
 # -- distillation, scoring, latency --------------------------------------------------------
 def test_distillation_loss_falls(tmp_path):
-    from lana.blocks import discover_blocks
-    from lana.candidates import build_all_candidates
-    from lana.distill import distill_candidates
-    from lana.rundir import RunFolder
+    from lana.distill.candidates import build_all_candidates
+    from lana.distill.core import distill_candidates
+    from lana.run.folder import RunFolder
+    from lana.teacher.blocks import discover_blocks
 
     torch.manual_seed(0)
     config = tiny_config(distill={"max_steps": 30, "epochs": 3})
@@ -121,7 +121,7 @@ def test_distillation_loss_falls(tmp_path):
 @pytest.mark.parametrize("steps", [1, 2, 3, 4, 5])
 def test_short_training_runs_and_learns(steps):
     """A fine-tune of a few steps (tiny data, fractional epochs) must not crash the LR schedule."""
-    from lana.train import fit, label_loss
+    from lana.distill.train import fit, label_loss
 
     config = tiny_config()
     splits = load_data(config.data)
@@ -136,7 +136,7 @@ def test_short_training_runs_and_learns(steps):
 def test_finetune_with_cached_teacher_logits_matches_running_the_teacher():
     """Caching the teacher's logits once must train the student exactly as running it per step."""
     from lana.config import FinetuneConfig
-    from lana.train import TeacherLogits, distillation_loss, distil_into, fit
+    from lana.distill.train import TeacherLogits, distil_into, distillation_loss, fit
 
     config = tiny_config()
     splits = load_data(config.data)
@@ -180,11 +180,11 @@ def test_table_scores_and_latency(trained_run):
 
 
 def test_stacked_scoring_matches_one_at_a_time(trained_run):
-    from lana.blocks import discover_blocks
-    from lana.candidates import build_all_candidates
     from lana.data import take_tensors
-    from lana.score import score_candidates
-    from lana.teacher import load_teacher
+    from lana.distill.candidates import build_all_candidates
+    from lana.distill.score import score_candidates
+    from lana.teacher.blocks import discover_blocks
+    from lana.teacher.load import load_teacher
 
     run, config, _ = trained_run
     splits = load_data(config.data)
@@ -200,7 +200,7 @@ def test_stacked_scoring_matches_one_at_a_time(trained_run):
 
 
 def test_rerun_reuses_results_and_refuses_another_teacher(trained_run):
-    from lana.pipeline import distill_stage
+    from lana.stages.distill import distill_stage
 
     run, config, table = trained_run
     again = distill_stage(config, run)

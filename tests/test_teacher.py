@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lana.errors import CheckpointError, ConfigError, UnknownModelError
-from lana.teacher import build_model, load_teacher, teacher_fingerprint
+from lana.teacher.load import build_model, load_teacher, teacher_fingerprint
 
 FACTORY_SOURCE = textwrap.dedent(
     """

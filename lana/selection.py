@@ -1,32 +1,38 @@
-"""``lana solve``: choose one candidate per block under a latency budget and other limits.
+"""Solving a candidates table under limits: parse budgets and limits, build the
+:class:`solvers.SelectionProblem`, solve, describe the selection; Pareto sweeps.
 
-Reads a run folder (``candidates.parquet``, ``latency.json``, ``config.yaml``) or any CSV /
-Parquet table with ``block``, ``candidate``, ``score`` and cost columns, builds a
-:class:`solvers.SelectionProblem`, solves it and writes the selection atomically. Also: Pareto
-sweeps over budgets (CSV + PNG) and the K best distinct selections.
+Torch-free, so that ``lana solve --table`` starts fast.
 """
+from __future__ import annotations
+
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Any
 
 import numpy as np
 import pandas as pd
-import typer
-import yaml
 
-from lana.rundir import atomic_write_bytes, atomic_write_text
-from lana.errors import BudgetError, ConfigError, InfeasibleError, RunFolderError, TableError
+from lana.errors import (
+    BudgetError,
+    ConfigError,
+    InfeasibleError,
+    TableError,
+)
+from lana.names import LATENCY, TEACHER_OP
+from lana.run.folder import atomic_write_bytes, atomic_write_text
 from solvers import (
-    Selection, SelectionProblem, best_reachable, round_outward, solve_selection, standard_cost_columns, sweep_budgets,
+    Selection,
+    SelectionProblem,
+    best_reachable,
+    round_outward,
+    solve_selection,
+    standard_cost_columns,
+    sweep_budgets,
     top_k_selections,
 )
 
-LATENCY = "latency_ms"
-TEACHER = "teacher"
-DEFAULT_SOLVER = "auto"
 _NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 _BUDGET = re.compile(rf"^\s*{_NUMBER}\s*(ms|us|µs|s|%)?\s*$", re.IGNORECASE)
 _COUNT = re.compile(rf"^\s*{_NUMBER}\s*([kmgb]?)\s*$", re.IGNORECASE)
@@ -111,42 +117,11 @@ def read_table(path: Path) -> pd.DataFrame:
         raise TableError(f"table {path} cannot be read ({reason}); fix or rewrite it") from None
 
 
-def load_run(run_dir: Path) -> SolveInputs:
-    """The candidates table, measured latencies and ``solve`` config of a run folder."""
-    hint = f"run `lana distill --run {run_dir}` first"
-    if not run_dir.is_dir():
-        raise RunFolderError(f"run folder {run_dir} not found; {hint}")
-    table_path = next((run_dir / f"candidates{s}" for s in (".parquet", ".csv") if (run_dir / f"candidates{s}").is_file()), None)
-    if table_path is None:
-        raise RunFolderError(f"{run_dir} has no candidates.parquet (or .csv); {hint}")
-    latency_path = run_dir / "latency.json"
-    if not latency_path.is_file():
-        raise RunFolderError(f"{run_dir} has no latency.json; {hint}")
-    try:
-        latency = json.loads(latency_path.read_text())
-        teacher_ms, offset_ms = float(latency["teacher_latency_ms"]), float(latency.get("fixed_latency_ms", 0.0))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise RunFolderError(f"{latency_path} is corrupted or lacks teacher_latency_ms ({exc}); {hint}") from None
-    config: dict = {}
-    if (run_dir / "config.yaml").is_file():
-        try:
-            loaded = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{run_dir / 'config.yaml'} is not valid YAML ({str(exc).splitlines()[0]}); fix it") from None
-        config = (loaded.get("solve") or {}) if isinstance(loaded, dict) else {}
-    from lana.profile import latency_offsets
-
-    offsets, teachers = latency_offsets(latency)
-    offsets.pop(LATENCY, None)
-    teachers = {k: v for k, v in teachers.items() if k != LATENCY and v is not None}
-    return SolveInputs(read_table(table_path), run_dir, run_dir, teacher_ms, offset_ms, config, offsets, teachers)
-
-
 def teacher_index(problem: SelectionProblem) -> np.ndarray | None:
     """Local row of the ``teacher`` candidate in every block, or None if a block lacks one."""
     rows = []
     for a, z in zip(problem.block_start[:-1], problem.block_start[1:]):
-        hits = np.flatnonzero(problem.candidates[a:z] == TEACHER)
+        hits = np.flatnonzero(problem.candidates[a:z] == TEACHER_OP)
         if len(hits) == 0:
             return None
         rows.append(a + hits[0])
@@ -252,31 +227,6 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
-def solve_run(run: Any, budget: str | None = None, solver: str | None = None, time_limit: float | None = None) -> dict:
-    """Solve a run folder for ``budget`` (default: its config's) and write ``RUN/selection.json``.
-
-    Args:
-        run: the run folder (a path or anything with a ``path``).
-        budget: e.g. ``"5ms"`` or ``"50%"``; default ``solve.budget`` of ``RUN/config.yaml``.
-        solver: a solver name; default ``solve.solver`` of the config, else ``auto``.
-    Returns:
-        The selection record that was written.
-    """
-    inputs = load_run(Path(getattr(run, "path", run)))
-    budget = budget if budget is not None else _config_budget(inputs)
-    problem, limits = build_problem(inputs, budget)
-    record = solve_inputs(inputs, problem, limits, solver or inputs.config.get("solver") or DEFAULT_SOLVER, time_limit)
-    write_json_atomic(inputs.run_dir / "selection.json", record)
-    return record
-
-
-def _config_budget(inputs: SolveInputs) -> str:
-    budget = inputs.config.get("budget")
-    if budget is None:
-        raise ConfigError(f"no --budget given and {inputs.run_dir / 'config.yaml'} has no solve.budget; pass e.g. --budget 5ms or 50%")
-    return str(budget)
-
-
 # -- Pareto sweep ----------------------------------------------------------------------
 def sweep_inputs(inputs: SolveInputs, problem: SelectionProblem, points: int, solver: str,
                  time_limit: float | None, folder: Path) -> tuple[pd.DataFrame, Path, Path]:
@@ -294,7 +244,7 @@ def sweep_inputs(inputs: SolveInputs, problem: SelectionProblem, points: int, so
             record = describe(result, inputs, Limits(upper={LATENCY: float(budget)}))
             row.update({k: record[k] for k in ("predicted_latency_ms", "predicted_acc_delta", "objective",
                                                 "optimal", "gap", "seconds", "solver")})
-            row["changed_blocks"] = sum(op != TEACHER for op in result.choice.values())
+            row["changed_blocks"] = sum(op != TEACHER_OP for op in result.choice.values())
             row["choice"] = json.dumps(result.choice)
         rows.append(row)
     frame = pd.DataFrame(rows)
@@ -353,115 +303,3 @@ def _marks(folder: Path) -> dict[str, tuple]:
         if {"latency_ms_measured", "acc_measured"} <= set(table.columns):
             marks["measured"] = (table["latency_ms_measured"], table["acc_measured"])
     return marks
-
-
-# -- printing --------------------------------------------------------------------------
-def print_selection(record: dict, inputs: SolveInputs) -> None:
-    """A readable table of the choice, then the predicted totals and how the solve went."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    table = Table(title="selection")
-    for name in ("block", "chosen op", "latency ms", "acc_delta"):
-        table.add_column(name, justify="left" if name in ("block", "chosen op") else "right")
-    keyed = inputs.table.assign(block=inputs.table["block"].astype(str), candidate=inputs.table["candidate"].astype(str))
-    keyed = keyed.set_index(["block", "candidate"])
-    for block, op in record["choice"].items():
-        row = keyed.loc[(block, op)]
-        style = "dim" if op == TEACHER else None
-        table.add_row(block, op, _fmt(row.get(LATENCY)), _fmt(row.get("acc_delta")), style=style)
-    console.print(table)
-    if record["predicted_latency_ms"] is not None:
-        console.print(f"predicted latency     {record['predicted_latency_ms']:.4g} ms (budget {_fmt(record['budget_ms'])} ms)")
-    if record["predicted_acc_delta"] is not None:
-        console.print(f"predicted acc change  {record['predicted_acc_delta']:+.3f} points")
-    for name, total in record["totals"].items():
-        if name != LATENCY:
-            console.print(f"total {name:<15} {total:.4g}")
-    proof = "proven optimal" if record["optimal"] else f"not proven optimal (gap {_fmt(record['gap'])} score units)"
-    console.print(f"objective {record['objective']:.6g}; solver {record['solver']}, {record['seconds']:.3f} s, {proof}")
-    for rank, alt in enumerate(record.get("top_k", [])[1:], start=2):
-        changed = sum(alt["choice"][b] != op for b, op in record["choice"].items())
-        console.print(f"#{rank}: objective {alt['objective']:.6g}, latency {_fmt(alt['predicted_latency_ms'])} ms, "
-                      f"{changed} block(s) differ from #1")
-
-
-def _fmt(value: Any) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
-
-
-# -- the command -----------------------------------------------------------------------
-def solve_command(
-    run: Annotated[Optional[Path], typer.Option("--run", metavar="DIR", help="Run folder written by `lana distill` (reads candidates.parquet, latency.json, config.yaml).")] = None,
-    table: Annotated[Optional[Path], typer.Option("--table", metavar="FILE", help="Bring-your-own CSV or Parquet table with columns block, candidate, score and cost columns (latency_ms, params, macs, ...).")] = None,
-    budget: Annotated[Optional[str], typer.Option("--budget", metavar="TEXT", help="Latency budget on the predicted total: 5ms, 500us, 0.005s or 50% of the teacher's latency. Run mode default: solve.budget of config.yaml.")] = None,
-    solver: Annotated[Optional[str], typer.Option("--solver", metavar="NAME", help="auto (exact DP for one latency limit, MIP otherwise), pulp (CBC), cpsat, scip, mckp or brute. Run mode default: solve.solver of config.yaml, else auto.")] = None,
-    cost: Annotated[Optional[list[str]], typer.Option("--cost", metavar="'COLUMN<=VALUE'", help="Extra limit 'COLUMN<=VALUE' or 'COLUMN>=VALUE', repeatable, e.g. 'latency_ms:cuda-b64-fp16<=2ms' or 'params<=3M'.")] = None,
-    max_params: Annotated[Optional[str], typer.Option("--max-params", metavar="COUNT", help="Limit on total parameters: 3M, 500k or 3000000.")] = None,
-    max_macs: Annotated[Optional[str], typer.Option("--max-macs", metavar="COUNT", help="Limit on total multiply-accumulates: 600M, 1.2G, ...")] = None,
-    sweep: Annotated[Optional[int], typer.Option("--sweep", metavar="N", help="Solve N budgets from the fastest reachable latency to the teacher's; write sweep.csv and sweep.png.")] = None,
-    top_k: Annotated[int, typer.Option("--top-k", metavar="K", help="Return the K best distinct selections, best first.")] = 1,
-    time_limit: Annotated[Optional[float], typer.Option("--time-limit", metavar="SECONDS", help="Seconds per solve; when reached, the best selection found is returned with its proven gap.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (nothing else).")] = False,
-    export: Annotated[bool, typer.Option("--export", help="Run mode: export the selected student right after solving.")] = False,
-    out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE", help="Where to write the selection JSON (run mode default: RUN/selection.json).")] = None,
-) -> None:
-    """Choose one candidate per block: highest predicted accuracy within the latency budget and other limits."""
-    if (run is None) == (table is None):
-        raise ConfigError("give exactly one of --run DIR or --table FILE")
-    if export and run is None:
-        raise ConfigError("--export needs --run (a table alone has no weights to export)")
-    if top_k < 1 or (sweep is not None and sweep < 1) or (time_limit is not None and time_limit <= 0):
-        raise ConfigError("--top-k and --sweep must be at least 1 and --time-limit positive")
-    inputs = load_run(run) if run is not None else SolveInputs(read_table(table), table.parent)
-    solver = solver or inputs.config.get("solver") or DEFAULT_SOLVER
-    folder = out.parent if out is not None else inputs.home
-    if sweep is not None:
-        if budget is not None or export:
-            raise ConfigError("--sweep chooses its own budgets; drop --budget and --export")
-        problem, _ = build_problem(inputs, None, max_params, max_macs, cost)
-        frame, csv_path, png_path = sweep_inputs(inputs, problem, sweep, solver, time_limit, folder)
-        if as_json:
-            rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
-            typer.echo(json.dumps({"sweep": rows, "csv": str(csv_path), "png": str(png_path)}))
-        else:
-            _print_sweep(frame, csv_path, png_path)
-        return
-    if budget is None and run is not None:
-        budget = _config_budget(inputs)
-    if budget is None and not (cost or max_params or max_macs):
-        raise ConfigError("no limit given; pass --budget 5ms (or --max-params, --max-macs, --cost)")
-    problem, limits = build_problem(inputs, budget, max_params, max_macs, cost)
-    record = solve_inputs(inputs, problem, limits, solver, time_limit, top_k)
-    target = out if out is not None else (run / "selection.json" if run is not None else None)
-    if target is not None:
-        write_json_atomic(target, record)
-    if as_json:
-        typer.echo(json.dumps(record))
-    else:
-        print_selection(record, inputs)
-        if target is not None:
-            typer.echo(f"selection written to {target}")
-    if export:
-        from lana.export import export_selection
-
-        export_selection(run, target)
-
-
-def _print_sweep(frame: pd.DataFrame, csv_path: Path, png_path: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="Pareto sweep")
-    for name in ("budget ms", "latency ms", "acc change", "objective", "changed blocks", "proven"):
-        table.add_column(name, justify="right")
-    for row in frame.to_dict("records"):
-        if not row["feasible"]:
-            table.add_row(_fmt(row["budget_ms"]), "infeasible", "", "", "", "")
-            continue
-        table.add_row(_fmt(row["budget_ms"]), _fmt(row["predicted_latency_ms"]), _fmt(row["predicted_acc_delta"]),
-                      _fmt(row["objective"]), str(row["changed_blocks"]), "yes" if row["optimal"] else f"gap {_fmt(row['gap'])}")
-    console = Console()
-    console.print(table)
-    console.print(f"written: {csv_path} and {png_path}")

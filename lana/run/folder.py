@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from lana.config import LanaConfig, dump_config, load_config
 from lana.errors import CheckpointError, RunFolderError, TableError
@@ -82,6 +81,8 @@ def read_json(path: Path) -> Any:
 
 def save_tensors(path: Path, obj: Any) -> None:
     """Atomically ``torch.save`` a tree of tensors (state dicts, no pickled code)."""
+    import torch  # here, not at the top: the torch-free commands (lana solve --table) read run folders too
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -91,6 +92,8 @@ def load_tensors(path: Path) -> Any:
     """``torch.load`` with ``weights_only=True``; corrupted files give a one-line error."""
     if not path.is_file():
         raise CheckpointError(f"{path} not found; rerun the stage that writes it")
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling failure means the file is unusable

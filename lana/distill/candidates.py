@@ -10,10 +10,11 @@ from torch import nn
 
 import op_zoo
 from lana.config import OpsConfig
-from lana.rundir import load_tensors
+from lana.errors import CheckpointError, RunFolderError, UnknownOpError
+from lana.names import TEACHER_OP
+from lana.run.folder import load_tensors
+from lana.teacher.blocks import set_submodule
 from op_zoo import BlockSpec
-
-TEACHER_OP = "teacher"
 
 
 @dataclass
@@ -85,14 +86,36 @@ def build_candidate(spec: BlockSpec, name: str, weights_dir: Path | None) -> nn.
         return copy.deepcopy(spec.module).eval()
     module = op_zoo.get_op(name).builder(spec)
     if module is None:
-        from lana.errors import UnknownOpError
 
         raise UnknownOpError(f"op '{name}' declines block {spec.name} (shape {spec.in_channels}->{spec.out_channels}); pick another")
     if weights_dir is not None:
         stored = load_tensors(weights_file(weights_dir, spec.name))
         if name not in stored:
-            from lana.errors import CheckpointError
 
             raise CheckpointError(f"no distilled weights for '{name}' in block {spec.name}; rerun `lana distill`")
         module.load_state_dict(stored[name])
     return module.eval()
+
+
+def assemble_student(teacher: nn.Module, specs: list[BlockSpec], choice: dict[str, str], weights_dir) -> nn.Module:
+    """A copy of the teacher with each block replaced by its chosen, distilled candidate.
+
+    Args:
+        teacher: the teacher network (not modified).
+        specs: the teacher's replaceable blocks.
+        choice: block name → op name (blocks not named keep the teacher's block).
+        weights_dir: the run's ``weights/`` folder holding distilled candidate weights.
+
+    Returns:
+        The student network in eval mode.
+    """
+    known = {s.name for s in specs}
+    unknown = sorted(set(choice) - known)
+    if unknown:
+        raise RunFolderError(f"selection names blocks {unknown} that this teacher does not have; re-solve for this run")
+    student = copy.deepcopy(teacher)
+    for spec in specs:
+        name = choice.get(spec.name, TEACHER_OP)
+        if name != TEACHER_OP:
+            set_submodule(student, spec.name, build_candidate(spec, name, weights_dir))
+    return student.eval()

@@ -20,9 +20,11 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from lana.blocks import set_submodule
 from lana.config import LatencyConfig
-from lana.latency import TEACHER_OP, measure_networks
+from lana.errors import InfeasibleError
+from lana.latency.measure import TEACHER_OP, measure_networks
+from lana.teacher.blocks import set_submodule
+from solvers import SelectionProblem, solve_selection
 
 log = logging.getLogger("lana")
 
@@ -249,8 +251,6 @@ def mixed_selections(latency: dict[str, dict[str, float]], count: int, seed: int
 
 def solver_selections(record: dict, table: pd.DataFrame, column: str, shares: list[float]) -> list[dict[str, str]]:
     """The solver's picks at budgets that are ``shares`` of the teacher's latency (infeasible ones skipped)."""
-    from lana.errors import InfeasibleError
-    from solvers import SelectionProblem, solve_selection
 
     frame = table[table["score"].notna()] if "score" in table.columns else table.assign(score=0.0)
     problem = SelectionProblem.from_frame(frame, offsets={column: record["fixed_latency_ms"]}, costs=[column])
@@ -261,65 +261,3 @@ def solver_selections(record: dict, table: pd.DataFrame, column: str, shares: li
         except InfeasibleError:
             continue
     return picks
-
-
-def check_run(run, networks: int = 12, fit: int = 0, shares: tuple[float, ...] = (0.5, 0.7, 0.9), tag: str | None = None,
-              overrides: list[str] | None = None, seed: int = 0) -> dict:
-    """``lana latency-check``: measure networks of a run end to end, compare, optionally fit and store a correction.
-
-    Writes ``RUN/latency_check.csv``, ``.png`` and ``.json``; with ``fit``, the correction goes
-    into the profile in ``latency.json`` and the table's latency columns are rebuilt, so
-    ``lana solve`` adds corrected figures.
-
-    Args:
-        run: the run folder.
-        networks: random networks to build (besides the solver's picks and the teacher).
-        fit: networks to fit the correction on (0: only check).
-        shares: budgets (shares of the teacher's latency) for the solver's picks.
-        tag: which latency profile (default: the primary one).
-        overrides: ``--set`` config overrides (e.g. ``latency.repeats=50``).
-    """
-    from lana.candidates import build_all_candidates
-    from lana.errors import RunFolderError
-    from lana.pipeline import prepare
-    from lana.profile import config_for_record, find_profile, merge_latency
-    from lana.rundir import atomic_write_bytes, read_json, write_json
-
-    config = run.load_config(overrides)
-    latency = read_json(run.file("latency.json"))
-    record = find_profile(latency, tag)
-    if record.get("method") == "imported":
-        raise RunFolderError(f"profile '{record['tag']}' was measured on another machine; run the check there")
-    cfg = config_for_record(record, config.latency)
-    ctx = prepare(config, run, writes=False)
-    modules = {b: {n: c.module for n, c in cands.items()} for b, cands in build_all_candidates(ctx.specs, config.ops).items()}
-    table = run.load_table()
-    column = "latency_ms" if tag in (None, latency.get("tag")) else f"latency_ms:{tag}"
-    used = {b: dict(zip(g["candidate"], g[column])) for b, g in table.groupby("block", sort=False)}
-    selections = mixed_selections(used, networks, seed)
-    picks = []
-    for choice in solver_selections(record, table, column, list(shares)):
-        if choice not in picks:  # budgets often share a pick
-            picks.append(choice)
-    result = check_latency(ctx.teacher, ctx.specs, modules, record, ctx.input_shape, cfg,
-                           selections + picks, ["random"] * len(selections) + ["solver"] * len(picks), fit)
-    frame, summary = result["frame"], result["summary"]
-    summary.update({"tag": record["tag"], "settings": record["settings"], "method": record.get("method")})
-    atomic_write_bytes(run.file("latency_check.csv"), frame.to_csv(index=False).encode())
-    atomic_write_bytes(run.file("latency_check.png"), scatter_png(frame, f"{record['tag']}: predicted vs measured"))
-    if result["correction"] is not None:
-        record["calibration"] = {**result["correction"].as_dict(), "fitted_at": frame.attrs.get("at") or _now(),
-                                 "held_out": summary.get("after")}
-        from lana.profile import finish_record
-
-        finish_record(record)
-        write_json(run.file("latency.json"), latency)
-        run.save_table(merge_latency(table, latency))
-    write_json(run.file("latency_check.json"), summary)
-    return {"frame": frame, "summary": summary}
-
-
-def _now() -> str:
-    import time
-
-    return time.strftime("%Y-%m-%dT%H:%M:%S")

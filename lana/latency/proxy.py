@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from lana.errors import TableError
+from lana.errors import InfeasibleError, TableError
+from solvers import SelectionProblem, solve_selection
 
 
 def _column(table: pd.DataFrame, name: str) -> pd.Series:
@@ -77,7 +78,6 @@ def apply_family_correction(table: pd.DataFrame, proxy: str, factors: dict[str, 
 
 
 def _solve(table: pd.DataFrame, column: str, budget: float):
-    from solvers import SelectionProblem, solve_selection
 
     problem = SelectionProblem.from_frame(table, costs=[column], upper={column: budget})
     return solve_selection(problem, "auto")
@@ -94,7 +94,6 @@ def pareto_check(table: pd.DataFrame, proxy: str, target: str, shares: list[floa
         One row per share: budget, proxy and target latency, score, best target score within
         ``T``, the gap and ``on_front``.
     """
-    from lana.errors import InfeasibleError
 
     frame = table[table["score"].notna()].reset_index(drop=True)
     teacher = frame[frame["candidate"] == "teacher"]

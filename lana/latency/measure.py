@@ -27,15 +27,15 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from lana import bundle_runner as core
-from lana.blocks import set_submodule
 from lana.config import LatencyConfig
 from lana.errors import ConfigError, DeviceError
-from lana.runtimes import deployable
+from lana.latency import timing_core as core
+from lana.latency.runtimes import deployable
+from lana.names import TEACHER_OP
+from lana.teacher.blocks import set_submodule
 
 log = logging.getLogger("lana")
 DTYPES = core.DTYPES
-TEACHER_OP = "teacher"
 
 
 @dataclass

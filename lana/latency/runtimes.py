@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+import op_zoo
 from lana.errors import ConfigError
 
 try:  # optional: only the onnxruntime runtime needs it
@@ -41,8 +42,6 @@ def _need_onnx() -> None:
 
 def export_onnx(module: nn.Module, example: torch.Tensor) -> bytes:
     """The module as ONNX bytes (batch axis dynamic), re-parameterisable branches fused first."""
-    import op_zoo
-
     _need_onnx()
     module = op_zoo.fuse_for_export(copy.deepcopy(module).eval().float().to(memory_format=torch.contiguous_format))
     buffer = io.BytesIO()
@@ -106,8 +105,6 @@ def deployable(module: nn.Module, example: torch.Tensor, runtime: str, channels_
         except RuntimeError:  # already frozen
             return module
     if runtime == "torchscript":
-        import op_zoo
-
         module = op_zoo.fuse_for_export(module)
         try:
             scripted = torch.jit.script(module)

@@ -1,47 +1,33 @@
-"""The ``lana`` command line: parse, load the config, call the stage, print the result.
-
-``main()`` turns every ``LanaError`` into one line on stderr and a non-zero exit code;
-``--debug`` (or ``LANA_DEBUG=1``) shows the traceback instead.
-"""
+"""The pipeline's commands: ``lana demo``, ``distill``, ``finetune``, ``export``, ``show``,
+``blocks``, ``ops`` and ``config``. Thin: parse, call the stage, print the result."""
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from lana.errors import LanaError
+import op_zoo
+from lana.cli.report import console, print_report
+from lana.config import dump_config, load_config
+from lana.data import load_data
+from lana.distill.candidates import build_all_candidates
+from lana.errors import LanaError, UnknownOpError
+from lana.run.folder import RunFolder, read_json
+from lana.stages.demo import run_demo
+from lana.stages.distill import distill_stage
+from lana.stages.export import run_export
+from lana.stages.finetune import run_finetune
+from lana.teacher.blocks import describe_blocks, discover_blocks
+from lana.teacher.load import load_teacher
 
-app = typer.Typer(
-    help="lana: latency-aware network acceleration. Replace a trained CNN's blocks with cheaper ops, "
-    "chosen by an integer linear program under a latency budget.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-out = Console()
-err = Console(stderr=True)
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+out = console()
 
 RunOpt = typer.Option(..., "--run", help="Run folder (created by `lana distill`; every stage reads and writes it).")
 SetOpt = typer.Option(None, "--set", help="Override a config key, e.g. --set distill.epochs=0.5 (repeatable).")
-
-
-def _state() -> dict:
-    return {"debug": os.environ.get("LANA_DEBUG") == "1"}
-
-
-STATE = _state()
-
-
-@app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")) -> None:
-    if debug:
-        STATE["debug"] = True
 
 
 @app.command()
@@ -58,10 +44,6 @@ def distill(
     Resumes where a stopped run left off. On several GPUs or machines run it under torchrun:
     `torchrun --nproc_per_node=N -m lana -- distill ...` (docs/scaling.md).
     """
-    from lana.config import load_config
-    from lana.pipeline import distill_stage
-    from lana.rundir import RunFolder
-
     if config is None and run is not None and (run / "config.yaml").is_file():
         config = run / "config.yaml"
     cfg = load_config(config, [*(overrides or []), *([f"distill.max_memory={max_memory}"] if max_memory else [])])
@@ -76,9 +58,6 @@ def distill(
 @app.command()
 def finetune(run: Path = RunOpt, overrides: Optional[list[str]] = SetOpt) -> None:
     """Fine-tune the selected student end to end (logit KL from the teacher plus label loss)."""
-    from lana.rundir import RunFolder
-    from lana.student import run_finetune
-
     result = run_finetune(RunFolder(run), overrides)
     out.print(
         f"validation top-1 {result['val_acc_before']:.2f} % -> {result['val_acc_after']:.2f} % "
@@ -93,12 +72,9 @@ def export(
     no_finetune: bool = typer.Option(False, "--no-finetune", help="Export distilled weights even if fine-tuned ones exist."),
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
-    """Export the student as TorchScript, check it against eager, measure it and write report.json."""
-    from lana.export import run_export
-    from lana.rundir import RunFolder
-
+    """Export the student, check it against eager, measure it and write report.json."""
     report = run_export(RunFolder(run), overrides, finetuned=not no_finetune, out=output)
-    _print_report(report)
+    print_report(report, out)
 
 
 @app.command()
@@ -109,10 +85,8 @@ def demo(
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """Run the whole pipeline on the embedded default: train a teacher, accelerate it, report."""
-    from lana.demo import run_demo
-
     report = run_demo(run, str(data) if data else None, budget, overrides)
-    _print_report(report)
+    print_report(report, out)
     stages = report.get("stage_seconds", {})
     if stages:
         out.print("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()))
@@ -125,16 +99,10 @@ def ops(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Also list the ops registered by this config's ops.modules."),
 ) -> None:
     """List the op zoo: every candidate op with its family, description and source."""
-    import op_zoo
-
     if config is not None:
-        from lana.config import load_config
-
         op_zoo.import_op_modules(list(load_config(config).ops.modules))
     defs = op_zoo.list_ops(pattern)
     if not defs:
-        from lana.errors import UnknownOpError
-
         raise UnknownOpError(f"no op matches '{pattern}'; `lana ops` lists all {len(op_zoo.list_ops())}")
     if as_json:
         print(json.dumps([{"name": d.name, "family": d.family, "description": d.description, "source": d.source} for d in defs], indent=1))
@@ -153,18 +121,11 @@ def blocks(
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """Show the teacher's replaceable blocks and how many candidates each gets."""
-    from lana.blocks import describe_blocks, discover_blocks
-    from lana.candidates import build_all_candidates
-    from lana.config import load_config
-    from lana.teacher import load_teacher
-
     cfg = load_config(config, overrides)
     teacher = load_teacher(cfg.teacher.model, cfg.teacher.checkpoint, cfg.teacher.kwargs)
     if cfg.data.image_size:
         shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
     else:  # the native size of the data (28×28 for Fashion-MNIST)
-        from lana.data import load_data
-
         shape = load_data(cfg.data).input_shape
     specs = discover_blocks(teacher, (1, *shape), cfg.teacher.blocks)
     counts = {b: len(c) for b, c in build_all_candidates(specs, cfg.ops).items()}
@@ -172,7 +133,8 @@ def blocks(
     for col in ("block", "class", "input", "output", "stride", "act", "candidates"):
         table.add_column(col)
     for row in describe_blocks(specs):
-        table.add_row(row["name"], row["class"], str(row["in_shape"]), str(row["out_shape"]), str(row["stride"]), row["act"], str(counts[row["name"]]))
+        table.add_row(row["name"], row["class"], str(row["in_shape"]), str(row["out_shape"]), str(row["stride"]), row["act"],
+                      str(counts[row["name"]]))
     out.print(table)
 
 
@@ -184,8 +146,6 @@ def show(
     limit: int = typer.Option(20, "--limit", help="Rows per block to print (0 = all)."),
 ) -> None:
     """Print a run's candidates table (and report, if any)."""
-    from lana.rundir import RunFolder
-
     folder = RunFolder(run)
     frame = folder.load_table()
     if block:
@@ -203,9 +163,7 @@ def show(
             table.add_row(*[f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in cols[1:]])
         out.print(table)
     if folder.file("report.json").is_file():
-        from lana.demo import load_report
-
-        _print_report(load_report(folder))
+        print_report(read_json(folder.file("report.json")), out)
 
 
 @app.command("config")
@@ -214,75 +172,4 @@ def show_config(
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """Print the resolved config (defaults, then the file, then --set overrides)."""
-    from lana.config import dump_config, load_config
-
     print(dump_config(load_config(config, overrides)), end="")
-
-
-def _print_report(report: dict) -> None:
-    from lana.demo import summary_rows
-
-    table = Table(title=f"teacher vs student on {report['data']} ({report['device']})")
-    for col in ("", "teacher", "student"):
-        table.add_column(col)
-    for row in summary_rows(report):
-        table.add_row(*row)
-    out.print(table)
-    out.print(f"TorchScript: {report['export']['path']} (max |diff| vs eager {report['export']['max_abs_diff']:.1e})")
-
-
-def _register_solve() -> None:
-    from lana.solve import solve_command
-
-    app.command("solve")(solve_command)
-
-
-_register_solve()
-
-
-def _register_latency() -> None:
-    from lana.cli_latency import latency_check_command, profile_command, proxy_command
-
-    app.command("profile")(profile_command)
-    app.command("latency-check")(latency_check_command)
-    app.command("proxy")(proxy_command)
-
-
-_register_latency()
-
-
-def main() -> None:
-    """Entry point: run the app, turning known errors into one line and an exit code."""
-    import warnings
-
-    # TorchScript is lana's export format; torch >= 2.10 marks it deprecated on every call.
-    warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=FutureWarning)
-    try:
-        code = app(standalone_mode=False)  # typer returns Ctrl-C as exit code 130 instead of raising
-        if code == 130:
-            raise KeyboardInterrupt
-    except LanaError as exc:
-        if STATE["debug"]:
-            raise
-        err.print(f"lana: error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err.print("lana: interrupted; progress so far is saved in the run folder", markup=False)
-        sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
-        raise
-    if isinstance(code, int) and code:
-        sys.exit(code)
-
-
-if __name__ == "__main__":
-    main()

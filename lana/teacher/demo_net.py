@@ -72,7 +72,7 @@ def demo_resnet(
     depth: int = 2,
     stem_stride: int = 2,
 ) -> DemoResNet:
-    """Build the demo teacher (``lana.models:demo_resnet`` in a config).
+    """Build the demo teacher (``lana.teacher.demo_net:demo_resnet`` in a config).
 
     Args:
         num_classes: classifier outputs.

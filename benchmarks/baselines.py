@@ -27,9 +27,8 @@ from torch import nn
 
 from lana.config import LatencyConfig
 from lana.errors import ConfigError, InfeasibleError
-from lana.latency import measure_networks
-from lana.teacher import build_model
-
+from lana.latency.measure import measure_networks
+from lana.teacher.load import build_model
 
 
 def measure_share(model: nn.Module, reference: nn.Module, input_shape: tuple[int, ...], cfg: LatencyConfig,
@@ -144,12 +143,12 @@ def width_scaled(model: str, kwargs: dict, multiplier: float) -> nn.Module:
         kwargs["stem_width"] = _divisible(kwargs.pop("stem_width", 64) * multiplier)
     elif model == "torchvision:mobilenet_v2":
         kwargs["width_mult"] = kwargs.pop("width_mult", 1.0) * multiplier
-    elif model == "lana.models:demo_resnet":
+    elif model == "lana.teacher.demo_net:demo_resnet":
         kwargs["widths"] = tuple(_divisible(c * multiplier) for c in kwargs.pop("widths", (32, 64, 128)))
     else:
         raise ConfigError(
             f"no width multiplier known for '{model}'; the width baseline supports timm:resnet*, "
-            "torchvision:mobilenet_v2 and lana.models:demo_resnet"
+            "torchvision:mobilenet_v2 and lana.teacher.demo_net:demo_resnet"
         )
     return build_model(model, kwargs)
 

@@ -30,17 +30,24 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lana.baselines import measure_share, prune_sweep, random_selection, width_sweep
+from benchmarks.baselines import (
+    measure_share,
+    prune_sweep,
+    random_selection,
+    width_sweep,
+)
 from lana.config import LanaConfig
 from lana.data import take_tensors
+from lana.distill.candidates import assemble_student
+from lana.distill.score import evaluate
+from lana.distill.train import TeacherLogits, distil_into
 from lana.errors import InfeasibleError
-from lana.latency import measure_network, measure_networks
-from lana.pipeline import Context, distill_stage, prepare
-from lana.rundir import RunFolder, write_json
-from lana.score import evaluate
-from lana.solve import LATENCY, build_problem, load_run, solve_inputs
-from lana.student import assemble_student
-from lana.train import TeacherLogits, distil_into
+from lana.latency.measure import measure_network, measure_networks
+from lana.run.context import Context, prepare
+from lana.run.folder import RunFolder, write_json
+from lana.selection import LATENCY, build_problem, solve_inputs
+from lana.stages.distill import distill_stage
+from lana.stages.solve import load_run
 
 log = logging.getLogger("lana")
 METHODS = ("lana", "torch-pruning", "width", "random")

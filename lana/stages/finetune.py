@@ -1,47 +1,22 @@
-"""The student: the teacher with the selected candidate in each block, and its fine-tuning."""
+"""``lana finetune``: the selected student, fine-tuned end to end by distillation."""
 from __future__ import annotations
 
-import copy
 import logging
 
 from torch import nn
 
-from lana.blocks import set_submodule
-from lana.candidates import TEACHER_OP, build_candidate
-from lana.errors import RunFolderError
-from lana.pipeline import Context, prepare
-from lana.rundir import RunFolder, load_tensors, read_json, save_tensors, write_json
-from lana.score import evaluate
 from lana.data import take_tensors
-from lana.train import distil_into
-from op_zoo import BlockSpec
+from lana.distill.candidates import assemble_student
+from lana.distill.score import evaluate
+from lana.distill.train import distil_into
+from lana.errors import RunFolderError
+from lana.run.context import Context, prepare
+from lana.run.folder import RunFolder, load_tensors, read_json, save_tensors, write_json
 
 log = logging.getLogger("lana")
+
+
 STUDENT_WEIGHTS = "student.pt"
-
-
-def assemble_student(teacher: nn.Module, specs: list[BlockSpec], choice: dict[str, str], weights_dir) -> nn.Module:
-    """A copy of the teacher with each block replaced by its chosen, distilled candidate.
-
-    Args:
-        teacher: the teacher network (not modified).
-        specs: the teacher's replaceable blocks.
-        choice: block name → op name (blocks not named keep the teacher's block).
-        weights_dir: the run's ``weights/`` folder holding distilled candidate weights.
-
-    Returns:
-        The student network in eval mode.
-    """
-    known = {s.name for s in specs}
-    unknown = sorted(set(choice) - known)
-    if unknown:
-        raise RunFolderError(f"selection names blocks {unknown} that this teacher does not have; re-solve for this run")
-    student = copy.deepcopy(teacher)
-    for spec in specs:
-        name = choice.get(spec.name, TEACHER_OP)
-        if name != TEACHER_OP:
-            set_submodule(student, spec.name, build_candidate(spec, name, weights_dir))
-    return student.eval()
 
 
 def load_selection(run: RunFolder, path=None) -> dict:

@@ -16,11 +16,19 @@ from rich.console import Console
 
 from lana.config import LanaConfig, build_config
 from lana.data import fashion_mnist_available, load_data
-from lana.pipeline import distill_stage, prepare
-from lana.rundir import RunFolder, read_json, save_tensors, setup_logging, write_json
-from lana.student import finetune_stage
-from lana.teacher import build_model
-from lana.train import fit, label_loss
+from lana.distill.train import fit, label_loss
+from lana.run.context import prepare
+from lana.run.folder import (
+    RunFolder,
+    save_tensors,
+    setup_logging,
+    write_json,
+)
+from lana.stages.distill import distill_stage
+from lana.stages.export import export_stage
+from lana.stages.finetune import finetune_stage
+from lana.stages.solve import solve_run
+from lana.teacher.load import build_model
 
 log = logging.getLogger("lana")
 
@@ -92,8 +100,6 @@ def run_demo(run_dir: str | Path, data_root: str | None = None, budget: str | No
     Returns:
         The report written to ``RUN/report.json``.
     """
-    from lana.export import export_stage
-    from lana.solve import solve_run
 
     run = RunFolder(run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
@@ -143,8 +149,6 @@ def check_budget(report: dict, budget_text: str, ctx, run: RunFolder, config: La
     more than 2 %, the budget is scaled by the measured ratio, and the student re-solved,
     fine-tuned and exported (one round; the report says so).
     """
-    from lana.export import export_stage
-    from lana.solve import solve_run
 
     text = str(budget_text).strip()
     if not text.endswith("%") or report.get("budget_ms") is None:
@@ -167,18 +171,3 @@ def check_budget(report: dict, budget_text: str, ctx, run: RunFolder, config: La
     report["budget_check"] = {"first_attempt": first, "rescaled_budget_ms": budget_ms}
     write_json(run.file("report.json"), report)
     return report
-
-
-def summary_rows(report: dict) -> list[tuple[str, str, str]]:
-    """(what, teacher, student) rows for printing a report."""
-    return [
-        ("top-1 accuracy (test)", f"{report['teacher_top1']:.2f} %", f"{report['student_top1']:.2f} %"),
-        (f"latency ({report['latency_settings']})", f"{report['teacher_latency_ms']:.2f} ms", f"{report['student_latency_ms']:.2f} ms"),
-        ("predicted latency", "", f"{report['predicted_student_latency_ms']:.2f} ms" if report.get("predicted_student_latency_ms") else ""),
-        ("speed-up (measured)", "1.00×", f"{report['speedup']:.2f}×"),
-    ]
-
-
-def load_report(run: RunFolder) -> dict:
-    """The run's ``report.json``."""
-    return read_json(run.file("report.json"))

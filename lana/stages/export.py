@@ -4,66 +4,25 @@ Re-parameterisable candidates are fused first; the module is scripted (traced wh
 third-party module cannot be scripted), saved, reloaded from disk and compared with the
 eager student on real held-out images. Whole-network latency of teacher and student is
 measured here, in the same session and under the same settings: report figures are always
-measured, never predicted.
-"""
+measured, never predicted."""
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
-import op_zoo
 from lana.data import take_tensors
-from lana.errors import ExportError
-from lana.latency import measure_networks, settings_tag
-from lana.pipeline import Context, prepare
-from lana.rundir import RunFolder, atomic_write_bytes, read_json, write_json
-from lana.score import evaluate
-from lana.student import load_selection, load_student
+from lana.distill.score import evaluate
+from lana.export.torchscript import export_torchscript
+from lana.latency.measure import measure_networks, settings_tag
+from lana.latency.runtimes import export_onnx
+from lana.run.context import Context, prepare
+from lana.run.folder import RunFolder, atomic_write_bytes, read_json, write_json
+from lana.stages.finetune import load_selection, load_student
 
 log = logging.getLogger("lana")
-
-
-def to_torchscript(model: nn.Module, example: torch.Tensor) -> tuple[torch.jit.ScriptModule, str]:
-    """Script (or, failing that, trace) an eval-mode copy of ``model`` with fused branches."""
-    model = op_zoo.fuse_for_export(copy.deepcopy(model).eval())
-    try:
-        return torch.jit.script(model), "script"
-    except Exception as exc:  # e.g. a third-party block with unscriptable Python
-        log.info("export: scripting failed (%s); tracing instead", str(exc).splitlines()[0])
-        with torch.no_grad():
-            return torch.jit.trace(model, example), "trace"
-
-
-def export_torchscript(model: nn.Module, path: Path, images: torch.Tensor, atol: float) -> dict:
-    """Write ``model`` as TorchScript to ``path``, reload it and check it matches eager.
-
-    Args:
-        model: the eager model.
-        path: the ``.ts`` file to write (atomically).
-        images: real inputs for the check.
-        atol: largest tolerated absolute difference of outputs.
-
-    Returns:
-        ``{"path", "method", "max_abs_diff", "images"}``.
-    """
-    import io
-
-    model = model.eval()
-    scripted, method = to_torchscript(model, images[:2])
-    buffer = io.BytesIO()
-    torch.jit.save(scripted, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-    reloaded = torch.jit.load(str(path), map_location="cpu").eval()
-    with torch.no_grad():
-        diff = max((reloaded(images[i : i + 256]) - model(images[i : i + 256])).abs().max().item() for i in range(0, len(images), 256))
-    if not diff <= atol:
-        raise ExportError(f"exported {path.name} differs from the eager student by {diff:.2e} > atol {atol:.0e}; report this op set")
-    return {"path": str(path), "method": method, "max_abs_diff": diff, "images": len(images)}
 
 
 def export_stage(ctx: Context, selection: dict, finetuned: bool = True, out: Path | None = None) -> dict:
@@ -84,7 +43,6 @@ def export_stage(ctx: Context, selection: dict, finetuned: bool = True, out: Pat
     out = out or ctx.run.file("student.ts")
     export = export_torchscript(student, out, test_x[: cfg.export.check_images], cfg.export.atol)
     if cfg.latency.runtime == "onnxruntime":  # the deployment runtime's artefact too (needs onnx + onnxruntime)
-        from lana.runtimes import export_onnx
 
         atomic_write_bytes(out.with_suffix(".onnx"), export_onnx(student, test_x[:2]))
         export["onnx"] = str(out.with_suffix(".onnx"))

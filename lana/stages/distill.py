@@ -1,62 +1,31 @@
-"""The stages a user runs, each reading and writing one run folder.
+"""``lana distill``: distil, score and time every candidate; write the candidates table.
 
-``distill_stage`` trains, scores and times every candidate and writes the candidates
-table; ``finetune_stage`` trains the student the solver picked; ``export_stage`` writes the
-TorchScript file and the report. Each stage skips work whose result is already in the run
-folder, so a stopped run resumes with the same command.
+Skips work whose result is already in the run folder, so a stopped run resumes with the
+same command.
 """
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 import pandas as pd
 import torch
-from torch import nn
 
-from lana.blocks import discover_blocks, describe_blocks
-from lana.candidates import build_all_candidates
 from lana.config import LanaConfig
-from lana.data import DataSplits, load_data, take_tensors
-from lana.distill import clear_state, distill_candidates, memory_limits
-from lana.distributed import init_distributed
+from lana.data import take_tensors
+from lana.distill.candidates import build_all_candidates, weights_file
+from lana.distill.core import clear_state, distill_candidates, memory_limits
+from lana.distill.distributed import init_distributed
+from lana.distill.score import score_candidates
 from lana.errors import CheckpointError
-from lana.latency import resolve_device
-from lana.rundir import RunFolder, read_json, setup_logging, write_json
-from lana.score import score_candidates
-from lana.teacher import load_teacher, teacher_fingerprint
-from op_zoo import BlockSpec
+from lana.latency.measure import resolve_device
+from lana.latency.profiles import merge_latency, profile_latency, store_profile
+from lana.run.context import prepare
+from lana.run.folder import RunFolder, load_tensors, read_json, setup_logging, write_json
+from lana.teacher.blocks import describe_blocks
+from lana.teacher.load import teacher_fingerprint
 
 log = logging.getLogger("lana")
-
-
-@dataclass
-class Context:
-    """What every stage needs: config, run folder, data, teacher and its blocks."""
-
-    config: LanaConfig
-    run: RunFolder
-    splits: DataSplits
-    teacher: nn.Module
-    specs: list[BlockSpec]
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return self.splits.input_shape
-
-
-def prepare(config: LanaConfig, run: RunFolder, writes: bool = True) -> Context:
-    """Load data and teacher, find the blocks and (if ``writes``) check the run folder's fingerprint."""
-    if writes:
-        setup_logging(run)
-    torch.manual_seed(config.seed)
-    splits = load_data(config.data)
-    teacher = load_teacher(config.teacher.model, config.teacher.checkpoint, config.teacher.kwargs)
-    specs = discover_blocks(teacher, (1, *splits.input_shape), config.teacher.blocks)
-    if writes:
-        run.check_fingerprint(teacher_fingerprint(teacher), config)
-    return Context(config, run, splits, teacher, specs)
 
 
 def _keyed(path, rows: dict) -> None:
@@ -110,8 +79,6 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False) -> pd
         _keyed(distill_file, results)
         clear_state(run)
     else:
-        from lana.candidates import weights_file
-        from lana.rundir import load_tensors
 
         for block, cands in candidates.items():
             try:
@@ -140,7 +107,6 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False) -> pd
     tick = time.time()
     latency_file = run.file("latency.json")
     if force or not latency_file.is_file():
-        from lana.profile import profile_latency, store_profile
 
         record = profile_latency(ctx.teacher, ctx.specs, candidates, ctx.input_shape, config.latency)
         write_json(latency_file, store_profile(None, record, primary=True))
@@ -167,7 +133,6 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False) -> pd
                     "acc_delta": s.get("acc_delta", float("nan")),
                 }
             )
-    from lana.profile import merge_latency
 
     table = merge_latency(pd.DataFrame(rows), latency)  # latency columns of every profile in latency.json
     table["score"] = -table["val_loss_delta"] if config.score.metric == "loss" else table["acc_delta"]

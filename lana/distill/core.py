@@ -30,14 +30,27 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from lana.blocks import get_submodule
-from lana.candidates import TEACHER_OP, Candidate, weights_file
 from lana.config import LanaConfig
 from lana.data import DataSplits
-from lana.distributed import (FLOAT, Dist, GlobalBatches, Key, all_reduce_grads, check_world, free_memory, graceful_stop, init_distributed,
-                              memory_limits, mib, plan_groups, synced_batchnorm)
+from lana.distill.candidates import TEACHER_OP, Candidate, weights_file
+from lana.distill.distributed import (
+    FLOAT,
+    Dist,
+    GlobalBatches,
+    Key,
+    all_reduce_grads,
+    check_world,
+    free_memory,
+    graceful_stop,
+    init_distributed,
+    memory_limits,
+    mib,
+    plan_groups,
+    synced_batchnorm,
+)
 from lana.errors import BlockDiscoveryError, CheckpointError, RunFolderError
-from lana.rundir import RunFolder, load_tensors, save_tensors
+from lana.run.folder import RunFolder, load_tensors, save_tensors
+from lana.teacher.blocks import get_submodule
 from op_zoo import BlockSpec
 
 log = logging.getLogger("lana")

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from lana.blocks import get_submodule, set_submodule
-from lana.candidates import Candidate
+from lana.distill.candidates import Candidate
+from lana.teacher.blocks import get_submodule, set_submodule
 
 log = logging.getLogger("lana")
 

@@ -25,9 +25,10 @@ import torch.distributed as tdist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from lana.candidates import TEACHER_OP, Candidate
 from lana.config import DistillConfig
+from lana.distill.candidates import TEACHER_OP, Candidate
 from lana.errors import ConfigError, DeviceError, LanaError
+from lana.latency.measure import resolve_device
 from op_zoo import BlockSpec
 
 log = logging.getLogger("lana")
@@ -64,7 +65,6 @@ def free_memory(device: torch.device) -> int:
 
 def resolve_train_device(name: str, local_rank: int = 0) -> torch.device:
     """The device distillation trains on: ``auto`` is this rank's GPU if there is one, else the CPU."""
-    from lana.latency import resolve_device
 
     if name == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")

@@ -9,25 +9,31 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from lana.errors import ConfigError
+from lana.cli.report import console
+from lana.errors import ConfigError, RunFolderError
+from lana.latency.proxy import proxy_report
+from lana.run.folder import RunFolder
+from lana.selection import read_table
+from lana.stages import profile
+from lana.stages.check import check_run
 
-out = Console()
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+out = console()
 RunArg = Annotated[Path, typer.Option("--run", help="Run folder written by `lana distill`.")]
 SetArg = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key, e.g. --set latency.batch_size=1 (repeatable).")]
 
 
 def _folder(run: Path):
-    from lana.errors import RunFolderError
-    from lana.rundir import RunFolder
 
     if not (run / "latency.json").is_file():
         raise RunFolderError(f"{run} has no latency.json; run `lana distill --run {run}` first")
     return RunFolder(run)
 
 
+@app.command("profile")
 def profile_command(
     run: RunArg,
     device: Annotated[Optional[str], typer.Option("--device", help="Measure on this device (cpu, cuda, cuda:N); other settings with --set latency.KEY=VALUE.")] = None,
@@ -38,8 +44,6 @@ def profile_command(
     import_file: Annotated[Optional[Path], typer.Option("--import", help="Merge the CSV a bundle's runner.py wrote on another machine.")] = None,
 ) -> None:
     """(Re)measure a run's candidates for another device or setting, adding latency_ms:<tag> columns."""
-    from lana import profile
-
     folder = _folder(run)
     if bundle is not None and import_file is not None:
         raise ConfigError("give either --bundle DIR or --import FILE, not both")
@@ -62,6 +66,7 @@ def profile_command(
         out.print(f"correction from {cal['networks']} measured networks: {cal['fixed_ms']:.4g} ms + {cal['scale']:.4f} x sum")
 
 
+@app.command("latency-check")
 def latency_check_command(
     run: RunArg,
     networks: Annotated[int, typer.Option("--networks", help="Random networks to build and measure (besides the solver's picks and the teacher).")] = 12,
@@ -71,8 +76,6 @@ def latency_check_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Build networks, measure each end to end and report predicted vs measured latency (CSV, PNG, errors)."""
-    from lana.latency_check import check_run
-
     if networks < 2 or fit < 0 or (fit and fit >= networks):
         raise ConfigError("--networks must be at least 2 and --fit between 0 and networks - 1")
     result = check_run(_folder(run), networks, fit, tag=tag, overrides=overrides)
@@ -99,8 +102,6 @@ def latency_check_command(
 
 
 def _proxy_table(run: Optional[Path], table: Optional[Path]):
-    from lana.solve import read_table
-
     if (run is None) == (table is None):
         raise ConfigError("give exactly one of --run DIR or --table FILE")
     if run is not None:
@@ -108,6 +109,7 @@ def _proxy_table(run: Optional[Path], table: Optional[Path]):
     return read_table(table)
 
 
+@app.command("proxy")
 def proxy_command(
     proxy: Annotated[str, typer.Option("--proxy", help="Latency column of the proxy device, e.g. latency_ms.")],
     target: Annotated[str, typer.Option("--target", help="Latency column of the target device, e.g. 'latency_ms:cuda-b64-float16-eager'.")],
@@ -118,8 +120,6 @@ def proxy_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Can one device's latencies stand in for another's? Rank correlation, correction, Pareto check."""
-    from lana.proxy import proxy_report
-
     report = proxy_report(_proxy_table(run, table), proxy, target, samples, seed)
     if as_json:
         typer.echo(json.dumps({k: (v.to_dict("records") if hasattr(v, "to_dict") else v) for k, v in report.items()}, default=float))

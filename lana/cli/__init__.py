@@ -1,0 +1,1 @@
+"""The ``lana`` command line (thin: parse, call the API or a stage, print)."""

@@ -1,0 +1,123 @@
+"""The ``lana`` command line: the root group, lazy subcommands and one-line errors.
+
+Every subcommand lives in a module that is imported only when that command runs (click's
+lazy-loading pattern), so ``lana --help`` and ``lana solve --table`` never pay for torch.
+``main()`` turns every ``LanaError`` into one line on stderr and a non-zero exit code;
+usage errors (a mistyped command or option) print click's usage line and exit with 2;
+``--debug`` (or ``LANA_DEBUG=1``) shows the traceback instead.
+"""
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import os
+import sys
+import warnings
+
+import click  # type names only: typer vendors its own click
+import typer
+from typer.core import TyperGroup
+
+from lana.cli.report import console
+from lana.errors import LanaError
+
+# command -> the module that defines it (with ``@app.command``); the order is the order of --help
+COMMANDS = {
+    "demo": "lana.cli.pipeline",
+    "distill": "lana.cli.pipeline",
+    "solve": "lana.cli.solve",
+    "finetune": "lana.cli.pipeline",
+    "export": "lana.cli.pipeline",
+    "show": "lana.cli.pipeline",
+    "blocks": "lana.cli.pipeline",
+    "ops": "lana.cli.pipeline",
+    "config": "lana.cli.pipeline",
+    "profile": "lana.cli.latency",
+    "latency-check": "lana.cli.latency",
+    "proxy": "lana.cli.latency",
+}
+STATE = {"debug": os.environ.get("LANA_DEBUG") == "1"}
+
+
+def _command_name(node: ast.FunctionDef) -> str | None:
+    for deco in node.decorator_list:
+        if isinstance(deco, ast.Call) and getattr(deco.func, "attr", None) == "command":
+            if deco.args and isinstance(deco.args[0], ast.Constant):
+                return deco.args[0].value
+            return node.name.replace("_", "-")
+    return None
+
+
+def short_help(module: str) -> dict[str, str]:
+    """First docstring line of each command in ``module``, read from its source (not imported)."""
+    spec = importlib.util.find_spec(module)
+    tree = ast.parse(open(spec.origin, encoding="utf-8").read())
+    found = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and (name := _command_name(node)):
+            found[name] = (ast.get_docstring(node) or "").split("\n")[0]
+    return found
+
+
+class LazyGroup(TyperGroup):
+    """A typer group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        group = typer.main.get_group(importlib.import_module(COMMANDS[name]).app)
+        return group.get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # before click turns it into "Aborted!" and exit code 1
+            console(stderr=True).print("lana: interrupted; progress so far is saved in the run folder", markup=False)
+            sys.exit(130)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        helps: dict[str, str] = {}
+        for module in dict.fromkeys(COMMANDS.values()):
+            helps.update(short_help(module))
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, helps.get(name, "")) for name in COMMANDS])
+
+
+app = typer.Typer(
+    cls=LazyGroup,
+    help="lana: latency-aware network acceleration. Replace a trained CNN's blocks with cheaper ops, "
+    "chosen by an integer linear program under a latency budget.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")) -> None:
+    if debug:
+        STATE["debug"] = True
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning known errors into one line and an exit code.
+
+    Usage errors are click's own (standalone mode): the usage line, the problem, exit code 2.
+    """
+    # TorchScript is one of lana's export formats; torch >= 2.10 marks it deprecated on every call.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=FutureWarning)
+    try:
+        typer.main.get_command(app).main(args=argv, prog_name="lana", standalone_mode=True)
+    except LanaError as exc:
+        if STATE["debug"]:
+            raise
+        console(stderr=True).print(f"lana: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Printing for the CLI: consoles that never cut names, and the teacher-vs-student report."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+WIDE = 400  # where output is not a terminal (logs, CI, pipes) rich would cut cells to 80 columns
+
+
+def console(stderr: bool = False) -> Console:
+    """A rich console; off a terminal it is wide enough that tables keep block names whole."""
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=WIDE)
+
+
+def summary_rows(report: dict) -> list[tuple[str, str, str]]:
+    """(what, teacher, student) rows of a report."""
+    rows = [
+        ("top-1 accuracy (test)", _pct(report.get("teacher_top1")), _pct(report.get("student_top1"))),
+        (f"latency ({report['latency_settings']})", f"{report['teacher_latency_ms']:.2f} ms", f"{report['student_latency_ms']:.2f} ms"),
+        ("predicted latency", "", f"{report['predicted_student_latency_ms']:.2f} ms" if report.get("predicted_student_latency_ms") else ""),
+        ("speed-up (measured)", "1.00×", f"{report['speedup']:.2f}×"),
+    ]
+    if report.get("teacher_agreement") is not None:
+        rows.insert(1, ("top-1 agreement with the teacher", "100.00 %", _pct(report["teacher_agreement"])))
+    return rows
+
+
+def _pct(value) -> str:
+    return "" if value is None else f"{value:.2f} %"
+
+
+def print_report(report: dict, out: Console | None = None) -> None:
+    """The teacher-vs-student table of ``report.json`` and where the exports are."""
+    out = out or console()
+    table = Table(title=f"teacher vs student on {report['data']} ({report['device']})")
+    for col in ("", "teacher", "student"):
+        table.add_column(col)
+    for row in summary_rows(report):
+        table.add_row(*row)
+    out.print(table)
+    export = report.get("export") or {}
+    if "path" in export:
+        out.print(f"TorchScript: {export['path']} (max |diff| vs eager {export['max_abs_diff']:.1e})")
+    for row in report.get("exports") or []:
+        out.print(f"{row['format']}: {row['file']} (max |diff| vs eager {row['max_abs_diff']:.1e})")

@@ -1,0 +1,1 @@
+"""Export formats of a student, each reloaded and verified in its runtime."""

@@ -1,0 +1,1 @@
+"""Latency: measurement, runtimes, profiles, the fitted correction and proxies."""

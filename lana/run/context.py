@@ -1,0 +1,45 @@
+"""What every stage needs: the config, the run folder, data, the teacher and its blocks."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lana.config import LanaConfig
+from lana.data import DataSplits, load_data
+from lana.run.folder import RunFolder, setup_logging
+from lana.teacher.blocks import discover_blocks
+from lana.teacher.load import load_teacher, teacher_fingerprint
+from op_zoo._spec import BlockSpec
+
+log = logging.getLogger("lana")
+
+
+@dataclass
+class Context:
+    """What every stage needs: config, run folder, data, teacher and its blocks."""
+
+    config: LanaConfig
+    run: RunFolder
+    splits: DataSplits
+    teacher: nn.Module
+    specs: list[BlockSpec]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.splits.input_shape
+
+
+def prepare(config: LanaConfig, run: RunFolder, writes: bool = True) -> Context:
+    """Load data and teacher, find the blocks and (if ``writes``) check the run folder's fingerprint."""
+    if writes:
+        setup_logging(run)
+    torch.manual_seed(config.seed)
+    splits = load_data(config.data)
+    teacher = load_teacher(config.teacher.model, config.teacher.checkpoint, config.teacher.kwargs)
+    specs = discover_blocks(teacher, (1, *splits.input_shape), config.teacher.blocks)
+    if writes:
+        run.check_fingerprint(teacher_fingerprint(teacher), config)
+    return Context(config, run, splits, teacher, specs)

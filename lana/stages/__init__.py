@@ -1,0 +1,1 @@
+"""The run-folder commands; nothing in lana below imports them."""

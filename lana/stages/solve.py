@@ -1,0 +1,88 @@
+"""``lana solve`` on a run folder: read its table, measured latency and config; write
+``selection.json``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lana.errors import (
+    ConfigError,
+    RunFolderError,
+)
+from lana.names import DEFAULT_SOLVER, LATENCY
+from lana.selection import (
+    SolveInputs,
+    build_problem,
+    read_table,
+    solve_inputs,
+    write_json_atomic,
+)
+
+
+def load_run(run_dir: Path) -> SolveInputs:
+    """The candidates table, measured latencies and ``solve`` config of a run folder."""
+    hint = f"run `lana distill --run {run_dir}` first"
+    if not run_dir.is_dir():
+        raise RunFolderError(f"run folder {run_dir} not found; {hint}")
+    table_path = next((run_dir / f"candidates{s}" for s in (".parquet", ".csv") if (run_dir / f"candidates{s}").is_file()), None)
+    if table_path is None:
+        raise RunFolderError(f"{run_dir} has no candidates.parquet (or .csv); {hint}")
+    latency_path = run_dir / "latency.json"
+    if not latency_path.is_file():
+        raise RunFolderError(f"{run_dir} has no latency.json; {hint}")
+    try:
+        latency = json.loads(latency_path.read_text())
+        teacher_ms, offset_ms = float(latency["teacher_latency_ms"]), float(latency.get("fixed_latency_ms", 0.0))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RunFolderError(f"{latency_path} is corrupted or lacks teacher_latency_ms ({exc}); {hint}") from None
+    config: dict = {}
+    if (run_dir / "config.yaml").is_file():
+        try:
+            loaded = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{run_dir / 'config.yaml'} is not valid YAML ({str(exc).splitlines()[0]}); fix it") from None
+        config = (loaded.get("solve") or {}) if isinstance(loaded, dict) else {}
+
+    offsets, teachers = latency_offsets(latency)
+    offsets.pop(LATENCY, None)
+    teachers = {k: v for k, v in teachers.items() if k != LATENCY and v is not None}
+    return SolveInputs(read_table(table_path), run_dir, run_dir, teacher_ms, offset_ms, config, offsets, teachers)
+
+
+def solve_run(run: Any, budget: str | None = None, solver: str | None = None, time_limit: float | None = None) -> dict:
+    """Solve a run folder for ``budget`` (default: its config's) and write ``RUN/selection.json``.
+
+    Args:
+        run: the run folder (a path or anything with a ``path``).
+        budget: e.g. ``"5ms"`` or ``"50%"``; default ``solve.budget`` of ``RUN/config.yaml``.
+        solver: a solver name; default ``solve.solver`` of the config, else ``auto``.
+    Returns:
+        The selection record that was written.
+    """
+    inputs = load_run(Path(getattr(run, "path", run)))
+    budget = budget if budget is not None else _config_budget(inputs)
+    problem, limits = build_problem(inputs, budget)
+    record = solve_inputs(inputs, problem, limits, solver or inputs.config.get("solver") or DEFAULT_SOLVER, time_limit)
+    write_json_atomic(inputs.run_dir / "selection.json", record)
+    return record
+
+
+def _config_budget(inputs: SolveInputs) -> str:
+    budget = inputs.config.get("budget")
+    if budget is None:
+        raise ConfigError(f"no --budget given and {inputs.run_dir / 'config.yaml'} has no solve.budget; pass e.g. --budget 5ms or 50%")
+    return str(budget)
+
+
+def latency_offsets(latency: dict) -> tuple[dict[str, float], dict[str, float]]:
+    """Per latency column: the fixed part to add, and the measured teacher latency (for ``50%`` budgets)."""
+    offsets = {LATENCY: latency.get("fixed_latency_ms", 0.0)}
+    teacher = {LATENCY: latency.get("teacher_latency_ms")}
+    for tag, record in (latency.get("profiles") or {}).items():
+        offsets[f"{LATENCY}:{tag}"] = record.get("fixed_latency_ms", 0.0)
+        teacher[f"{LATENCY}:{tag}"] = record.get("teacher_latency_ms")
+    return offsets, teacher

@@ -1,0 +1,1 @@
+"""The teacher: loading, block discovery, the demo network."""
