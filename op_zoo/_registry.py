@@ -219,11 +219,39 @@ def build_candidates(
         try:
             module = _REGISTRY[name].build(spec)
         except Exception as err:  # a builder bug: say which op and block
-            err.add_note(f"while building op {name!r} for block {spec.name!r}")
-            raise
+            noted = _with_note(err, f"while building op {name!r} for block {spec.name!r}")
+            if noted is err:
+                raise
+            raise noted from err
         if module is not None:
             candidates[name] = module
     return candidates
+
+
+# ``BaseException.add_note`` is Python 3.11+; pyproject promises 3.10.
+_HAS_ADD_NOTE = hasattr(BaseException, "add_note")
+
+
+def _with_note(err: Exception, note: str) -> Exception:
+    """Attach ``note`` to ``err``, the 3.11 way when it exists.
+
+    Args:
+        err: the exception being re-raised.
+        note: the line to add (which op and block failed).
+
+    Returns:
+        ``err`` itself with the note added (3.11+), or on 3.10 a new exception of the
+        same type whose message ends with the note (``RuntimeError`` when that type
+        cannot be built from one message); the caller raises it ``from err``.
+    """
+    if _HAS_ADD_NOTE:
+        err.add_note(note)
+        return err
+    message = f"{err} ({note})"
+    try:
+        return type(err)(message)
+    except Exception:  # an exception type whose constructor wants other arguments
+        return RuntimeError(f"{type(err).__name__}: {message}")
 
 
 def _import_path(path: Path):

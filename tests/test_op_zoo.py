@@ -95,6 +95,36 @@ def test_duplicate_and_invalid_registration_refused(isolated_registry) -> None:
         op_zoo.register_op("Bad Name", family="test", description="d", source="s")(build)
 
 
+class _PickyError(Exception):
+    """An exception type that cannot be built from one message."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"code {code}: {detail}")
+
+
+@pytest.mark.parametrize("has_add_note", [True, False])
+@pytest.mark.parametrize("make_error", [partial(ValueError, "bad shape"), partial(_PickyError, 7, "bad shape")])
+def test_builder_bug_names_op_and_block(isolated_registry, monkeypatch, has_add_note, make_error) -> None:
+    # False simulates Python 3.10, which has no BaseException.add_note
+    monkeypatch.setattr(_registry, "_HAS_ADD_NOTE", has_add_note)
+    error = make_error()
+
+    @op_zoo.register_op("zoo_buggy_op", family="test", description="d", source="s")
+    def build(spec):
+        raise error
+
+    with pytest.raises(Exception) as info:
+        build_candidates(resnet_spec(8, 8, 1, 6), include=["zoo_buggy_op"])
+    note = "while building op 'zoo_buggy_op' for block 'layer'"
+    shown = str(info.value) + " ".join(getattr(info.value, "__notes__", []))
+    assert note in shown and "bad shape" in shown
+    if has_add_note:
+        assert info.value is error
+    else:
+        assert info.value.__cause__ is error
+        assert isinstance(info.value, ValueError if isinstance(error, ValueError) else RuntimeError)
+
+
 def test_register_grid_names_every_point(isolated_registry) -> None:
     @op_zoo.register_grid(lambda k, se: f"zoo_grid_k{k}" + ("_se" if se else ""), family="test",
                           description="k{k}", source="s", grid={"k": [3, 5], "se": [False, True]})
