@@ -114,7 +114,6 @@ def test_distillation_loss_falls(tmp_path):
     assert len(trained) >= 10
     falls = sum(late[k]["distill_loss"] < early[k]["distill_loss"] for k in trained)
     assert falls >= 0.8 * len(trained), (early, late)
-    assert all(v["distill_loss"] == 0.0 for k, v in late.items() if k[1] == "teacher")
     assert (tmp_path / "b" / "weights").is_dir()
 
 

@@ -101,9 +101,24 @@ class FeatureTap:
             handle.remove()
 
 
-def normalised_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """MSE divided by the target's variance: 1.0 means 'no better than its mean'."""
-    return F.mse_loss(prediction, target) / target.var().clamp_min(1e-8)
+def normalised_mse(
+    prediction: torch.Tensor, target: torch.Tensor, var: torch.Tensor | None = None, count: int | None = None
+) -> torch.Tensor:
+    """The distillation loss: MSE divided by the target's variance (1.0 = 'no better than its mean').
+
+    Args:
+        prediction: the candidate's output.
+        target: the teacher block's output.
+        var: the target's variance; under torchrun, over the global batch (default: this one's).
+        count: the target's element count over the global batch (default: this one's), so
+            that summing the ranks' losses gives the global mean.
+
+    Returns:
+        The scalar loss (differentiable in ``prediction``).
+    """
+    var = target.var().clamp_min(1e-8) if var is None else var
+    count = target.numel() if count is None else count
+    return F.mse_loss(prediction, target, reduction="sum") / (count * var)
 
 
 def total_steps(config: LanaConfig, n_train: int) -> int:
@@ -367,7 +382,7 @@ class _Distiller:
             local = []
             for key in live:
                 with torch.set_grad_enabled(self._cand(key).trainable):
-                    local.append(F.mse_loss(self._module(key)(x), y, reduction="sum") / (count * var))
+                    local.append(normalised_mse(self._module(key)(x), y, var, count))
             if not local:
                 continue
             values = self.dist.all_reduce(torch.stack([v.detach() for v in local])).tolist()
@@ -393,6 +408,7 @@ class _Distiller:
         for key, record in self.stats.items():
             cand = self._cand(key)
             cand.module.eval()
+            # the keep-teacher op is not run (it is its block): its loss is zero by definition
             loss = record["loss_sum"] / record["loss_n"] if record["loss_n"] else (0.0 if key[1] == TEACHER_OP else float("nan"))
             status = record["status"]
             if status == "ok" and not cand.trainable:

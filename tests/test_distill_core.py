@@ -1,0 +1,100 @@
+"""Distillation's pairing: every block's candidates learn from that block's own input and output.
+
+The teacher here has blocks of one shape that compute different things, so pairing block A's
+input with block B's output (a hook bound to the wrong name, a shifted list) shows as a
+non-zero loss for a frozen copy of the block, which must reproduce it exactly.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lana.config import OpsConfig
+from lana.data import load_data
+from lana.distill.candidates import build_all_candidates
+from lana.distill.core import FeatureTap, distill_candidates, normalised_mse
+from lana.run.folder import RunFolder
+from lana.teacher.blocks import discover_blocks
+from op_zoo import _registry, register_op
+from conftest import tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+BLOCKS = ["1", "2", "3"]
+
+
+def distinct_blocks_teacher() -> nn.Module:
+    """Stem, three same-shaped blocks with different weights (so a mispairing fails silently), a head."""
+    torch.manual_seed(0)
+
+    def block(stride: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(6, 6, 3, stride, 1, bias=False), nn.BatchNorm2d(6), nn.ReLU())
+
+    net = nn.Sequential(nn.Conv2d(1, 6, 3, 1, 1), block(1), block(1), block(1),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 10))
+    for module in net.modules():  # BN statistics unlike the defaults, so every block differs
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def test_feature_tap_pairs_each_block_with_its_own_output() -> None:
+    teacher = distinct_blocks_teacher()
+    tap = FeatureTap(teacher, BLOCKS)
+    feats = tap.features(teacher, torch.randn(4, 1, 16, 16), BLOCKS)
+    tap.close()
+    with torch.no_grad():
+        for name, (x, y) in feats.items():
+            block = teacher.get_submodule(name)
+            assert torch.equal(block(x), y), name
+            others = [feats[o][1] for o in BLOCKS if o != name and feats[o][1].shape == y.shape]
+            assert all(not torch.allclose(block(x), other) for other in others)
+
+
+@pytest.fixture
+def frozen_copy_op(monkeypatch):
+    """A test op: a frozen copy of the teacher block. Unlike the keep-teacher op it runs in the
+    loop (untrained, measured), so its loss is exactly zero only if the loop pairs correctly."""
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
+
+    @register_op("zoo_frozen_copy", family="test", description="frozen teacher copy", source="tests")
+    def build(spec):
+        return copy.deepcopy(spec.module).requires_grad_(False)
+
+    return "zoo_frozen_copy"
+
+
+def test_distillation_pairs_each_block_with_its_own_output(tmp_path, frozen_copy_op) -> None:
+    ops = {"include": [frozen_copy_op, "conv_k3"]}
+    config = tiny_config(ops=ops, distill={"max_steps": 4})
+    splits = load_data(config.data)
+    teacher = distinct_blocks_teacher()
+    specs = discover_blocks(teacher, (1, *splits.input_shape), BLOCKS)
+    cands = build_all_candidates(specs, OpsConfig(**ops))
+    results = distill_candidates(teacher, specs, cands, splits, config, RunFolder(tmp_path / "run"))
+    for block in BLOCKS:
+        assert results[(block, frozen_copy_op)] == {"distill_loss": 0.0, "status": "fixed"}, block
+        trained = results[(block, "conv_k3")]["distill_loss"]
+        assert math.isfinite(trained) and trained > 0.0, block
+    # the same copy fed another block's input scores far from zero: the check above can fail
+    images = torch.stack([splits.train[i][0] for i in range(8)])
+    tap = FeatureTap(teacher, BLOCKS)
+    feats = tap.features(teacher, images, BLOCKS)
+    tap.close()
+    with torch.no_grad():
+        mispaired = normalised_mse(teacher.get_submodule("3")(feats["1"][0]), feats["3"][1])
+    assert mispaired > 0.1
+
+
+def test_normalised_mse_defaults_to_this_batch() -> None:
+    torch.manual_seed(0)
+    prediction, target = torch.randn(4, 3, 5, 5), torch.randn(4, 3, 5, 5) * 3
+    loss = normalised_mse(prediction, target)
+    expected = torch.nn.functional.mse_loss(prediction, target) / target.var()
+    assert torch.allclose(loss, expected)
+    assert torch.equal(loss, normalised_mse(prediction, target, target.var(), target.numel()))
+    assert normalised_mse(target, target) == 0.0
