@@ -151,7 +151,7 @@ def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "config"
     if err["type"] == "extra_forbidden":
-        return f"unknown key '{where}'; check the spelling against `lana config --defaults`"
+        return f"unknown key '{where}'; check the spelling against `lana config` (it prints every key)"
     return f"'{where}': {err['msg']} (got {err.get('input')!r})"
 
 
