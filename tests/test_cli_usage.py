@@ -30,3 +30,16 @@ def test_unknown_key_message_names_a_command_that_lists_every_key(monkeypatch, c
     assert code == 0, err
     tree = yaml.safe_load(out)
     assert "epochs" in tree["distill"] and set(tree) >= {"teacher", "data", "ops", "distill", "latency", "solve"}
+
+
+@pytest.mark.parametrize("args, usage, problem", [
+    (["distil"], "Usage: lana [OPTIONS] COMMAND", "No such command 'distil'"),
+    (["solve", "--bogus"], "Usage: lana solve [OPTIONS]", "No such option: --bogus"),
+    (["solve", "--budget"], "Usage: lana solve [OPTIONS]", "requires an argument"),
+    (["--bogus"], "Usage: lana [OPTIONS] COMMAND", "No such option: --bogus"),
+])
+def test_usage_errors_print_the_usage_line_and_exit_2(args, usage, problem, monkeypatch, capsys) -> None:
+    code, out, err = lana(args, monkeypatch, capsys)
+    assert code == 2
+    assert usage in err and problem in err
+    assert "Traceback" not in out + err

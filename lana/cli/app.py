@@ -38,6 +38,12 @@ COMMANDS = {
     "proxy": "lana.cli.latency",
 }
 STATE = {"debug": os.environ.get("LANA_DEBUG") == "1"}
+try:  # typer >= 0.2x vendors its own click, whose usage errors are not click's
+    from typer._click.exceptions import UsageError as _TyperUsageError
+
+    USAGE_ERRORS: tuple[type[Exception], ...] = (click.UsageError, _TyperUsageError)
+except ImportError:
+    USAGE_ERRORS = (click.UsageError,)
 
 
 def _command_name(node: ast.FunctionDef) -> str | None:
@@ -75,6 +81,14 @@ class LazyGroup(TyperGroup):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except USAGE_ERRORS as err:
+            # click's parser raises some (e.g. "--budget requires an argument") without a
+            # context, and an error without one prints no usage line: give it the command's
+            if err.ctx is None and ctx.invoked_subcommand in COMMANDS:
+                command = self.get_command(ctx, ctx.invoked_subcommand)
+                err.ctx = type(ctx)(command, info_name=ctx.invoked_subcommand, parent=ctx)
+                err.cmd = command
+            raise
         except KeyboardInterrupt:  # before click turns it into "Aborted!" and exit code 1
             console(stderr=True).print("lana: interrupted; progress so far is saved in the run folder", markup=False)
             sys.exit(130)
