@@ -5,8 +5,10 @@ config is written into the run folder as ``config.yaml`` so a run can be repeate
 """
 from __future__ import annotations
 
+import copy
+import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -183,12 +185,49 @@ def build_config(data: dict[str, Any] | None = None, overrides: list[str] | None
         raise ConfigError(f"invalid config: {_first_error(exc)}") from None
 
 
+def map_paths(tree: dict[str, Any], change: Callable[[str], str]) -> dict[str, Any]:
+    """Apply ``change`` to every file-system path of a (possibly partial) config tree.
+
+    Args:
+        tree: a config tree as YAML or ``LanaConfig.model_dump(mode="json")`` gives it (not modified).
+        change: maps one path to another.
+
+    Returns:
+        A copy whose ``teacher.checkpoint``, ``data.root`` and the ``.py`` entries of
+        ``ops.modules`` went through ``change`` (module names and the rest are kept).
+    """
+    tree = copy.deepcopy(tree)
+    teacher, data, ops = (tree[k] if isinstance(tree.get(k), dict) else {} for k in ("teacher", "data", "ops"))
+    if isinstance(teacher.get("checkpoint"), str):
+        teacher["checkpoint"] = change(teacher["checkpoint"])
+    if isinstance(data.get("root"), str):
+        data["root"] = change(data["root"])
+    if isinstance(ops.get("modules"), list):
+        ops["modules"] = [change(m) if isinstance(m, str) and m.endswith(".py") else m for m in ops["modules"]]
+    return tree
+
+
+def _found_beside(folder: Path) -> Callable[[str], str]:
+    """A relative path names a file next to the config if one is there, else in the working
+    directory (as before): a run folder's ``config.yaml`` finds its ``teacher.pt`` wherever
+    the folder is and whichever directory lana runs in."""
+
+    def find(value: str) -> str:
+        beside = folder / value
+        return os.path.abspath(beside) if not Path(value).is_absolute() and beside.exists() else value
+
+    return find
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> LanaConfig:
     """Read a YAML config file (or none) and return the validated config.
 
     Args:
-        path: YAML file; None means defaults only.
-        overrides: ``key.path=value`` strings applied after the file.
+        path: YAML file; None means defaults only. Its relative paths (checkpoint, data
+            root, ``.py`` op modules) are looked up next to the file first, then in the
+            working directory.
+        overrides: ``key.path=value`` strings applied after the file (relative to the
+            working directory, as on any command line).
 
     Returns:
         The validated config.
@@ -204,6 +243,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections, found {type(data).__name__}")
+        data = map_paths(data, _found_beside(path.parent))
     return build_config(data, overrides)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from lana.config import LanaConfig, dump_config, load_config
+from lana.config import LanaConfig, dump_config, load_config, map_paths
 from lana.errors import CheckpointError, RunFolderError, TableError
 
 TABLE = "candidates"
@@ -122,21 +122,42 @@ class RunFolder:
 
     # -- config ------------------------------------------------------------------------
     def save_config(self, config: LanaConfig) -> None:
-        """Write the resolved config (``config.yaml``)."""
+        """Write the resolved config (``config.yaml``) so that the folder works from anywhere.
+
+        Paths to files inside the run folder (the demo's ``teacher.pt``) are written relative
+        to the folder, so it can be moved; other paths (data roots) are written absolute, so
+        it can be used from any working directory.
+        """
         self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.file("config.yaml"), dump_config(config))
+        portable = map_paths(config.model_dump(mode="json"), self._portable)
+        atomic_write_text(self.file("config.yaml"), dump_config(LanaConfig.model_validate(portable)))
 
     def load_config(self, overrides: list[str] | None = None) -> LanaConfig:
-        """Read the run's resolved config."""
+        """Read the run's resolved config (its relative paths are found in the run folder).
+
+        Args:
+            overrides: ``key.path=value`` strings applied after the file.
+
+        Returns:
+            The config.
+        """
         path = self.file("config.yaml")
         if not path.is_file():
             raise RunFolderError(f"{self.path} has no config.yaml; start it with `lana distill --config FILE --run {self.path}`")
         return load_config(path, overrides)
 
+    def _portable(self, value: str) -> str:
+        absolute = Path(os.path.abspath(value))
+        try:
+            return absolute.relative_to(os.path.abspath(self.path)).as_posix()
+        except ValueError:  # outside the run folder
+            return str(absolute)
+
     # -- fingerprints ------------------------------------------------------------------
     def check_fingerprint(self, teacher_sha: str, config: LanaConfig) -> None:
         """Record the teacher/config fingerprint, or refuse if the folder holds another run."""
-        shaping = {k: config.model_dump(mode="json")[k] for k in ("teacher", "ops", "data", "seed")}
+        tree = map_paths(config.model_dump(mode="json"), os.path.abspath)  # same from any directory
+        shaping = {k: tree[k] for k in ("teacher", "ops", "data", "seed")}
         shaping["teacher"].pop("checkpoint", None)  # the weights' hash covers it
         current = {"teacher": teacher_sha, "config": sha256_text(json.dumps(shaping, sort_keys=True))}
         path = self.file("fingerprint.json")
