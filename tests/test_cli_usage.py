@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from lana.cli import app as cli
 from lana.config import build_config
 from lana.errors import ConfigError
+from lana.run.folder import RunFolder
 
 
 def lana(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
@@ -43,3 +46,50 @@ def test_usage_errors_print_the_usage_line_and_exit_2(args, usage, problem, monk
     assert code == 2
     assert usage in err and problem in err
     assert "Traceback" not in out + err
+
+
+# -- tables piped (not a terminal) keep names whole ------------------------------------
+LONG = "a_rather_long_stage_name_that_rich_would_cut.0"
+NARROW = {"COLUMNS": "80"}  # what CI and pipes often report
+
+
+def table_cells(output: str) -> list[list[str]]:
+    """The body rows of a rich table (one line each when nothing wraps), cells stripped."""
+    return [[c.strip() for c in line.strip().strip("│").split("│")] for line in output.splitlines() if line.startswith("│")]
+
+
+def test_show_piped_keeps_long_block_names_whole(trained_run, tmp_path) -> None:
+    source, _, _ = trained_run
+    run = RunFolder(tmp_path / "run")
+    shutil.copytree(source.path, run.path, ignore=shutil.ignore_patterns("weights", "report.json"))
+    frame = run.load_table()
+    first = frame["block"].iloc[0]
+    frame["block"] = frame["block"].replace(first, LONG)
+    run.save_table(frame)
+    result = CliRunner(env=NARROW).invoke(cli.app, ["show", "--run", str(run.path), "--limit", "0"])
+    assert result.exit_code == 0, result.output
+    assert LONG in result.output
+    rows = [r for r in table_cells(result.output) if r[0]]
+    assert {r[0] for r in rows} >= set(frame["candidate"][frame["block"] == LONG])  # one line per row
+
+
+def test_blocks_piped_keeps_long_block_names_whole(tmp_path, monkeypatch) -> None:
+    (tmp_path / "long_named_net.py").write_text(
+        "from torch import nn\n\n"
+        "def build():\n"
+        "    net = nn.Sequential()\n"
+        "    net.add_module('stem', nn.Conv2d(1, 8, 3, padding=1))\n"
+        f"    net.add_module('{LONG.split('.')[0]}', nn.Sequential(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())))\n"
+        "    net.add_module('head', nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)))\n"
+        "    return net\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "teacher": {"model": "long_named_net:build", "kwargs": {}, "blocks": [LONG]},
+        "data": {"kind": "synthetic", "channels": 1, "image_size": 16, "val_size": 100},
+        "ops": {"include": ["identity", "conv_k1"]},
+    }))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner(env=NARROW).invoke(cli.app, ["blocks", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    rows = table_cells(result.output)
+    assert [r[0] for r in rows] == [LONG] and rows[0][-1] == "3"  # teacher, identity, conv_k1
