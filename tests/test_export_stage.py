@@ -26,7 +26,7 @@ from lana.stages.export import run_export
 from lana.stages.profile import profile_run
 from lana.stages.solve import solve_run
 
-from conftest import tiny_config
+from conftest import run_main, tiny_config
 
 ROW_KEYS = {"format", "file", "bytes", "max_abs_diff", "latency_ms", "speedup", "teacher_latency_ms", "method", "error"}
 
@@ -74,8 +74,10 @@ def test_all_formats_round_trip_through_the_stage(export_run, one_thread):
         assert rows["onnx"]["method"] == "dynamo"
 
 
-def test_bad_formats_fail_before_any_file(export_run, monkeypatch, one_thread):
+def test_bad_formats_fail_before_any_file(export_run, monkeypatch, capsys, one_thread):
     run, _ = export_run
+    code, err = run_main(["export", "--run", str(run.path), "--format", "pt2,tflite"], monkeypatch, capsys)
+    assert code != 0 and "unknown export format(s) tflite" in err and len(err.strip().splitlines()) == 1
     before = sorted(p.name for p in run.path.iterdir())
     with pytest.raises(ConfigError, match="unknown export format.*tflite"):
         run_export(run, finetuned=False, formats="pt2,tflite")
@@ -121,6 +123,15 @@ def test_an_op_a_format_cannot_export_is_named_and_the_others_go_on(export_run, 
     assert rows["pt2"]["error"].startswith(f"block {block} (op {selection['choice'][block]}): ")
     assert "branches on a tensor's value" in rows["pt2"]["error"]
     assert json.loads(run.file("report.json").read_text())["exports"][1]["error"] == rows["pt2"]["error"]
+
+
+def test_report_prints_latency_and_speedup_per_format():
+    from lana.cli.report import export_line
+
+    ok = {"format": "onnx", "file": "runs/x/student.onnx", "max_abs_diff": 2e-6, "latency_ms": 1.234, "speedup": 2.5}
+    assert export_line(ok) == "onnx: runs/x/student.onnx (max |diff| vs eager 2.0e-06, 1.234 ms, 2.50× the teacher in onnx)"
+    failed = {"format": "pt2", "file": None, "error": "block layer1 (op x): torch.export cannot capture"}
+    assert export_line(failed) == "pt2: not exported (block layer1 (op x): torch.export cannot capture)"
 
 
 # -- latency in the runtime ------------------------------------------------------------------------
