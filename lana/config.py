@@ -91,7 +91,8 @@ class LatencyConfig(_Section):
     device: str = "cpu"
     batch_size: int = 64
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    runtime: Literal["eager", "torchscript", "onnxruntime"] = "eager"
+    # where the model will be served: candidates, the budget and the report are all timed there
+    runtime: Literal["eager", "torchscript", "inductor", "aoti", "onnxruntime", "openvino", "tensorrt"] = "eager"
     channels_last: bool = False
     cuda_graphs: bool = False  # replay CUDA graphs (GPU, eager/torchscript only)
     threads: int | None = None  # CPU threads; None = torch's default (the count used is recorded)
@@ -126,8 +127,9 @@ class FinetuneConfig(_Section):
 
 
 class ExportConfig(_Section):
-    """TorchScript export and its check."""
+    """Export formats, their reload check against eager, and their timing."""
 
+    formats: list[str] = Field(default_factory=lambda: ["torchscript", "pt2"])  # or ["all"]; see lana.export.verify.FORMATS
     atol: float = 1e-3
     check_images: int = 256
 

@@ -95,7 +95,7 @@ def test_bad_settings_are_one_line_errors():
     with pytest.raises(ConfigError, match="latency.threads: 1"):
         time_module(torch.nn.ReLU(), (2, 4, 4), cfg.model_copy(update={"clock": "process", "threads": 2}))
     with pytest.raises(ConfigError, match="invalid config"):
-        build_config({"latency": {"runtime": "tensorrt"}})
+        build_config({"latency": {"runtime": "tflite"}})
 
 
 def test_time_module_records_spread_ci_and_respects_the_thread_count():

@@ -70,10 +70,11 @@ def export(
     run: Path = RunOpt,
     output: Optional[Path] = typer.Option(None, "--out", help="TorchScript file to write (default RUN/student.ts)."),
     no_finetune: bool = typer.Option(False, "--no-finetune", help="Export distilled weights even if fine-tuned ones exist."),
+    formats: Optional[str] = typer.Option(None, "--format", help="torchscript,pt2,aoti,onnx or all (installed ones); default export.formats."),
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
-    """Export the student, check it against eager, measure it and write report.json."""
-    report = run_export(RunFolder(run), overrides, finetuned=not no_finetune, out=output)
+    """Export the student in each format, check each reload against eager, time it there and write report.json."""
+    report = run_export(RunFolder(run), overrides, finetuned=not no_finetune, out=output, formats=formats)
     print_report(report, out)
 
 

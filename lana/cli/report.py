@@ -40,7 +40,16 @@ def print_report(report: dict, out: Console | None = None) -> None:
         table.add_row(*row)
     out.print(table)
     export = report.get("export") or {}
-    if "path" in export:
+    if "path" in export and not report.get("exports"):  # reports from before the per-format rows
         out.print(f"TorchScript: {export['path']} (max |diff| vs eager {export['max_abs_diff']:.1e})")
     for row in report.get("exports") or []:
-        out.print(f"{row['format']}: {row['file']} (max |diff| vs eager {row['max_abs_diff']:.1e})")
+        out.print(export_line(row))
+
+
+def export_line(row: dict) -> str:
+    """One line per exported format: file, check, latency and speed-up in its own runtime (or why it failed)."""
+    if not row.get("file"):
+        return f"{row['format']}: not exported ({row.get('error')})"
+    timing = f", {row['latency_ms']:.3f} ms" if row.get("latency_ms") is not None else ""
+    speedup = f", {row['speedup']:.2f}× the teacher in {row['format']}" if row.get("speedup") else ""
+    return f"{row['format']}: {row['file']} (max |diff| vs eager {row['max_abs_diff']:.1e}{timing}{speedup})"

@@ -1,7 +1,7 @@
 """Latency measurement: the figures the solver adds up.
 
 Every figure is taken in the configured deployment: device, batch size, dtype, memory
-format, runtime (eager, TorchScript, ONNX Runtime; CUDA graphs on a GPU) and a fixed CPU
+format, runtime (eager, TorchScript, Inductor, AOTInductor, ONNX Runtime, OpenVINO, TensorRT; CUDA graphs on a GPU) and a fixed CPU
 thread count. Timing itself (warm-up until stable, repeats until the median's confidence
 interval is tight, with a time cap; CUDA events and synchronisation on a GPU) lives in
 ``lana.bundle_runner`` so that bundles timed on other machines use the very same code.
@@ -30,7 +30,7 @@ from torch import nn
 from lana.config import LatencyConfig
 from lana.errors import ConfigError, DeviceError
 from lana.latency import timing_core as core
-from lana.latency.runtimes import deployable
+from lana.latency.runtimes import CLOCKABLE, deployable
 from lana.names import TEACHER_OP
 from lana.teacher.blocks import set_submodule
 
@@ -103,8 +103,8 @@ def check_settings(cfg: LatencyConfig) -> torch.device:
     device = resolve_device(cfg.device)
     if cfg.clock == "process" and device.type == "cpu" and resolved_threads(cfg) != 1:
         raise ConfigError("latency.clock 'process' (CPU time) equals latency only with one thread; set latency.threads: 1")
-    if cfg.runtime == "onnxruntime" and cfg.cuda_graphs:
-        raise ConfigError("latency.cuda_graphs applies to eager and torchscript, not onnxruntime; drop one")
+    if cfg.runtime not in CLOCKABLE and cfg.cuda_graphs:
+        raise ConfigError(f"latency.cuda_graphs applies to eager and torchscript, not {cfg.runtime}; drop one")
     return device
 
 
@@ -139,7 +139,7 @@ def _knobs(cfg: LatencyConfig) -> dict:
 
 
 def _graphs(cfg: LatencyConfig, example: torch.Tensor) -> bool:
-    return cfg.cuda_graphs and example.device.type == "cuda" and cfg.runtime != "onnxruntime"
+    return cfg.cuda_graphs and example.device.type == "cuda" and cfg.runtime in CLOCKABLE
 
 
 def prepare_for_timing(module: nn.Module, example: torch.Tensor, cfg: LatencyConfig):
@@ -202,6 +202,26 @@ def measure_networks(models: list[nn.Module], input_shape: tuple[int, ...], cfg:
     with _measuring(cfg):
         steps = [core.make_step(prepare_for_timing(m, example, cfg), example, _graphs(cfg, example), cfg.clock) for m in models]
         cap = time_cap_s if time_cap_s is not None else cfg.time_cap_s * len(models)
+        return core.sample_interleaved(steps, **_knobs(cfg), time_cap_s=cap)
+
+
+@torch.inference_mode()
+def measure_callables(fns: list, input_shape: tuple[int, ...], cfg: LatencyConfig, time_cap_s: float | None = None) -> list[dict]:
+    """Already-deployed callables (e.g. reloaded export artefacts) timed interleaved, as they are.
+
+    Args:
+        fns: callables taking a batch like :func:`example_input` makes.
+        input_shape: ``(C, H, W)`` of one input.
+        cfg: measurement settings (``runtime`` is ignored: each callable is its own runtime).
+        time_cap_s: wall-clock cap for the whole group (default ``latency.time_cap_s`` × callables).
+
+    Returns:
+        One dict per callable, as :func:`measure_networks`.
+    """
+    example = example_input(input_shape, cfg)
+    with _measuring(cfg):
+        steps = [core.make_step(fn, example, False, cfg.clock) for fn in fns]
+        cap = time_cap_s if time_cap_s is not None else cfg.time_cap_s * len(fns)
         return core.sample_interleaved(steps, **_knobs(cfg), time_cap_s=cap)
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from lana.config import LatencyConfig
 from lana.errors import RunFolderError
+from lana.latency.runtimes import CLOCKABLE
 from lana.latency.measure import (
     measure_candidates,
     measure_in_context,
@@ -55,8 +56,9 @@ def profile_latency(teacher: nn.Module, specs, candidates: dict, input_shape: tu
     """
     shapes = {s.name: (s.in_channels, *s.in_size) for s in specs}
     method = cfg.method
-    if method == "context" and (cfg.runtime == "onnxruntime" or (cfg.cuda_graphs and cfg.device.startswith("cuda"))):
-        log.info("latency: %s cannot be clocked block by block; timing candidates alone", cfg.runtime)
+    if method == "context" and (cfg.runtime not in CLOCKABLE or (cfg.cuda_graphs and cfg.device.startswith("cuda"))):
+        why = "CUDA graphs replay whole" if cfg.runtime in CLOCKABLE else f"{cfg.runtime} compiles the whole graph"
+        log.info("latency: %s cannot be clocked block by block (%s); timing candidates alone (method isolated)", cfg.runtime, why)
         method = "isolated"
     isolated = measure_candidates(candidates, shapes, cfg)
     if method == "context":

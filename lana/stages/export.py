@@ -1,31 +1,129 @@
-"""Export: the student as TorchScript, checked against eager, plus the run's report.
+"""Export: the student in every asked format, each checked and timed in its runtime, plus
+the run's report.
 
-Re-parameterisable candidates are fused first; the module is scripted (traced where a
-third-party module cannot be scripted), saved, reloaded from disk and compared with the
-eager student on real held-out images. Whole-network latency of teacher and student is
-measured here, in the same session and under the same settings: report figures are always
-measured, never predicted."""
+Every format fuses re-parameterisable candidates first, writes its file in the run folder,
+reloads it from disk in its own runtime and compares it with the eager student on real
+held-out images at two batch sizes (``lana.export.verify``). The teacher is exported the
+same way, and both artefacts are timed interleaved, so a format's speed-up is the one its
+runtime would serve. A format that cannot export the student (an op it cannot capture) is
+recorded in the report with the block and op that broke it; the other formats go on.
+Report figures are always measured, never predicted."""
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from lana.data import take_tensors
 from lana.distill.score import evaluate
-from lana.export.torchscript import export_torchscript
-from lana.latency.measure import measure_networks, settings_tag
-from lana.latency.runtimes import export_onnx
+from lana.errors import ExportError
+from lana.export.pt2 import export_program
+from lana.export.torchscript import to_torchscript
+from lana.export.verify import FORMATS, export_and_verify, format_module, parse_formats
+from lana.latency.measure import measure_callables, measure_networks, settings_tag
+from lana.names import TEACHER_OP
 from lana.run.context import Context, prepare
-from lana.run.folder import RunFolder, atomic_write_bytes, read_json, write_json
+from lana.run.folder import RunFolder, read_json, write_json
 from lana.stages.finetune import load_selection, load_student
 
 log = logging.getLogger("lana")
 
+# The export format whose file is the deployment runtime's own artefact (written even when not asked).
+RUNTIME_FORMAT = {"torchscript": "torchscript", "aoti": "aoti", "onnxruntime": "onnx"}
 
-def export_stage(ctx: Context, selection: dict, finetuned: bool = True, out: Path | None = None) -> dict:
+
+def resolve_formats(formats: str | list[str] | None, default: list[str], runtime: str) -> list[str]:
+    """The formats to export: ``formats`` (text or list; ``all``), else the config's, plus the runtime's own."""
+    chosen = parse_formats(formats if isinstance(formats, str) else ",".join(formats or default))
+    own = RUNTIME_FORMAT.get(runtime)
+    if own and own not in chosen:
+        log.info("export: adding %s, the artefact latency.runtime %s serves", own, runtime)
+        chosen.append(own)
+    return chosen
+
+
+def _blame(name: str, student: nn.Module, ctx: Context, choice: dict[str, str]) -> str:
+    """``block B (op O): `` for the first replaced block that format ``name`` cannot capture alone, or ``""``."""
+    for spec in ctx.specs:
+        op = choice.get(spec.name, TEACHER_OP)
+        if op == TEACHER_OP:
+            continue
+        example = torch.randn(2, spec.in_channels, *spec.in_size)
+        try:
+            if name == "torchscript":
+                to_torchscript(student.get_submodule(spec.name), example)
+            else:  # pt2, aoti and onnx all start from the torch.export capture
+                export_program(student.get_submodule(spec.name), example)
+        except ExportError:
+            return f"block {spec.name} (op {op}): "
+    return ""
+
+
+def _load(name: str, path: Path, threads: int | None):
+    return format_module(name).load(path, threads=threads) if name == "onnx" else format_module(name).load(path)
+
+
+def export_formats(ctx: Context, student: nn.Module, formats: list[str], images: torch.Tensor,
+                   choice: dict[str, str], paths: dict[str, Path] | None = None) -> list[dict]:
+    """Export ``student`` in each format, verify it, and time it against the teacher exported alike.
+
+    Args:
+        ctx: the prepared run (teacher, blocks, settings).
+        student: the eager student.
+        formats: format names (see :data:`lana.export.verify.FORMATS`).
+        images: real inputs for the reload check.
+        choice: the selection (block -> op), to name the op a format cannot export.
+        paths: file per format (default ``RUN/student<suffix>``).
+
+    Returns:
+        One row per format: ``format``, ``file``, ``bytes``, ``max_abs_diff``, ``latency_ms``,
+        ``latency_ci_ms``, ``teacher_latency_ms``, ``speedup`` and the format's own info
+        (method, compile seconds, ...); a failed format has ``file`` None and ``error``.
+    """
+    cfg = ctx.config
+    # Artefacts are written for the CPU in float32 (pt2 and ts reload there): time them there.
+    timing_cfg = cfg.latency.model_copy(update={"device": "cpu", "dtype": "float32", "channels_last": False})
+    atol = cfg.export.atol
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="lana-teacher-") as scratch:
+        for name in formats:
+            path = Path((paths or {}).get(name) or ctx.run.file(f"student{FORMATS[name].suffix}"))
+            start = time.perf_counter()
+            try:
+                info = export_and_verify(name, student, path, images, atol)
+            except ExportError as exc:
+                message = f"{_blame(name, student, ctx, choice)}{exc}"
+                log.warning("export: %s failed, the other formats go on: %s", name, message)
+                rows.append({"format": name, "file": None, "error": message})
+                continue
+            threads = timing_cfg.threads
+            teacher_path = Path(scratch) / f"teacher{FORMATS[name].suffix}"
+            try:
+                export_and_verify(name, ctx.teacher, teacher_path, images, atol)
+            except ExportError as exc:  # the student's file stands; only its speed-up has no reference
+                log.warning("export: the teacher cannot be exported as %s, so that speed-up is not measured: %s", name, exc)
+                (student_t,) = measure_callables([_load(name, path, threads)], ctx.input_shape, timing_cfg)
+                teacher_t = {"median_ms": None, "ci_ms": None}
+                info["teacher_error"] = str(exc)
+            else:
+                teacher_t, student_t = measure_callables([_load(name, teacher_path, threads), _load(name, path, threads)],
+                                                         ctx.input_shape, timing_cfg)
+            rows.append({**{k: v for k, v in info.items() if k != "path"}, "format": name, "file": str(path),
+                         "bytes": path.stat().st_size, "latency_ms": student_t["median_ms"], "latency_ci_ms": student_t["ci_ms"],
+                         "teacher_latency_ms": teacher_t["median_ms"], "teacher_latency_ci_ms": teacher_t["ci_ms"],
+                         "speedup": teacher_t["median_ms"] / student_t["median_ms"] if teacher_t["median_ms"] else None, "seconds": round(time.perf_counter() - start, 1),
+                         "latency_settings": settings_tag(timing_cfg).replace("-eager", f"-{name}", 1), "error": None})
+            log.info("export: %s -> %s (max |diff| %.1e, %.3f ms, speed-up %s in %s)", name, path.name,
+                     info["max_abs_diff"], student_t["median_ms"], rows[-1]["speedup"], name)
+    return rows
+
+
+def export_stage(ctx: Context, selection: dict, finetuned: bool = True, out: Path | None = None,
+                 formats: str | list[str] | None = None) -> dict:
     """Export the selection's student and write ``report.json`` with measured figures.
 
     Args:
@@ -33,28 +131,29 @@ def export_stage(ctx: Context, selection: dict, finetuned: bool = True, out: Pat
         selection: the solver's selection.
         finetuned: use ``student.pt`` when it belongs to this selection.
         out: TorchScript path (default ``RUN/student.ts``).
+        formats: ``"torchscript,pt2"``, ``"all"`` or a list (default ``export.formats``).
 
     Returns:
-        The report (also written to ``RUN/report.json``).
+        The report (also written to ``RUN/report.json``); ``exports`` has one row per format.
     """
     cfg = ctx.config
+    chosen = resolve_formats(formats, cfg.export.formats, cfg.latency.runtime)
     student, was_finetuned = load_student(ctx, selection, finetuned)
     test_x, test_y = take_tensors(ctx.splits.test, cfg.data.test_limit)
-    out = out or ctx.run.file("student.ts")
-    export = export_torchscript(student, out, test_x[: cfg.export.check_images], cfg.export.atol)
-    if cfg.latency.runtime == "onnxruntime":  # the deployment runtime's artefact too (needs onnx + onnxruntime)
-
-        atomic_write_bytes(out.with_suffix(".onnx"), export_onnx(student, test_x[:2]))
-        export["onnx"] = str(out.with_suffix(".onnx"))
-    write_json(out.with_suffix(".json"), {**export, "choice": selection["choice"]})
+    images = test_x[: cfg.export.check_images]
+    rows = export_formats(ctx, student, chosen, images, selection["choice"], {"torchscript": out} if out else None)
+    by_format = {row["format"]: row for row in rows}
+    ts = by_format.get("torchscript") or {}
+    export = {"path": ts["file"], "method": ts["method"], "max_abs_diff": ts["max_abs_diff"], "images": ts["images"]} if ts.get("file") else {}
+    write_json(ctx.run.file("student.json"), {**export, "exports": rows, "choice": selection["choice"]})
 
     teacher_loss, teacher_acc = evaluate(ctx.teacher, test_x, test_y)
     student_loss, student_acc = evaluate(student, test_x, test_y)
-    # Time the deployed artefact against the teacher in the same settings, interleaved.
-    deployed = torch.jit.load(str(out), map_location="cpu")
-    teacher_timing, student_timing = measure_networks(
-        [ctx.teacher, deployed if cfg.latency.runtime == "torchscript" else student], ctx.input_shape, cfg.latency,
-        time_cap_s=6 * cfg.latency.time_cap_s)
+    # Time the deployed student against the teacher in the profile's settings, interleaved
+    # (the saved TorchScript file itself when that is the runtime).
+    deployed = torch.jit.load(ts["file"], map_location="cpu") if cfg.latency.runtime == "torchscript" and ts.get("file") else student
+    teacher_timing, student_timing = measure_networks([ctx.teacher, deployed], ctx.input_shape, cfg.latency,
+                                                      time_cap_s=6 * cfg.latency.time_cap_s)
     teacher_latency, student_latency = teacher_timing["median_ms"], student_timing["median_ms"]
     predicted = selection.get("predicted_latency_ms")
     report = {
@@ -83,6 +182,7 @@ def export_stage(ctx: Context, selection: dict, finetuned: bool = True, out: Pat
         "finetuned": was_finetuned,
         "choice": selection["choice"],
         "export": export,
+        "exports": rows,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     stage_file = ctx.run.file("stage_seconds.json")
@@ -92,11 +192,12 @@ def export_stage(ctx: Context, selection: dict, finetuned: bool = True, out: Pat
     return report
 
 
-def run_export(run: RunFolder, overrides: list[str] | None = None, finetuned: bool = True, out: Path | None = None) -> dict:
-    """``lana export``: export the run's selected (and fine-tuned) student."""
+def run_export(run: RunFolder, overrides: list[str] | None = None, finetuned: bool = True, out: Path | None = None,
+               formats: str | list[str] | None = None) -> dict:
+    """``lana export``: export the run's selected (and fine-tuned) student in ``formats``."""
     config = run.load_config(overrides)
     ctx = prepare(config, run)
-    return export_stage(ctx, load_selection(run), finetuned, out)
+    return export_stage(ctx, load_selection(run), finetuned, out, formats)
 
 
 def export_selection(run_dir: str | Path, selection_path: str | Path) -> dict:
