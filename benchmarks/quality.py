@@ -43,11 +43,11 @@ MODES = {
     "cpu": {
         "image_size": 28,
         "tree": {
-            "data": {"image_size": 28, "val_size": 2000, "train_limit": 6000, "batch_size": 128},
+            "data": {"image_size": 28, "val_size": 2000, "train_limit": 4000, "batch_size": 128},
             "ops": {"include": CPU_OPS},
             "teacher_training": {"epochs": 4},
             "distill": {"epochs": 1, "max_steps": 60, "checkpoint_every": 60},
-            "score": {"val_images": 2000},
+            "score": {"val_images": 1000},
             "latency": {"device": "cpu", "batch_size": 128, "threads": 1, "clock": "process", "time_cap_s": 0.4,
                         "context_rounds": 1},
             "finetune": {"epochs": 2},
@@ -60,7 +60,7 @@ MODES = {
         },
         "shares": [0.4, 0.6],
         "seeds": [0, 1],
-        "random": 3,
+        "random": 2,
         "max_measurements": 7,
         "max_equal_epochs": 8,
         "threads": 1,
@@ -187,6 +187,10 @@ def markdown(frame: pd.DataFrame, meta: dict) -> str:
         out.append(f"| {row['teacher']} | {row['val_top1']:.2f} % | {row['top1']:.2f} % | {t.get('train_teacher_s', 0):.0f} / "
                    f"{t.get('distill_score_latency_s', 0):.0f} / {t.get('teacher_logits_s', 0):.0f} |")
     out += ["", "## Every method at every budget", "", *markdown_table(frame)]
+    misses = frame[(frame["method"] != "teacher") & frame["top1"].isna()] if "note" in frame else frame.iloc[:0]
+    out += ["", "## What was tried", "",
+            "Searches that did not end inside the band (no network, no figures):", ""]
+    out += [f"- {r['teacher']} {r['method']} at {r['budget']:g}×: {r['note']}" for _, r in misses.iterrows()] or ["- none"]
     return "\n".join(out) + "\n"
 
 
