@@ -1,129 +1,112 @@
-"""What users would do instead of lana, each held to a measured latency budget.
+"""What users would do instead of lana; each is a knob that :func:`benchmarks.search.search_band` sets.
 
-Three alternatives, used by ``benchmarks/quality.py`` to compare against lana's selection
-at equal measured latency:
-
-- structured channel pruning with Torch-Pruning: the least-pruned copy whose measured
-  latency meets the budget (:func:`prune_sweep`, then :meth:`Sweep.pick`);
-- uniform width scaling of the teacher's family: the widest multiplier whose measured
-  latency meets the budget (:func:`width_sweep`);
-- random selections from the same candidate tables that meet the budget
-  (:func:`random_selection`).
-
-The sweeps measure whole networks in the same settings as lana's report, each interleaved
-with the teacher (:func:`measure_share`), once per teacher; each budget, a share of the
-teacher's latency, then picks from them, so the budget is met on the device and not in a
-model, and drift of the machine between measurements cancels out.
+- Torch-Pruning, as its documentation recommends for accuracy (:func:`prune_taylor`):
+  global ranking of channel groups by group Taylor importance, iterative (5 steps, fresh
+  gradients at each), channel counts rounded to hardware widths; and the simple uniform
+  L2-magnitude pruner (:func:`prune_magnitude`) as a second row. Knob: the pruning ratio.
+- Width and depth: the teacher's family at a width multiplier (:func:`width_scaled`), and
+  the family's real smaller members (timm ``resnet10t``/``resnet14t`` beside ResNet-18-D,
+  TinyNet depths beside EfficientNet-B0: :data:`MEMBERS`) at a width multiplier too.
+- Random selections from lana's own table whose predicted latency lies inside the band
+  (:func:`random_in_band`).
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from timm.models.efficientnet import _gen_efficientnet
 from torch import nn
 
-from lana.config import LatencyConfig
 from lana.errors import ConfigError, InfeasibleError
-from lana.latency.measure import measure_networks
 from lana.teacher.load import build_model
 
+PRUNE_STEPS = 5  # Torch-Pruning's iterative schedule: ratio reached in this many steps
 
-def measure_share(model: nn.Module, reference: nn.Module, input_shape: tuple[int, ...], cfg: LatencyConfig,
-                  rounds: int = 3) -> tuple[float, float]:
-    """``model``'s measured latency (ms) and its share of ``reference``'s, timed interleaved.
 
-    The share comes from one interleaved run of both networks, so drift of the machine
-    between measurements (frequency, other jobs) cancels out of it.
+def efficientnet(width: float = 1.0, depth: float = 1.0, **kwargs) -> nn.Module:
+    """timm's EfficientNet-B0 architecture at ``width`` × its channels and ``depth`` × its repeats.
+
+    ``timm.create_model("efficientnet_b0")`` fixes both multipliers at 1, so the half-width
+    CPU-mode teacher and the TinyNet-depth members are built through timm's own generator.
     """
-    ref, own = measure_networks([reference.eval(), model.eval()], input_shape, cfg, time_cap_s=cfg.time_cap_s * rounds)
-    return own["median_ms"], own["median_ms"] / ref["median_ms"]
+    return _gen_efficientnet("efficientnet_b0", channel_multiplier=width, depth_multiplier=depth, **kwargs)
 
 
-@dataclass
-class Sweep:
-    """Whole networks measured along one knob, from the least to the most aggressive setting."""
+EFFICIENTNET = "benchmarks.baselines:efficientnet"
 
-    knobs: list[float]
-    latency_ms: list[float]
-    shares: list[float]  # latency as a share of the reference's, measured interleaved with it
-    build: Callable[[float], nn.Module]
-
-    def pick(self, share: float, tolerance: float = 0.0) -> tuple[float, float]:
-        """The least aggressive knob whose measured share of the reference meets ``share`` (and that share).
-
-        Measured latency need not fall monotonically along the knob (odd channel counts
-        can be slower than rounder, larger ones), so every setting is looked at.
-        """
-        for knob, got in zip(self.knobs, self.shares):
-            if got <= share * (1 + tolerance):
-                return knob, got
-        fastest = min(self.shares)
-        raise InfeasibleError(f"no setting reaches {share:.2f}× the teacher's latency; the fastest measured is "
-                              f"{fastest:.2f}× (at {self.knobs[self.shares.index(fastest)]:.3g})")
-
-    def as_rows(self) -> list[dict]:
-        return [{"knob": k, "latency_ms": ms, "share": r} for k, ms, r in zip(self.knobs, self.latency_ms, self.shares)]
-
-
-def sweep(build: Callable[[float], nn.Module], knobs: list[float], reference: nn.Module, input_shape: tuple[int, ...],
-          cfg: LatencyConfig) -> Sweep:
-    """Measure ``build(knob)`` at every knob, each interleaved with ``reference`` (whole networks, deployed settings)."""
-    from tqdm.auto import tqdm
-
-    measured = [measure_share(build(k), reference, input_shape, cfg) for k in tqdm(knobs, desc="baseline sweep", unit="net")]
-    return Sweep(list(knobs), [m[0] for m in measured], [m[1] for m in measured], build)
+# The family's smaller members: (label, model, kwargs changed from the teacher's). Widths are
+# then scaled by the searched multiplier. TinyNet-C/-E keep B0's blocks at 0.85 / 0.6 depth.
+MEMBERS = {
+    "timm:resnet18d": [("resnet14t", "timm:resnet14t", {}), ("resnet10t", "timm:resnet10t", {})],
+    EFFICIENTNET: [("tinynet_c depth", EFFICIENTNET, {"depth": 0.85}), ("tinynet_e depth", EFFICIENTNET, {"depth": 0.6})],
+}
 
 
 def _classifier(model: nn.Module, num_classes: int) -> list[nn.Module]:
-    """The output layer pruning must keep: the last Linear or conv with ``num_classes`` outputs.
-
-    Only the last one: an inner layer that happens to have ``num_classes`` channels is pruned as usual.
-    """
+    """The output layer pruning must keep: the last Linear or conv with ``num_classes`` outputs."""
     outputs = [m for m in model.modules() if (isinstance(m, nn.Linear) and m.out_features == num_classes)
                or (isinstance(m, nn.Conv2d) and m.out_channels == num_classes)]
     return outputs[-1:]
 
 
-def prune(teacher: nn.Module, input_shape: tuple[int, ...], ratio: float, num_classes: int, round_to: int | None = 8) -> nn.Module:
-    """A copy of ``teacher`` with ``ratio`` of each layer's channels removed by Torch-Pruning.
+def _round_to(model: nn.Module, round_to: int | None) -> int | None:
+    """``round_to``, unless the narrowest conv has fewer than 4 × it channels (rounding would forbid pruning it)."""
+    narrowest = min((m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)), default=0)
+    return None if not round_to or narrowest < 4 * round_to else round_to
 
-    L2-magnitude importance over dependency groups (Torch-Pruning's ``MetaPruner``, the
-    usual "magnitude pruner"), the same ratio in every layer, channel counts rounded to
-    ``round_to`` (hardware-friendly widths) unless the narrowest conv has fewer than
-    4 × ``round_to`` channels, where rounding would forbid pruning it; the classifier is kept whole.
-    """
+
+def prune_magnitude(teacher: nn.Module, input_shape: tuple[int, ...], ratio: float, num_classes: int,
+                    round_to: int | None = 8) -> nn.Module:
+    """A copy of ``teacher`` with ``ratio`` of each layer's channels removed: uniform, one shot, L2 magnitude."""
     import torch_pruning as tp
 
     model = copy.deepcopy(teacher).cpu().eval()
     if ratio <= 0:
         return model
-    narrowest = min((m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)), default=0)
-    if round_to and narrowest < 4 * round_to:
-        round_to = None
-    example = torch.randn(1, *input_shape)
     pruner = tp.pruner.MetaPruner(
-        model, example, importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=ratio,
-        ignored_layers=_classifier(model, num_classes), round_to=round_to,
+        model, torch.randn(1, *input_shape), importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=ratio,
+        ignored_layers=_classifier(model, num_classes), round_to=_round_to(model, round_to),
     )
     pruner.step()
     return model.eval()
 
 
-def max_ratio(teacher: nn.Module, round_to: int | None = 8) -> float:
-    """The largest uniform pruning ratio that leaves the narrowest conv ``round_to`` channels."""
-    narrowest = min((m.out_channels for m in teacher.modules() if isinstance(m, nn.Conv2d)), default=1)
-    if not round_to or narrowest < 4 * round_to:
-        return 0.9
-    return min(0.9, 1 - round_to / narrowest)
+def prune_taylor(teacher: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], ratio: float, num_classes: int,
+                 round_to: int | None = 8, steps: int = PRUNE_STEPS, max_layer_ratio: float = 0.9) -> nn.Module:
+    """A copy of ``teacher`` pruned to ``ratio`` by global group-Taylor ranking, in ``steps`` iterations.
 
+    At each step the gradients of the distillation loss (KL to the teacher's soft outputs
+    plus cross-entropy) over ``batches`` of training images give first-order Taylor
+    importance of every channel group; groups are ranked across the whole network
+    (``global_pruning``), no layer losing more than ``max_layer_ratio`` of its channels.
+    The shared fine-tune comes after the last step (``benchmarks.compare``).
+    """
+    import torch_pruning as tp
 
-def prune_sweep(teacher: nn.Module, input_shape: tuple[int, ...], cfg: LatencyConfig, num_classes: int, points: int = 12) -> Sweep:
-    """Torch-Pruning copies of ``teacher`` at ``points`` ratios from 0 to :func:`max_ratio`, measured against it."""
-    ratios = list(np.linspace(0.0, max_ratio(teacher), points + 1)[1:])
-    return sweep(lambda r: prune(teacher, input_shape, float(r), num_classes), ratios, teacher, input_shape, cfg)
+    model = copy.deepcopy(teacher).cpu()
+    if ratio <= 0:
+        return model.eval()
+    images = batches[0][0][:1]
+    pruner = tp.pruner.MetaPruner(
+        model, images, importance=tp.importance.GroupTaylorImportance(), pruning_ratio=ratio, global_pruning=True,
+        iterative_steps=steps, max_pruning_ratio=max_layer_ratio, ignored_layers=_classifier(model, num_classes),
+        round_to=_round_to(model, round_to),
+    )
+    with torch.no_grad():
+        soft = [teacher.eval()(x).softmax(1) for x, _ in batches]
+    for _ in range(steps):
+        model.eval()  # BatchNorm statistics stay the teacher's; gradients only rank the channels
+        model.zero_grad()
+        for (x, y), target in zip(batches, soft):
+            logits = model(x)
+            loss = F.kl_div(F.log_softmax(logits, 1), target, reduction="batchmean") + F.cross_entropy(logits, y)
+            loss.backward()
+        pruner.step()
+    model.zero_grad(set_to_none=True)
+    return model.eval()
 
 
 def _divisible(value: float, by: int = 8) -> int:
@@ -134,7 +117,8 @@ def width_scaled(model: str, kwargs: dict, multiplier: float) -> nn.Module:
     """The teacher's family member at ``multiplier`` × its channel widths (untrained).
 
     Supported: timm ResNets (``channels`` and ``stem_width``), torchvision MobileNetV2
-    (``width_mult``) and the demo ResNet (``widths``); other families raise ConfigError.
+    (``width_mult``), :func:`efficientnet` (``width``) and the demo ResNet (``widths``);
+    other families raise ConfigError.
     """
     kwargs = dict(kwargs)
     if model.startswith("timm:resnet") or model.startswith("timm:resnext"):
@@ -143,52 +127,59 @@ def width_scaled(model: str, kwargs: dict, multiplier: float) -> nn.Module:
         kwargs["stem_width"] = _divisible(kwargs.pop("stem_width", 64) * multiplier)
     elif model == "torchvision:mobilenet_v2":
         kwargs["width_mult"] = kwargs.pop("width_mult", 1.0) * multiplier
+    elif model == EFFICIENTNET:
+        kwargs["width"] = kwargs.pop("width", 1.0) * multiplier
     elif model == "lana.teacher.demo_net:demo_resnet":
         kwargs["widths"] = tuple(_divisible(c * multiplier) for c in kwargs.pop("widths", (32, 64, 128)))
     else:
         raise ConfigError(
             f"no width multiplier known for '{model}'; the width baseline supports timm:resnet*, "
-            "torchvision:mobilenet_v2 and lana.teacher.demo_net:demo_resnet"
+            f"torchvision:mobilenet_v2, {EFFICIENTNET} and lana.teacher.demo_net:demo_resnet"
         )
     return build_model(model, kwargs)
 
 
-def width_sweep(model: str, kwargs: dict, teacher: nn.Module, input_shape: tuple[int, ...], cfg: LatencyConfig,
-                points: int = 12, min_multiplier: float = 0.1) -> Sweep:
-    """The teacher's family at ``points`` width multipliers from 1 down to ``min_multiplier``, measured against ``teacher``."""
-    widths = list(np.linspace(1.0, min_multiplier, points + 1)[1:])
-    return sweep(lambda w: width_scaled(model, kwargs, float(w)), widths, teacher, input_shape, cfg)
-
-
-def random_selection(problem, rng: np.random.Generator, latency: str = "latency_ms") -> dict[str, str]:
-    """A uniformly drawn selection that meets the problem's latency limit (predicted).
+def random_in_band(problem, rng: np.random.Generator, low: float, high: float, latency: str = "latency_ms",
+                   tries: int = 50) -> dict[str, str]:
+    """A random selection whose predicted latency (the table's sum) lies in ``[low, high]`` ms.
 
     Blocks are visited in random order; each draws uniformly among its candidates that
-    still leave the remaining blocks a feasible choice, so every draw meets the budget
-    without rejection, however tight.
+    still leave the remaining blocks a way to end inside the window (by their fastest and
+    slowest candidates), so draws land near the budget instead of anywhere under it; a draw
+    that still misses (the sums are discrete) is drawn again, up to ``tries`` times.
 
     Args:
-        problem: a :class:`solvers.SelectionProblem` with an upper limit on ``latency``.
+        problem: a :class:`solvers.SelectionProblem` (its limits are not used).
         rng: the random generator (seeded by the caller).
+        low, high: the window on the predicted total (offsets included), in ms.
 
     Returns:
         block → op name.
     """
     cost = problem.cost(latency)
-    cap = problem.upper_cap(latency) - problem.offsets.get(latency, 0.0)
+    offset = problem.offsets.get(latency, 0.0)
     starts = problem.block_start
-    fastest = np.array([cost[a:z].min() for a, z in zip(starts[:-1], starts[1:])])
-    if fastest.sum() > cap:
-        reachable = fastest.sum() + problem.offsets.get(latency, 0.0)
-        raise InfeasibleError(f"no selection meets {problem.upper[latency]:.4g} ms; the fastest is {reachable:.4g} ms")
-    left = fastest.sum()
-    used = 0.0
-    choice: dict[str, str] = {}
-    for b in rng.permutation(problem.n_blocks):
-        a, z = starts[b], starts[b + 1]
-        left -= fastest[b]
-        ok = np.flatnonzero(used + cost[a:z] + left <= cap)
-        row = a + int(rng.choice(ok))
-        used += cost[row]
-        choice[problem.blocks[b]] = str(problem.candidates[row])
-    return {block: choice[block] for block in problem.blocks}
+    spans = list(zip(starts[:-1], starts[1:]))
+    fastest = np.array([cost[a:z].min() for a, z in spans])
+    slowest = np.array([cost[a:z].max() for a, z in spans])
+    lo, hi = low - offset, high - offset
+    if fastest.sum() > hi or slowest.sum() < lo:
+        raise InfeasibleError(f"no selection predicted within {low:.4g}–{high:.4g} ms; the table spans "
+                              f"{fastest.sum() + offset:.4g}–{slowest.sum() + offset:.4g} ms")
+    for _ in range(tries):
+        rest_min, rest_max, used = fastest.sum(), slowest.sum(), 0.0
+        choice: dict[str, str] = {}
+        for b in rng.permutation(problem.n_blocks):
+            a, z = spans[b]
+            rest_min -= fastest[b]
+            rest_max -= slowest[b]
+            total = used + cost[a:z]
+            ok = np.flatnonzero((total + rest_min <= hi) & (total + rest_max >= lo))
+            if ok.size == 0:
+                break
+            row = a + int(rng.choice(ok))
+            used += cost[row]
+            choice[problem.blocks[b]] = str(problem.candidates[row])
+        else:
+            return {block: choice[block] for block in problem.blocks}
+    raise InfeasibleError(f"no random selection landed within {low:.4g}–{high:.4g} ms in {tries} draws")

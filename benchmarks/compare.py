@@ -1,25 +1,27 @@
-"""lana against the alternatives at equal measured latency (``benchmarks/quality.py``).
+"""lana against the alternatives at equal measured latency, several seeds (``benchmarks/quality.py``).
 
 For one teacher: train it (unless its checkpoint exists), run lana's distill stage, then at
-each budget (a share of the teacher's *measured* latency) build four students and give
-each the same fine-tuning by distillation from the teacher:
+each budget (a share of the teacher's latency) find each method's network with the same
+search (:func:`benchmarks.search.search_band`: bisection of its knob on the measured,
+interleaved share of the teacher, same band, same number of measurements), and give every
+network the same fine-tune by distillation from the teacher, once per seed:
 
-1. ``lana``: the solver's selection from the candidates table;
-2. ``torch-pruning``: Torch-Pruning's magnitude pruner, pruned until measured latency meets the budget;
-3. ``width``: the teacher's family at the widest width multiplier that meets the budget,
-   trained from scratch with the teacher's recipe (with distillation) before the same fine-tune;
-4. ``random``: uniform random selections from the same candidates table that meet the budget.
+- ``lana``: the solver's selection, knob = the table budget;
+- ``random`` / ``random-best``: a random selection predicted inside the band (knob = the
+  table budget), and the best of N such draws by validation top-1 before fine-tuning;
+- ``tp-taylor`` / ``tp-magnitude``: Torch-Pruning, global iterative group-Taylor and uniform
+  one-shot L2 magnitude, knob = the pruning ratio;
+- ``width`` and ``member:NAME``: the teacher's family, and its real smaller members, at a
+  width multiplier, trained from scratch with the teacher's recipe before the fine-tune.
 
-Budgets are held as measured shares of the teacher's latency, each network timed
-interleaved with the teacher (:func:`lana.baselines.measure_share`), so drift of the
-machine between measurements cancels out. lana and random selections are held to them
-too: where the assembled network measures above its share (by more than ``tolerance``),
-the table budget is scaled by the measured ratio and the selection drawn again, before any
-fine-tuning. At the end every network of the teacher is timed again, all interleaved with
-the teacher, and those figures are the ones reported.
+Seeds change the fine-tune (shuffling), the random draws and the from-scratch
+initialisation; the teacher and the deterministic searches are shared. Validation top-1
+is what every choice uses; test top-1 is evaluated once per network and only reported.
+Finally one extra row gives the best baseline (by validation) lana's total compute.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from pathlib import Path
@@ -30,19 +32,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from benchmarks.baselines import (
-    measure_share,
-    prune_sweep,
-    random_selection,
-    width_sweep,
-)
+from benchmarks.baselines import MEMBERS, prune_magnitude, prune_taylor, random_in_band, width_scaled
+from benchmarks.search import BAND, Found, OutOfBand, search_band
 from lana.config import LanaConfig
 from lana.data import take_tensors
 from lana.distill.candidates import assemble_student
 from lana.distill.score import evaluate
 from lana.distill.train import TeacherLogits, distil_into
-from lana.errors import InfeasibleError
-from lana.latency.measure import measure_network, measure_networks
+from lana.latency.measure import measure_networks
 from lana.run.context import Context, prepare
 from lana.run.folder import RunFolder, write_json
 from lana.selection import LATENCY, build_problem, solve_inputs
@@ -50,90 +47,156 @@ from lana.stages.distill import distill_stage
 from lana.stages.solve import load_run
 
 log = logging.getLogger("lana")
-METHODS = ("lana", "torch-pruning", "width", "random")
+METHODS = ("lana", "torch-pruning", "width", "random")  # families the command line can choose
 
 
-def _finetune(ctx: Context, model: nn.Module, targets: TeacherLogits | None, epochs: float | None = None,
+def _finetune(ctx: Context, model: nn.Module, targets: TeacherLogits | None, seed: int, epochs: float | None = None,
               lr: float | None = None, desc: str = "finetune") -> float:
     """The shared fine-tune: distillation from the teacher (``finetune`` settings). Returns seconds."""
     tick = time.time()
-    distil_into(model, ctx.teacher, ctx.splits, ctx.config.finetune, ctx.config.data.batch_size, ctx.config.seed,
-                desc, epochs, lr, targets)
+    distil_into(model, ctx.teacher, ctx.splits, ctx.config.finetune, ctx.config.data.batch_size, seed, desc, epochs, lr, targets)
     return time.time() - tick
 
 
-def _held_to_budget(ctx: Context, draw: Callable[[float], dict], share: float, table_budget: float, tolerance: float,
-                    tries: int = 4) -> tuple[dict, nn.Module, float, float]:
-    """Draw a selection for a table budget, assemble it and measure its share of the teacher
-    (interleaved); rescale the table budget until the share meets ``share``.
+class Comparison:
+    """One teacher's searches, fine-tunes and rows; see the module docstring."""
 
-    Returns:
-        The choice, the assembled (distilled, not fine-tuned) student, its measured share
-        of the teacher's latency and the table budget that produced it.
-    """
-    got = float("nan")
-    for _ in range(tries):
-        choice = draw(table_budget)
-        student = assemble_student(ctx.teacher, ctx.specs, choice, ctx.run.weights_dir)
-        _, got = measure_share(student, ctx.teacher, ctx.input_shape, ctx.config.latency)
-        if got <= share * (1 + tolerance):
-            return choice, student, got, table_budget
-        table_budget *= share / got
-        log.info("measured %.3f× > budget %.3f× of the teacher; table budget now %.3f ms", got, share, table_budget)
-    raise InfeasibleError(f"no selection measured within {share:.2f}× the teacher's latency in {tries} draws (last {got:.2f}×)")
+    def __init__(self, ctx: Context, seeds: list[int], n_random: int, max_measurements: int, band=BAND,
+                 solver: str = "auto") -> None:
+        self.ctx, self.seeds, self.n_random, self.max_measurements, self.band, self.solver = (
+            ctx, seeds, n_random, max_measurements, band, solver)
+        config = ctx.config
+        self.val = take_tensors(ctx.splits.val)
+        self.test = take_tensors(ctx.splits.test, config.data.test_limit)
+        self.inputs = load_run(ctx.run.path)
+        self.num_classes = int(config.teacher.kwargs.get("num_classes", ctx.splits.num_classes))
+        self.timing: dict[str, float] = {}
+        tick = time.time()
+        self.targets = TeacherLogits.if_it_fits(ctx.teacher, ctx.splits, config.data.batch_size)
+        self.timing["teacher_logits_s"] = time.time() - tick
+        x, y = take_tensors(ctx.splits.train, 4 * config.data.batch_size)
+        self.taylor_batches = list(zip(x.split(config.data.batch_size), y.split(config.data.batch_size)))
+        self.rows: list[dict[str, Any]] = []
+        self.models: list[nn.Module] = []
+        self.found: dict[tuple[str, float], Found] = {}  # deterministic searches, shared by the seeds
+        self.picked: dict[tuple[str, float, int], Found] = {}  # random draws, one per seed
+
+    # -- searches ---------------------------------------------------------------------------
+    def search(self, method: str, share: float, build: Callable, fast: float, slow: float) -> Found | None:
+        """``build``'s knob searched into the band; None (and a row saying why) when it cannot be."""
+        try:
+            found = search_band(build, fast, slow, share, self.ctx.teacher, self.ctx.input_shape, self.ctx.config.latency,
+                                self.band, self.max_measurements)
+        except OutOfBand as exc:
+            log.warning("%s at %.2f×: %s", method, share, exc)
+            self.rows.append({"method": method, "budget": share, "note": str(exc)})
+            return None
+        self.found[(method, share)] = found
+        return found
+
+    def _table(self, share: float, draw: Callable[[Any, float], dict]) -> tuple[Callable, float, float]:
+        """The knob of a table method: the table budget (ms), from the table's fastest total to the teacher's."""
+        ctx = self.ctx
+        problem, _ = build_problem(self.inputs, f"{self.inputs.teacher_ms:.6f}ms")
+        fast = float(problem.min_totals()[problem.cost_names.index(LATENCY)]) * (1 + 1e-6)
+
+        def build(table_ms: float):
+            choice = draw(problem, table_ms)
+            return assemble_student(ctx.teacher, ctx.specs, choice, ctx.run.weights_dir), {"choice": choice}
+        return build, fast, float(self.inputs.teacher_ms)
+
+    def lana(self, share: float) -> Found | None:
+        def draw(problem, table_ms):
+            p, limits = build_problem(self.inputs, f"{table_ms:.6f}ms")
+            return solve_inputs(self.inputs, p, limits, self.solver)["choice"]
+        return self.search("lana", share, *self._table(share, draw))
+
+    def random_draws(self, share: float, seed: int) -> list[Found]:
+        """``n_random`` random selections, each searched into the band with its own draws."""
+        rng = np.random.default_rng([seed, int(share * 1000)])
+        lo = self.band[0]
+        found = []
+        for i in range(self.n_random):
+            build, fast, slow = self._table(share, lambda p, t: random_in_band(p, rng, lo * t, t))
+            got = self.search(f"random#{i}", share, build, fast, slow)
+            if got is None:
+                self.rows.pop()  # the draws' misses are summed up in one row below
+            else:
+                found.append(got)
+        return found
+
+    def pruned(self, method: str, share: float) -> Found | None:
+        teacher, shape = self.ctx.teacher, self.ctx.input_shape
+        if method == "tp-taylor":
+            build = lambda r: prune_taylor(teacher, self.taylor_batches, r, self.num_classes)  # noqa: E731
+        else:
+            build = lambda r: prune_magnitude(teacher, shape, r, self.num_classes)  # noqa: E731
+        return self.search(method, share, build, 0.9, 0.0)
+
+    def scaled(self, method: str, model: str, kwargs: dict, share: float, widest: float) -> Found | None:
+        """A family member at the searched width; ``extra["fresh"]`` builds it again with new weights."""
+        def build(w: float):
+            return width_scaled(model, kwargs, w), {"fresh": lambda: width_scaled(model, kwargs, w), "model": model}
+        return self.search(method, share, build, 0.1, widest)
+
+    # -- training and rows ------------------------------------------------------------------
+    def train_and_add(self, method: str, share: float, found: Found, seed: int, search_s: float, base_s: float = 0.0,
+                      epochs: float | None = None, setting: str = "") -> None:
+        """Fine-tune ``found``'s network with ``seed`` and add its row.
+
+        A new network (width, member) is built again with fresh weights for each seed and
+        first trained from scratch with the teacher's recipe (with distillation); the
+        others start from a copy of what the search found.
+        """
+        torch.manual_seed(seed)
+        fresh = found.extra.get("fresh")
+        model = fresh() if fresh else copy.deepcopy(found.model)
+        seconds = base_s
+        if fresh:
+            recipe = self.ctx.config.teacher_training
+            seconds += _finetune(self.ctx, model, self.targets, seed, recipe.epochs, recipe.lr, desc=f"{method} (from scratch)")
+        ft = _finetune(self.ctx, model, self.targets, seed, epochs, desc=f"{method} {share:g} seed {seed}")
+        self.add(model, method=method, budget=share, seed=seed, share=found.share, search_s=search_s, train_s=seconds + ft,
+                 finetune_s=ft, measurements=found.measurements, knob=found.knob, setting=setting or _setting(found))
+
+    def add(self, model: nn.Module, **row: Any) -> None:
+        row["val_top1"] = evaluate(model, *self.val)[1]
+        row["top1"] = evaluate(model, *self.test)[1]  # once per network, reported only
+        self.rows.append(row)
+        self.models.append(model)
+        log.info("%s", {k: v for k, v in row.items() if k != "setting"})
 
 
-def _table_problem(inputs, table_budget: float):
-    """The selection problem at ``table_budget``, or at the fastest reachable total when that is higher.
-
-    The table's sum is a prediction: where it says the budget cannot be met, the fastest
-    selection it knows is still drawn, and the measurement decides.
-    """
-    problem, limits = build_problem(inputs, f"{table_budget:.6f}ms")
-    reachable = float(problem.min_totals()[problem.cost_names.index(LATENCY)])
-    if reachable > table_budget:
-        log.info("table budget %.3f ms is below the fastest in the table (%.3f ms); drawing at that", table_budget, reachable)
-        problem, limits = build_problem(inputs, f"{reachable * (1 + 1e-6):.6f}ms")
-    return problem, limits
+def _setting(found: Found) -> str:
+    choice = found.extra.get("choice")
+    if not choice:
+        return f"knob {found.knob:.4g}"
+    counts: dict[str, int] = {}
+    for op in choice.values():
+        counts[op] = counts.get(op, 0) + 1
+    return ", ".join(f"{op}×{n}" if n > 1 else op for op, n in counts.items())
 
 
-def _solver_draw(inputs, solver: str) -> Callable[[float], dict]:
-    def draw(table_budget: float) -> dict:
-        problem, limits = _table_problem(inputs, table_budget)
-        return solve_inputs(inputs, problem, limits, solver)["choice"]
-    return draw
-
-
-def _random_draw(inputs, rng: np.random.Generator) -> Callable[[float], dict]:
-    def draw(table_budget: float) -> dict:
-        problem, _ = _table_problem(inputs, table_budget)
-        return random_selection(problem, rng, LATENCY)
-    return draw
-
-
-def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float], n_random: int = 3,
-                    methods: tuple[str, ...] = METHODS, tolerance: float = 0.02, solver: str = "auto",
-                    train_teacher: Callable[[LanaConfig, RunFolder], float] | None = None,
-                    lana_shares: tuple[float, ...] = ()) -> pd.DataFrame:
-    """Every method at every budget for one teacher; one row per network (teacher included).
+def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float], seeds: list[int], n_random: int = 3,
+                    methods: tuple[str, ...] = METHODS, max_measurements: int = 8, max_equal_epochs: float = 30.0,
+                    train_teacher: Callable[[LanaConfig, RunFolder], float] | None = None) -> pd.DataFrame:
+    """Every method at every budget and seed for one teacher; one row per network (teacher included).
 
     Args:
         config: the run config (teacher, data, ops, distill, latency, finetune settings).
         run_dir: the teacher's run folder (stages already there are reused).
-        shares: budgets as shares of the teacher's measured latency, e.g. ``[0.3, 0.5, 0.7]``.
-        n_random: random selections per budget.
-        methods: which of :data:`METHODS` to run.
-        tolerance: relative slack above the budget accepted for measured latency.
-        solver: lana's solver.
+        shares: budgets as shares of the teacher's measured latency.
+        seeds: fine-tune seeds (at least 2 for the win/tie rule).
+        n_random: random selections drawn per seed for ``random-best``.
+        methods: which families of :data:`METHODS` to run.
+        max_measurements: measurements each search may make.
+        max_equal_epochs: cap on the fine-tune epochs of the equal-compute row.
         train_teacher: trains and saves the teacher when its checkpoint is missing (seconds).
-        lana_shares: extra budgets where only lana runs (to find its fastest student within
-            0.5 points of the teacher).
 
     Returns:
-        Columns: method, share (the budget), budget_ms (share × the teacher's final
-        figure), latency_ms and latency_share (final interleaved measurement), search_share
-        (the share measured when the network was picked), top1, setting, finetune_s, and
-        the teacher's row.
+        Columns teacher, method, budget, seed, share, val_top1, top1, search_s, train_s,
+        final_share (every network re-timed interleaved with the teacher at the end), note,
+        and details (knob, measurements, setting, finetune_s).
     """
     unknown = set(methods) - set(METHODS)
     if unknown:
@@ -142,208 +205,88 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
     run.path.mkdir(parents=True, exist_ok=True)
     timing: dict[str, float] = {}
     if train_teacher is not None:
-        log.info("%s: training the teacher (skipped when %s exists)", config.teacher.model, config.teacher.checkpoint)
         timing["train_teacher_s"] = train_teacher(config, run)
     tick = time.time()
-    log.info("%s: distil, score and time every candidate", config.teacher.model)
     distill_stage(config, run)
-    timing["distill_score_latency_s"] = time.time() - tick
-    ctx = prepare(config, run)
-    test_x, test_y = take_tensors(ctx.splits.test, config.data.test_limit)
-    inputs = load_run(run.path)
-    teacher_ms = measure_network(ctx.teacher, ctx.input_shape, config.latency, rounds=6).median_ms
-    table_teacher_ms = inputs.teacher_ms  # the teacher as profiled into the table: table budgets scale from it
-    num_classes = int(config.teacher.kwargs.get("num_classes", 10))
-    rng = np.random.default_rng(config.seed)
-    # The teacher's logits over the train split, computed once for every fine-tune below.
-    tick = time.time()
-    targets = TeacherLogits.if_it_fits(ctx.teacher, ctx.splits, config.data.batch_size)
-    timing["teacher_logits_s"] = time.time() - tick
-    rows: list[dict[str, Any]] = []
-    models: list[nn.Module] = []
-    missed: list[dict[str, Any]] = []  # methods that cannot reach a budget at all
+    timing["distill_score_latency_s"] = distill_s = time.time() - tick
+    cmp = Comparison(prepare(config, run), seeds, n_random, max_measurements)
+    timing.update(cmp.timing)
+    ctx, model_name, kwargs = cmp.ctx, config.teacher.model, config.teacher.kwargs
+    cmp.add(ctx.teacher, method="teacher", budget=1.0, seed=None, share=1.0, search_s=0.0,
+            train_s=timing.get("train_teacher_s", 0.0))
+    for share in shares:
+        log.info("budget %.2f× the teacher: %s", share, ", ".join(methods))
+        if "lana" in methods and (found := cmp.lana(share)):
+            for seed in seeds:  # lana's network needs the whole distillation: it is in its training seconds
+                cmp.train_and_add("lana", share, found, seed, found.seconds, base_s=distill_s)
+        if "random" in methods:
+            for seed in seeds:
+                draws = cmp.random_draws(share, seed)
+                if not draws:
+                    cmp.rows.append({"method": "random", "budget": share, "seed": seed,
+                                     "note": f"no random draw inside the band in {n_random} searches"})
+                    continue
+                search_s = sum(d.seconds for d in draws)
+                cmp.picked[("random", share, seed)] = draws[0]
+                cmp.train_and_add("random", share, draws[0], seed, draws[0].seconds, base_s=distill_s)
+                tick = time.time()  # best of N by validation top-1 of the distilled, not yet fine-tuned, network
+                best = cmp.picked[("random-best", share, seed)] = max(draws, key=lambda d: evaluate(d.model, *cmp.val)[1])
+                cmp.train_and_add("random-best", share, best, seed, search_s + time.time() - tick, base_s=distill_s)
+        if "torch-pruning" in methods:
+            for method in ("tp-taylor", "tp-magnitude"):
+                if found := cmp.pruned(method, share):
+                    for seed in seeds:
+                        cmp.train_and_add(method, share, found, seed, found.seconds, setting=f"ratio {found.knob:.3f}")
+        if "width" in methods:
+            families = [("width", model_name, {}, 1.0)] + [(f"member:{label}", m, extra, 2.0)
+                                                            for label, m, extra in MEMBERS.get(model_name, [])]
+            for method, model, extra, widest in families:
+                if found := cmp.scaled(method, model, {**kwargs, **extra}, share, widest):
+                    for seed in seeds:
+                        cmp.train_and_add(method, share, found, seed, found.seconds, setting=f"{model} ×{found.knob:.3f}")
+    _equal_compute(cmp, shares, max_equal_epochs, distill_s)
 
-    def add(model: nn.Module, **row: Any) -> None:
-        tick = time.time()
-        row["top1"] = evaluate(model, test_x, test_y)[1]
-        row["eval_s"] = time.time() - tick
-        rows.append(row)
-        models.append(model)
-        log.info("%s", {k: v for k, v in row.items() if k != "setting"})
-
-    sweeps = {}
-    log.info("teacher %.2f ms; measuring the baselines' settings against it", teacher_ms)
-    if "torch-pruning" in methods:
-        sweeps["torch-pruning"] = prune_sweep(ctx.teacher, ctx.input_shape, config.latency, num_classes)
-    if "width" in methods:
-        sweeps["width"] = width_sweep(config.teacher.model, config.teacher.kwargs, ctx.teacher, ctx.input_shape, config.latency)
-    write_json(run.file("baseline_sweeps.json"), {k: v.as_rows() for k, v in sweeps.items()})
-    add(ctx.teacher, method="teacher", share=1.0, budget_ms=None, search_share=1.0, setting="", finetune_s=0.0)
-    for share in sorted(set(shares) | set(lana_shares)):
-        budget_ms = share * teacher_ms
-        base = {"share": share, "budget_ms": budget_ms}
-        active = methods if share in shares else tuple(m for m in methods if m == "lana")
-        log.info("budget %.2f× the teacher (%.2f ms): %s", share, budget_ms, ", ".join(active))
-        if "lana" in active:
-            try:
-                choice, student, got, table_budget = _held_to_budget(ctx, _solver_draw(inputs, solver), share, share * table_teacher_ms, tolerance)
-            except InfeasibleError as exc:
-                log.warning("lana at %.3f ms: %s", budget_ms, exc)
-                missed.append({"method": "lana", "reason": str(exc), **base})
-            else:
-                seconds = _finetune(ctx, student, targets, desc=f"lana {share:g}")
-                add(student, method="lana", search_share=got, setting=_short(choice), finetune_s=seconds,
-                    table_budget_ms=table_budget, **base)
-        for method, found in sweeps.items():  # torch-pruning, width: the least aggressive setting that meets the budget
-            if method not in active:
-                continue
-            try:
-                knob, got = found.pick(share, tolerance)
-            except InfeasibleError as exc:
-                log.warning("%s at %.3f ms: %s", method, budget_ms, exc)
-                missed.append({"method": method, "reason": str(exc), **base})
-                continue
-            torch.manual_seed(config.seed)
-            model = found.build(knob)
-            seconds = 0.0
-            if method == "width":  # a new network: first trained from scratch with the teacher's recipe
-                recipe = config.teacher_training
-                seconds += _finetune(ctx, model, targets, recipe.epochs, recipe.lr, desc=f"width {share:g} (from scratch)")
-            seconds += _finetune(ctx, model, targets, desc=f"{method} {share:g}")
-            setting = f"ratio {knob:.3f}" if method == "torch-pruning" else f"×{knob:.3f}"
-            add(model, method=method, search_share=got, setting=setting, finetune_s=seconds, **base)
-        if "random" in active:
-            for draw_index in range(n_random):
-                try:
-                    choice, student, got, table_budget = _held_to_budget(ctx, _random_draw(inputs, rng), share, share * table_teacher_ms, tolerance)
-                except InfeasibleError as exc:
-                    log.warning("random selection at %.3f ms: %s", budget_ms, exc)
-                    missed.append({"method": "random", "reason": str(exc), **base})
-                    break
-                seconds = _finetune(ctx, student, targets, desc=f"random {share:g} #{draw_index + 1}")
-                add(student, method="random", search_share=got, setting=_short(choice), finetune_s=seconds, draw=draw_index, **base)
-
-    # The reported latency: every network timed again, interleaved with the teacher.
-    final = measure_networks(models, ctx.input_shape, config.latency, time_cap_s=max(10.0, 4 * config.latency.time_cap_s * len(models)))
-    frame = pd.DataFrame(rows)
-    frame["latency_ms"] = [t["median_ms"] for t in final]
-    frame["latency_ci_ms"] = [t["ci_ms"] for t in final]
-    teacher_row = frame[frame["method"] == "teacher"].iloc[0]
-    frame["speedup"] = teacher_row["latency_ms"] / frame["latency_ms"]
-    frame["latency_share"] = frame["latency_ms"] / teacher_row["latency_ms"]
-    frame["drop"] = teacher_row["top1"] - frame["top1"]
-    if missed:  # budgets a method cannot reach at all: kept as rows without figures
-        frame = pd.concat([frame, pd.DataFrame([{**{k: v for k, v in m.items() if k != "reason"}, "setting": "cannot reach: " + m["reason"]} for m in missed])], ignore_index=True)
-    frame["budget_ms"] = frame["share"] * teacher_row["latency_ms"]
-    frame.loc[frame["method"] == "teacher", "budget_ms"] = None
-    frame["teacher"] = config.teacher.model
+    # Every network timed again, interleaved with the teacher: drift since its search shows here.
+    final = measure_networks(cmp.models, ctx.input_shape, config.latency,
+                             time_cap_s=max(10.0, 2 * config.latency.time_cap_s * len(cmp.models)))
+    for row, t in zip([r for r in cmp.rows if "val_top1" in r], final):
+        row["final_share"] = t["median_ms"] / final[0]["median_ms"]
+    frame = pd.DataFrame(cmp.rows)
+    frame.insert(0, "teacher", model_name)
     frame.to_csv(run.file("quality.csv"), index=False)
     write_json(run.file("quality_timing.json"), timing)
     return frame
 
 
-def _short(choice: dict[str, str]) -> str:
-    """A selection as text: ``op×count`` over the blocks, in first-seen order."""
-    counts: dict[str, int] = {}
-    for op in choice.values():
-        counts[op] = counts.get(op, 0) + 1
-    return ", ".join(f"{op}×{n}" if n > 1 else op for op, n in counts.items())
+def _equal_compute(cmp: Comparison, shares: list[float], max_epochs: float, distill_s: float) -> None:
+    """At the middle budget, the best baseline by validation top-1, fine-tuned for as long as lana's total took.
 
-
-def summarise(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per teacher, budget and method; random draws become ``random (mean)`` and ``random (best)``."""
-    out = []
-    for (teacher, share), group in frame[frame["method"] != "teacher"].groupby(["teacher", "share"], sort=True):
-        for method in METHODS:
-            rows = group[group["method"] == method]
-            if rows.empty:
-                continue
-            reached = rows.dropna(subset=["top1"])
-            if reached.empty:
-                out.append(_summary_row(teacher, share, method, rows.iloc[0], rows.iloc[0]["setting"]))
-            elif method == "random":
-                rows = reached
-                best = rows.loc[rows["top1"].idxmax()]
-                out.append(_summary_row(teacher, share, f"random (mean of {len(rows)})", rows.mean(numeric_only=True), ""))
-                out.append(_summary_row(teacher, share, "random (best)", best, best["setting"]))
-            else:
-                row = rows.iloc[0]
-                out.append(_summary_row(teacher, share, method, row, row["setting"]))
-    return pd.DataFrame(out)
-
-
-def _summary_row(teacher: str, share: float, method: str, row, setting: str) -> dict:
-    get = lambda key: row[key] if key in row.index else float("nan")  # noqa: E731
-    return {"teacher": teacher, "budget": f"{share:g}×", "budget_ms": get("budget_ms"), "method": method,
-            "latency_ms": get("latency_ms"), "latency_share": get("latency_share"), "top1": get("top1"),
-            "drop": get("drop"), "finetune_s": get("finetune_s"), "setting": setting}
-
-
-def verdict(frame: pd.DataFrame) -> list[str]:
-    """The issue's bar, checked on measured figures: one line per teacher and budget, and the speed-up at ≤ 0.5 points."""
-    lines = []
-    for teacher, group in frame.groupby("teacher", sort=False):
-        for share, at in group[group["method"] != "teacher"].groupby("share"):
-            at = at.dropna(subset=["top1"])
-            lana = at[at["method"] == "lana"]
-            if lana.empty:
-                lines.append(f"{teacher} at {share:g}×: lana cannot reach this budget")
-                continue
-            ours = lana["top1"].iloc[0]
-            others = at[at["method"] != "lana"]
-            best_other = others.loc[others["top1"].idxmax()] if not others.empty else None
-            if best_other is None:
-                lines.append(f"{teacher} at {share:g}×: lana {ours:.2f} % ({_below(lana['drop'].iloc[0])}; no other method run)")
-                continue
-            word = "wins" if ours >= best_other["top1"] else "LOSES"
-            lines.append(f"{teacher} at {share:g}×: lana {ours:.2f} % {word} against the best other, "
-                         f"{best_other['method']} {best_other['top1']:.2f} % (lana {_below(lana['drop'].iloc[0])})")
-        lana = group[(group["method"] == "lana") & (group["drop"] <= 0.5)]
-        if lana.empty:
-            lines.append(f"{teacher}: no lana student within 0.5 points of the teacher")
-        else:
-            best = lana.loc[lana["speedup"].idxmax()]
-            lines.append(f"{teacher}: fastest lana student within 0.5 points of the teacher: {best['speedup']:.2f}× "
-                         f"({best['latency_ms']:.2f} ms, {best['top1']:.2f} %, {_below(best['drop'])})")
-    return lines
-
-
-def _below(drop: float) -> str:
-    return f"{drop:.2f} points below the teacher" if drop >= 0 else f"{-drop:.2f} points above the teacher"
-
-
-def plot(frame: pd.DataFrame, path: Path) -> None:
-    """Accuracy against measured latency, one panel per teacher, every method and draw."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    teachers = list(dict.fromkeys(frame["teacher"]))
-    fig, axes = plt.subplots(1, len(teachers), figsize=(6 * len(teachers), 4.5), squeeze=False)
-    style = {"lana": ("C0", "o", "-"), "torch-pruning": ("C1", "s", "--"), "width": ("C2", "^", "--"), "random": ("C7", "x", "")}
-    for ax, teacher in zip(axes[0], teachers):
-        group = frame[frame["teacher"] == teacher]
-        t = group[group["method"] == "teacher"].iloc[0]
-        ax.axhline(t["top1"], color="k", lw=0.8, ls=":")
-        ax.plot([t["latency_ms"]], [t["top1"]], "k*", ms=12, label=f"teacher {t['top1']:.2f} %")
-        ax.axhline(t["top1"] - 0.5, color="k", lw=0.5, ls="--", alpha=0.4)
-        for method, (color, marker, line) in style.items():
-            rows = group[group["method"] == method].sort_values("latency_ms")
-            if rows.empty:
-                continue
-            if method == "random":
-                ax.plot(rows["latency_ms"], rows["top1"], marker, color=color, ls="", alpha=0.7, label="random selections")
-            else:
-                ax.plot(rows["latency_ms"], rows["top1"], marker=marker, color=color, ls=line, label=method)
-        for share in sorted(group["share"].dropna().unique()):
-            if share < 1:
-                ax.axvline(share * t["latency_ms"], color="k", lw=0.5, alpha=0.25)
-        ax.set_title(teacher)
-        ax.set_xlabel("measured latency (ms)")
-        ax.set_ylabel("top-1 test accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    lana's total is its distillation (all of it) + its search + its fine-tune; the baseline's
+    fine-tune is lengthened by the difference, at its own measured seconds per epoch, up to
+    ``max_epochs`` (the row's ``train_s`` shows what it really got).
+    """
+    if not shares:
+        return
+    share = sorted(shares)[len(shares) // 2]
+    rows = pd.DataFrame([r for r in cmp.rows if r.get("budget") == share and "val_top1" in r])
+    if rows.empty or "lana" not in set(rows["method"]) or len(set(rows["method"])) < 2:
+        return
+    means = rows.groupby("method")[["val_top1", "train_s", "search_s", "finetune_s"]].mean()
+    lana_total = means.loc["lana", "train_s"] + means.loc["lana", "search_s"]
+    best = means.drop(index="lana").sort_values("val_top1").index[-1]
+    other_total = means.loc[best, "train_s"] + means.loc[best, "search_s"]
+    epochs = cmp.ctx.config.finetune.epochs
+    more = min(max_epochs, epochs * (1 + max(0.0, lana_total - other_total) / means.loc[best, "finetune_s"]))
+    log.info("equal compute: %s at %.2f× gets %.1f fine-tune epochs (lana %.0f s, it %.0f s)", best, share, more,
+             lana_total, other_total)
+    base = distill_s if best.startswith("random") else 0.0
+    for seed in cmp.seeds:
+        # random-best's network differs per seed: each seed's own pick is trained longer
+        pick = rows[(rows["method"] == best) & (rows["seed"] == seed)]
+        found = cmp.found.get((best, share))
+        if found is None:  # random rows: the draw kept for that seed
+            found = cmp.picked.get((best, share, seed))
+        if found is None or pick.empty:
+            continue
+        cmp.train_and_add(f"{best} (lana's compute)", share, found, seed, float(pick["search_s"].iloc[0]), base_s=base,
+                          epochs=more, setting=f"{more:.1f} fine-tune epochs")

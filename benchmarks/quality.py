@@ -1,22 +1,20 @@
-"""Quality against the alternatives: top-1 accuracy at equal measured latency.
+"""Quality against the alternatives: top-1 at equal measured latency, several seeds, three teachers.
 
-    .venv/bin/python benchmarks/quality.py                       # CPU mode (2-core machine: 27 min measured)
-    .venv/bin/python benchmarks/quality.py --mode full           # GPU: full-width teachers, 64×64, whole zoo
-    .venv/bin/python benchmarks/quality.py --teachers resnet --shares 0.5 --random 2
+    python -m benchmarks.quality                  # CPU mode (2 cores, 1 thread per teacher): see docs/quality.md
+    python -m benchmarks.quality --mode gpu       # one H100/H200: full-width teachers at 64×64
+    python -m benchmarks.quality --teachers resnet --shares 0.5 --seeds 2
 
 Fashion-MNIST (Debian's ``dataset-fashion-mnist``; standard train/test split, a validation
-split carved from train for scoring), at its native 28×28 (CPU mode) or resized to 64×64 (full mode). Two
-teacher families, adapted to one input channel and 10 classes and trained here: timm's
-ResNet-18 and torchvision's MobileNetV2. At each budget (a share of the teacher's measured
-latency) lana, Torch-Pruning, width scaling and random selections get the same fine-tuning
-by distillation from the teacher (``lana.compare``); top-1 is taken on the whole test set,
-latency measured on the device, interleaved with the teacher.
+split carved from train). Three teacher families, adapted to one input channel and 10
+classes and trained here: timm ResNet-18-D, torchvision MobileNetV2 and timm
+EfficientNet-B0. At each budget (a share of the teacher's measured latency) every method's
+knob is searched into the same band of measured share (``benchmarks.search``), every
+network gets the same fine-tune by distillation, once per seed (``benchmarks.compare``),
+and the figures are judged by ``benchmarks.report``.
 
-Writes RUN/<teacher>/quality.csv for each teacher, RUN/quality.csv for all, and with
-``--docs`` (default ``docs/``) ``quality.md`` (table, verdict, command, machine) and
-``quality.png`` (accuracy against measured latency). Teachers run in parallel processes
-with ``--jobs`` (CPU mode: one thread each, latency by process CPU time, so the two do not
-disturb each other's figures).
+Writes RUN/<teacher>/quality.csv, RUN/quality.csv, and with ``--docs`` (default ``docs/``)
+``quality.csv``, ``quality.md`` and ``quality.png``. Teachers run in parallel processes
+with ``--jobs`` (CPU mode: one thread each, latency by process CPU time).
 """
 from __future__ import annotations
 
@@ -37,44 +35,59 @@ CPU_OPS = [
     "pruned_keep25", "pruned_keep40", "pruned_keep50", "pruned_keep60", "pruned_keep75", "lowrank_r25", "lowrank_r50",
 ]
 
-# Per mode: the shared settings, then each teacher's model and kwargs.
+EFFICIENTNET = "benchmarks.baselines:efficientnet"  # timm's EfficientNet-B0 at a width multiplier
+
+# Per mode: the shared settings, then each teacher's model and kwargs. Sized from timed
+# pieces (docs/quality.md, "CPU-mode time"): the CPU mode must stay within 60 minutes.
 MODES = {
     "cpu": {
         "image_size": 28,
         "tree": {
-            "data": {"image_size": 28, "val_size": 2000, "train_limit": 10000, "batch_size": 128},
+            "data": {"image_size": 28, "val_size": 2000, "train_limit": 4000, "batch_size": 128},
             "ops": {"include": CPU_OPS},
-            "teacher_training": {"epochs": 5},
-            "distill": {"epochs": 2, "max_steps": 160, "checkpoint_every": 80},
-            "score": {"val_images": 2000},
-            "latency": {"device": "cpu", "batch_size": 128, "threads": 1, "clock": "process", "time_cap_s": 0.6,
+            "teacher_training": {"epochs": 4},
+            "distill": {"epochs": 1, "max_steps": 60, "checkpoint_every": 60},
+            "score": {"val_images": 1000},
+            "latency": {"device": "cpu", "batch_size": 128, "threads": 1, "clock": "process", "time_cap_s": 0.4,
                         "context_rounds": 1},
-            "finetune": {"epochs": 3},
+            "finetune": {"epochs": 2},
         },
         "teachers": {
-            # half the widths of the ImageNet models so the CPU mode fits 30 minutes
+            # half the widths of the ImageNet models so the CPU mode fits its hour
             "resnet": ("timm:resnet18d", {"num_classes": 10, "in_chans": 1, "channels": [32, 64, 128, 256], "stem_width": 16}),
             "mobilenet": ("torchvision:mobilenet_v2", {"num_classes": 10, "in_chans": 1, "width_mult": 0.5}),
+            "efficientnet": (EFFICIENTNET, {"num_classes": 10, "in_chans": 1, "width": 0.5}),
         },
-        "random": 3,
+        "shares": [0.4, 0.6],
+        "seeds": [0, 1],
+        "random": 2,
+        "max_measurements": 7,
+        "max_equal_epochs": 8,
         "threads": 1,
+        "jobs": 2,
     },
-    "full": {
+    "gpu": {
         "image_size": 64,
         "tree": {
-            "data": {"image_size": 64, "val_size": 5000, "batch_size": 256},
-            "teacher_training": {"epochs": 15},
-            "distill": {"epochs": 2, "device": "auto"},
+            "data": {"image_size": 64, "val_size": 5000, "train_limit": 20000, "batch_size": 256},
+            "teacher_training": {"epochs": 6},
+            "distill": {"epochs": 1, "device": "auto"},
             "score": {"val_images": 5000},
-            "latency": {"device": "cuda", "batch_size": 64, "time_cap_s": 2.0},
-            "finetune": {"epochs": 3},
+            "latency": {"device": "cuda", "batch_size": 64, "time_cap_s": 0.5},
+            "finetune": {"epochs": 2},
         },
         "teachers": {
             "resnet": ("timm:resnet18d", {"num_classes": 10, "in_chans": 1}),
             "mobilenet": ("torchvision:mobilenet_v2", {"num_classes": 10, "in_chans": 1}),
+            "efficientnet": (EFFICIENTNET, {"num_classes": 10, "in_chans": 1}),
         },
-        "random": 10,
+        "shares": [0.3, 0.5, 0.7],
+        "seeds": [0, 1],
+        "random": 4,
+        "max_measurements": 8,
+        "max_equal_epochs": 12,
         "threads": None,
+        "jobs": 1,  # one GPU: teachers one after the other, so no two time at once
     },
 }
 
@@ -100,8 +113,7 @@ def teacher_config(mode: str, key: str, out: Path, data_root: str | None, overri
 
 
 def run_teacher(mode: str, key: str, out: str, data_root: str | None, overrides: list[str], shares: list[float],
-                n_random: int, methods: list[str], threads: int | None, lana_shares: list[float] = (),
-                quiet: bool = False) -> pd.DataFrame:
+                seeds: list[int], methods: list[str], quiet: bool = False) -> pd.DataFrame:
     """One teacher's whole comparison (run in its own process with ``--jobs``)."""
     if quiet:  # parallel teachers: one prefixed log line per step instead of interleaved progress bars
         import logging
@@ -113,107 +125,104 @@ def run_teacher(mode: str, key: str, out: str, data_root: str | None, overrides:
         logging.getLogger("lana").setLevel(logging.INFO)
     import torch
 
-    if threads:
-        torch.set_num_threads(threads)
+    preset = MODES[mode]
+    if preset["threads"]:
+        torch.set_num_threads(preset["threads"])
     from benchmarks.compare import compare_teacher
     from lana.stages.demo import train_teacher
 
     out_path = Path(out)
     config = teacher_config(mode, key, out_path, data_root, overrides)
     tick = time.time()
-    frame = compare_teacher(config, out_path / key, shares, n_random, tuple(methods), train_teacher=train_teacher,
-                            lana_shares=tuple(lana_shares))
+    frame = compare_teacher(config, out_path / key, shares, seeds, preset["random"], tuple(methods),
+                            preset["max_measurements"], preset["max_equal_epochs"], train_teacher=train_teacher)
     frame["key"] = key
     frame["wall_s"] = time.time() - tick
     return frame
 
 
-def markdown(frame: pd.DataFrame, summary: pd.DataFrame, lines: list[str], meta: dict) -> str:
+def markdown(frame: pd.DataFrame, meta: dict) -> str:
+    from benchmarks.report import markdown_table, tally, verdict
+
     mode, timing = meta["mode"], meta["timing"]
+    judged, lines = verdict(frame)
+    preset = MODES[mode]
     out = [
         "# Quality against the alternatives",
         "",
         f"Made by `{meta['command']}` ({mode} mode) on {meta['machine']}, {meta['date']}, "
         f"{meta['seconds'] / 60:.1f} min wall. Written by `benchmarks/quality.py`; do not edit by hand "
-        "(`--report-only` rewrites it from the run folder).",
+        "(`--report-only` rewrites it from the run folder). Rows: [quality.csv](quality.csv).",
         "",
-        f"Data: Fashion-MNIST at {MODES[mode]['image_size']}×{MODES[mode]['image_size']}, standard test split "
-        "(10 000 images) for top-1; validation split carved from train for scoring. "
-        "Latency: whole network, measured on the device, interleaved with the teacher at the end of the run "
-        "(settings in each teacher's `config.yaml`). Every method gets the same fine-tune by distillation "
-        "from the teacher (`training s`: that fine-tune; for `width` also its training from scratch with the "
-        "teacher's recipe, with distillation, before it; the teacher's logits over the train split are computed "
-        "once per teacher and shared by every fine-tune, see the Teachers table). "
-        "Each network met its budget, as a share of the teacher timed interleaved with it, when it was picked; "
-        "⚠ marks one that measured more than 2 % above it in the final run. "
-        f"lana's op set: {', '.join(MODES[mode]['tree'].get('ops', {}).get('include', ['the whole zoo']))} (+ the teacher's block); "
-        f"blocks: the residual / inverted-residual blocks, and for ResNet-18-D also its deep stem and max-pool ({', '.join(RESNET_BLOCKS[:2])}).",
+        f"Protocol: Fashion-MNIST at {preset['image_size']}×{preset['image_size']}; every method's knob (lana's and "
+        "random's table budget, Torch-Pruning's ratio, the width multiplier) is bisected on the share of the teacher's "
+        "latency measured interleaved with it, into the same band (budget × [0.97, 1.00]) with at most "
+        f"{preset['max_measurements']} measurements; a method that does not get inside says why. Every network gets the "
+        f"same {preset['tree']['finetune']['epochs']}-epoch fine-tune by distillation, once per seed ({preset['seeds']}); "
+        "width and family members are first trained from scratch with the teacher's recipe. `training s` includes lana's "
+        "(and random's) whole distillation + scoring + profiling. Every choice (best other method, headline) is made on "
+        "validation top-1; test top-1 (10 000 images) is evaluated once per network. A win needs the mean to beat the "
+        "other's by more than the larger of the two spreads (max − min over seeds); otherwise it is a tie.",
         "",
-        f"Settings ({mode} mode, shared by both teachers): " + "; ".join(
-            f"`{section}`: " + ", ".join(f"{k}={v}" for k, v in values.items() if k != "include")
-            for section, values in MODES[mode]["tree"].items() if isinstance(values, dict) and section not in ("ops", "teacher")) + ".",
+        "Settings: " + "; ".join(f"`{section}`: " + ", ".join(f"{k}={v}" for k, v in values.items() if k != "include")
+                                 for section, values in preset["tree"].items() if isinstance(values, dict) and section != "ops") + ".",
         "",
-        "![accuracy against measured latency](quality.png)",
+        "![accuracy against measured share](quality.png)",
         "",
         "## Verdict (measured)",
         "",
         *[f"- {line}" for line in lines],
         "",
+        "## lana against each method (cells both reached)",
+        "",
+        *tally(judged),
+        "",
         "## Teachers",
         "",
-        "| teacher | top-1 | latency (ms) | train / distill+score+latency / teacher logits (s) |",
+        "| teacher | val top-1 | test top-1 | train / distill+score+latency / teacher logits (s) |",
         "| --- | --- | --- | --- |",
     ]
-    for teacher, group in frame[frame["method"] == "teacher"].groupby("teacher", sort=False):
-        row = group.iloc[0]
+    for _, row in frame[frame["method"] == "teacher"].iterrows():
         t = timing.get(row["key"], {})
-        out.append(f"| {teacher} | {row['top1']:.2f} % | {row['latency_ms']:.2f} | "
-                   f"{t.get('train_teacher_s', 0):.0f} / {t.get('distill_score_latency_s', 0):.0f} / {t.get('teacher_logits_s', 0):.0f} |")
-    out += ["", "## Every method at every budget", "",
-            "| teacher | budget | method | measured ms (× teacher) | top-1 | drop (points) | training s | setting |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for _, r in summary.iterrows():
-        if pd.isna(r["top1"]):
-            out.append(f"| {r['teacher']} | {r['budget']} ({r['budget_ms']:.2f} ms) | {r['method']} | — | — | — | — | {r['setting']} |")
-            continue
-        over = " ⚠" if r["latency_share"] > float(r["budget"].rstrip("×")) * 1.02 else ""  # over the budget when re-measured
-        out.append(f"| {r['teacher']} | {r['budget']} ({r['budget_ms']:.2f} ms) | {r['method']} | "
-                   f"{r['latency_ms']:.2f} ({r['latency_share']:.2f}{over}) | {r['top1']:.2f} % | {r['drop']:+.2f} | "
-                   f"{r['finetune_s']:.0f} | {r['setting']} |")
+        out.append(f"| {row['teacher']} | {row['val_top1']:.2f} % | {row['top1']:.2f} % | {t.get('train_teacher_s', 0):.0f} / "
+                   f"{t.get('distill_score_latency_s', 0):.0f} / {t.get('teacher_logits_s', 0):.0f} |")
+    out += ["", "## Every method at every budget", "", *markdown_table(frame)]
+    misses = frame[(frame["method"] != "teacher") & frame["top1"].isna()] if "note" in frame else frame.iloc[:0]
+    out += ["", "## What was tried", "",
+            "Searches that did not end inside the band (no network, no figures):", ""]
+    out += [f"- {r['teacher']} {r['method']} at {r['budget']:g}×: {r['note']}" for _, r in misses.iterrows()] or ["- none"]
     return "\n".join(out) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=sorted(MODES), default="cpu")
-    parser.add_argument("--teachers", default="resnet,mobilenet", help="comma-separated: resnet, mobilenet")
-    parser.add_argument("--shares", default="0.3,0.5,0.7", help="budgets as shares of the measured teacher latency")
-    parser.add_argument("--lana-shares", default="0.4", help="extra budgets for lana alone (its fastest student within 0.5 points); '' for none")
+    parser.add_argument("--teachers", default=None, help="comma-separated: resnet, mobilenet, efficientnet (default all)")
+    parser.add_argument("--shares", default=None, help="budgets as shares of the measured teacher latency (mode default)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (mode default 2)")
     parser.add_argument("--methods", default="lana,torch-pruning,width,random")
-    parser.add_argument("--random", type=int, default=None, help="random selections per budget (mode default)")
     parser.add_argument("--run", default="runs/quality", help="output folder (stages done there are reused)")
     parser.add_argument("--data", default=None, help="Fashion-MNIST folder (default: Debian's location)")
-    parser.add_argument("--docs", default="docs", help="where quality.md and quality.png go ('' for nowhere)")
-    parser.add_argument("--jobs", type=int, default=None, help="teachers run at once (CPU mode default 2)")
+    parser.add_argument("--docs", default="docs", help="where quality.csv, quality.md and quality.png go ('' for nowhere)")
+    parser.add_argument("--jobs", type=int, default=None, help="teachers run at once (mode default)")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the docs from RUN/quality.csv and RUN/quality_meta.json without running anything")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override KEY=VALUE for every teacher")
     args = parser.parse_args(argv)
 
     preset = MODES[args.mode]
-    keys = [k.strip() for k in args.teachers.split(",") if k.strip()]
+    keys = [k.strip() for k in (args.teachers or ",".join(preset["teachers"])).split(",") if k.strip()]
     unknown = [k for k in keys if k not in preset["teachers"]]
     if unknown:
         parser.error(f"unknown teachers {unknown}; choose from {sorted(preset['teachers'])}")
-    shares = [float(s) for s in args.shares.split(",")]
-    lana_shares = [float(s) for s in args.lana_shares.split(",") if s.strip()]
+    shares = [float(s) for s in args.shares.split(",")] if args.shares else list(preset["shares"])
+    seeds = list(range(args.seeds)) if args.seeds else list(preset["seeds"])
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     from benchmarks.compare import METHODS
 
     if not methods or set(methods) - set(METHODS):
         parser.error(f"--methods: unknown {sorted(set(methods) - set(METHODS)) or 'none given'}; choose from {', '.join(METHODS)}")
-    n_random = preset["random"] if args.random is None else args.random
-    jobs = args.jobs or (2 if args.mode == "cpu" else 1)
+    jobs = args.jobs or preset["jobs"]
     out = Path(args.run)
     meta_path = out / "quality_meta.json"
     if args.report_only:
@@ -224,35 +233,32 @@ def main(argv: list[str] | None = None) -> int:
     else:
         out.mkdir(parents=True, exist_ok=True)
         tick = time.time()
-        jobs_args = [(args.mode, k, str(out), args.data, args.overrides, shares, n_random, methods, preset["threads"], lana_shares,
-                      jobs > 1 and len(keys) > 1) for k in keys]
-        if jobs > 1 and len(keys) > 1:
+        parallel = jobs > 1 and len(keys) > 1
+        jobs_args = [(args.mode, k, str(out), args.data, args.overrides, shares, seeds, methods, parallel) for k in keys]
+        if parallel:
             with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
                 frames = list(pool.map(run_teacher, *zip(*jobs_args)))
         else:
             frames = [run_teacher(*a) for a in jobs_args]
         frame = pd.concat(frames, ignore_index=True)
         frame.to_csv(out / "quality.csv", index=False)
-        command = "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        command = "python -m benchmarks.quality " + " ".join(sys.argv[1:] if argv is None else argv)
         machine = f"{platform.node() or 'this machine'} ({platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()})"
         meta = {"command": command.strip(), "machine": machine, "seconds": time.time() - tick, "mode": args.mode,
                 "date": time.strftime("%Y-%m-%d"), "timing": {k: json.loads((out / k / "quality_timing.json").read_text()) for k in keys}}
         meta_path.write_text(json.dumps(meta, indent=2) + "\n")
 
-    from benchmarks.compare import plot, summarise, verdict
+    from benchmarks.report import docs_csv, plot
 
-    summary = summarise(frame)
-    lines = verdict(frame)
-    text = markdown(frame, summary, lines, meta)
-    print(summary.to_string(index=False))
-    print("\n".join(lines))
-    print(f"{meta['seconds'] / 60:.1f} min")
+    text = markdown(frame, meta)
+    print(text)
     if args.docs:
         docs = Path(args.docs)
         docs.mkdir(parents=True, exist_ok=True)
+        docs_csv(frame, docs / "quality.csv")
         plot(frame, docs / "quality.png")
         (docs / "quality.md").write_text(text)
-        print(f"wrote {docs / 'quality.md'} and {docs / 'quality.png'}")
+        print(f"wrote {docs / 'quality.csv'}, {docs / 'quality.md'} and {docs / 'quality.png'}")
     return 0
 
 

@@ -1,0 +1,146 @@
+"""The quality benchmark's figures from its rows: cells over seeds, wins/ties, headline, CSV, table, plot.
+
+Rules (issue 14): a method *wins* a cell (teacher × budget) against another only when its
+mean test top-1 over seeds beats the other's by more than the larger of the two spreads
+(max − min over seeds); otherwise the cell is a tie. Every choice — the best baseline, the
+headline speed-up, which budget is within 0.5 points of the teacher — is made on
+validation top-1; test top-1 is only reported.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+CSV_COLUMNS = ["teacher", "method", "budget", "seed", "share", "val_top1", "top1", "search_s", "train_s", "final_share", "note"]
+
+
+def docs_csv(frame: pd.DataFrame, path: Path) -> None:
+    """One row per network with the issue's columns (+ the final re-measured share and a note)."""
+    out = frame.reindex(columns=CSV_COLUMNS)
+    out.to_csv(path, index=False, float_format="%.4f")
+
+
+def cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean and spread over seeds per teacher, budget and method; unreachable cells keep their note."""
+    out = []
+    students = frame[frame["method"] != "teacher"]
+    for (teacher, budget, method), g in students.groupby(["teacher", "budget", "method"], sort=False):
+        ok = g.dropna(subset=["top1"])
+        if ok.empty:
+            out.append({"teacher": teacher, "budget": budget, "method": method, "seeds": 0, "note": g["note"].dropna().iloc[0]})
+            continue
+        out.append({"teacher": teacher, "budget": budget, "method": method, "seeds": len(ok),
+                    "share": ok["share"].mean(), "final_share": ok.get("final_share", ok["share"]).mean(),
+                    "val_top1": ok["val_top1"].mean(), "top1": ok["top1"].mean(),
+                    "spread": ok["top1"].max() - ok["top1"].min(), "top1_min": ok["top1"].min(), "top1_max": ok["top1"].max(),
+                    "search_s": ok["search_s"].mean(), "train_s": ok["train_s"].mean(),
+                    "setting": ok["setting"].iloc[0] if "setting" in ok else "", "note": ""})
+    return pd.DataFrame(out)
+
+
+def judge(a: pd.Series, b: pd.Series) -> str:
+    """``win`` / ``loss`` / ``tie`` of cell ``a`` against cell ``b`` (means beyond the larger spread)."""
+    margin = max(a["spread"], b["spread"])
+    if a["top1"] - b["top1"] > margin:
+        return "win"
+    if b["top1"] - a["top1"] > margin:
+        return "loss"
+    return "tie"
+
+
+def verdict(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """lana against every other method in every cell, and one line per teacher and budget plus the headline."""
+    table = cells(frame)
+    judged, lines = [], []
+    for (teacher, budget), g in table.groupby(["teacher", "budget"], sort=False):
+        reached = g[g["seeds"] > 0]
+        lana = reached[reached["method"] == "lana"]
+        if lana.empty:
+            lines.append(f"{teacher} at {budget:g}×: lana cannot reach this budget")
+            continue
+        ours = lana.iloc[0]
+        for _, other in reached[reached["method"] != "lana"].iterrows():
+            judged.append({"teacher": teacher, "budget": budget, "other": other["method"], "result": judge(ours, other),
+                           "lana": ours["top1"], "them": other["top1"], "margin": max(ours["spread"], other["spread"])})
+        others = reached[reached["method"] != "lana"]
+        if others.empty:
+            lines.append(f"{teacher} at {budget:g}×: lana {ours['top1']:.2f} % (no other method reached the band)")
+            continue
+        best = others.loc[others["val_top1"].idxmax()]  # the best other, chosen on validation
+        lines.append(f"{teacher} at {budget:g}×: lana {ours['top1']:.2f} ± {ours['spread'] / 2:.2f} % "
+                     f"{ {'win': 'wins against', 'loss': 'LOSES to', 'tie': 'ties with'}[judge(ours, best)] } "
+                     f"the best other by validation, {best['method']} {best['top1']:.2f} ± {best['spread'] / 2:.2f} %")
+    for teacher, g in frame.groupby("teacher", sort=False):
+        lines.append(headline(g, table[table["teacher"] == teacher]))
+    return pd.DataFrame(judged), lines
+
+
+def headline(group: pd.DataFrame, table: pd.DataFrame) -> str:
+    """The fastest lana budget whose mean *validation* top-1 is within 0.5 points of the teacher's."""
+    teacher = group[group["method"] == "teacher"].iloc[0]
+    lana = table[(table["method"] == "lana") & (table["seeds"] > 0)]
+    close = lana[lana["val_top1"] >= teacher["val_top1"] - 0.5]
+    name = teacher["teacher"]
+    if close.empty:
+        return f"{name}: no lana budget within 0.5 points of the teacher on validation"
+    best = close.loc[close["final_share"].idxmin()]
+    return (f"{name}: fastest lana student within 0.5 validation points of the teacher: {1 / best['final_share']:.2f}× "
+            f"(budget {best['budget']:g}×; validation {best['val_top1']:.2f} vs {teacher['val_top1']:.2f} %, "
+            f"test {best['top1']:.2f} vs {teacher['top1']:.2f} %)")
+
+
+def markdown_table(frame: pd.DataFrame) -> list[str]:
+    """Every cell: measured share (search / final), top-1 over seeds, seconds."""
+    out = ["| teacher | budget | method | seeds | share (search / final) | val top-1 | test top-1 (mean ± half-spread) | search s | training s | setting |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for _, c in cells(frame).iterrows():
+        if c["seeds"] == 0:
+            out.append(f"| {c['teacher']} | {c['budget']:g}× | {c['method']} | 0 | — | — | — | — | — | {c['note']} |")
+            continue
+        out.append(f"| {c['teacher']} | {c['budget']:g}× | {c['method']} | {c['seeds']} | {c['share']:.3f} / {c['final_share']:.3f} | "
+                   f"{c['val_top1']:.2f} % | {c['top1']:.2f} ± {c['spread'] / 2:.2f} % | {c['search_s']:.0f} | {c['train_s']:.0f} | {c['setting']} |")
+    return out
+
+
+def tally(judged: pd.DataFrame) -> list[str]:
+    """Wins / ties / losses of lana per other method, over every cell both reached."""
+    if judged.empty:
+        return ["No cell where lana and another method both reached the band."]
+    out = ["| against | wins | ties | losses |", "| --- | --- | --- | --- |"]
+    for other, g in judged.groupby("other", sort=False):
+        counts = g["result"].value_counts()
+        out.append(f"| {other} | {counts.get('win', 0)} | {counts.get('tie', 0)} | {counts.get('loss', 0)} |")
+    return out
+
+
+def plot(frame: pd.DataFrame, path: Path) -> None:
+    """Test top-1 against measured share, one panel per teacher, error bars over seeds (min–max)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = cells(frame)
+    table = table[table["seeds"] > 0]
+    teachers = list(dict.fromkeys(frame["teacher"]))
+    fig, axes = plt.subplots(1, len(teachers), figsize=(6 * len(teachers), 4.5), squeeze=False)
+    for ax, name in zip(axes[0], teachers):
+        t = frame[(frame["teacher"] == name) & (frame["method"] == "teacher")].iloc[0]
+        ax.axhline(t["top1"], color="k", lw=0.8, ls=":", label=f"teacher {t['top1']:.2f} %")
+        ax.axhline(t["top1"] - 0.5, color="k", lw=0.5, ls="--", alpha=0.4)
+        for i, (method, g) in enumerate(table[table["teacher"] == name].groupby("method", sort=False)):
+            g = g.sort_values("final_share")
+            err = [g["top1"] - g["top1_min"], g["top1_max"] - g["top1"]]
+            ax.errorbar(g["final_share"], g["top1"], yerr=err, marker="os^vDxP*h<>"[i % 11], capsize=3,
+                        ls="-" if method == "lana" else "--", lw=2 if method == "lana" else 1, label=method)
+        for budget in sorted(table.loc[table["teacher"] == name, "budget"].unique()):
+            ax.axvspan(0.97 * budget, budget, color="k", alpha=0.08)
+        ax.set_title(name)
+        ax.set_xlabel("measured latency, share of the teacher's (final re-measurement)")
+        ax.set_ylabel("top-1 test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
