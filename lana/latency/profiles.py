@@ -19,12 +19,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 
 import pandas as pd
 from torch import nn
 
 from lana.config import LatencyConfig
 from lana.errors import RunFolderError
+from lana.latency.checkpoint import PartialTimings, partial_key
 from lana.latency.measure import (
     measure_candidates,
     measure_in_context,
@@ -36,9 +38,8 @@ from lana.latency.measure import (
 log = logging.getLogger("lana")
 
 
-
-
-def profile_latency(teacher: nn.Module, specs, candidates: dict, input_shape: tuple[int, ...], cfg: LatencyConfig) -> dict:
+def profile_latency(teacher: nn.Module, specs, candidates: dict, input_shape: tuple[int, ...], cfg: LatencyConfig,
+                    checkpoint: Path | None = None) -> dict:
     """Measure every candidate and the teacher under ``cfg``; the profile record for ``latency.json``.
 
     With ``method: context`` each candidate is timed in the whole network (the prediction
@@ -52,16 +53,26 @@ def profile_latency(teacher: nn.Module, specs, candidates: dict, input_shape: tu
         candidates: candidates (or modules) by block and op name.
         input_shape: ``(C, H, W)`` of one network input.
         cfg: the measurement settings.
+        checkpoint: a file (``RUN/latency_partial.json``) where timings are saved as they are
+            taken; a rerun after a kill resumes from it. The caller deletes it once the
+            profile is stored.
+
+    Returns:
+        The profile record; each candidate also carries ``share``, its figure as a share of
+        the teacher timed in the same window (what a ``50%`` budget is measured against).
     """
     shapes = {s.name: (s.in_channels, *s.in_size) for s in specs}
     method = cfg.method
     if method == "context" and (cfg.runtime == "onnxruntime" or (cfg.cuda_graphs and cfg.device.startswith("cuda"))):
         log.info("latency: %s cannot be clocked block by block; timing candidates alone", cfg.runtime)
         method = "isolated"
-    isolated = measure_candidates(candidates, shapes, cfg)
+    knobs = {k: getattr(cfg, k) for k in ("warmup", "repeats", "max_repeats", "ci", "time_cap_s", "context_rounds")}
+    partial = PartialTimings(checkpoint, partial_key(f"{settings_tag(cfg)}-{method}", knobs, candidates, input_shape))
+    isolated = measure_candidates(candidates, shapes, cfg, partial)
     if method == "context":
         order = {b: sorted(c, key=lambda n, b=b: isolated[(b, n)].median_ms) for b, c in candidates.items()}
-        context, record = measure_in_context(teacher, specs, candidates, input_shape, cfg, cfg.context_rounds, order=order)
+        context, record = measure_in_context(teacher, specs, candidates, input_shape, cfg, cfg.context_rounds, order=order,
+                                             partial=partial)
     else:
 
         whole = measure_network(teacher, input_shape, cfg)
@@ -70,11 +81,14 @@ def profile_latency(teacher: nn.Module, specs, candidates: dict, input_shape: tu
                                      "teacher_latency_ci_ms": whole.ci_ms, "blocks_sum_ms": blocks_sum}
     record["measured_fixed_latency_ms"] = record.pop("fixed_latency_ms", record["teacher_latency_ms"] - record["blocks_sum_ms"])
     rows = []
+    teacher_ms = record["teacher_latency_ms"]
     for (block, name), timing in context.items():
         alone = isolated[(block, name)]
-        rows.append({"block": block, "candidate": name, "median_ms": timing.median_ms, "iqr_ms": timing.iqr_ms,
+        rows.append({"block": block, "candidate": name, "median_ms": timing.median_ms, "share": timing.median_ms / teacher_ms,
+                     "iqr_ms": timing.iqr_ms,
                      "ci_ms": timing.ci_ms, "isolated_ms": alone.median_ms, "isolated_iqr_ms": alone.iqr_ms,
                      "isolated_ci_ms": alone.ci_ms, "isolated_repeats": alone.repeats})
+    record["fixed_share"] = record["measured_fixed_latency_ms"] / teacher_ms
     return finish_record({
         "tag": settings_tag(cfg), "settings": settings_record(cfg), "method": method, "input_shape": list(input_shape),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **record,

@@ -14,6 +14,7 @@ from lana.distill.candidates import build_all_candidates
 from lana.errors import TableError
 from lana.export.torchscript import to_torchscript
 from lana.latency import timing_core as bundle_runner
+from lana.latency.checkpoint import PARTIAL_FILE
 from lana.latency.calibration import build_network, fit_correction, mixed_selections
 from lana.latency.profiles import (
     finish_record,
@@ -59,9 +60,11 @@ def profile_run(run, overrides: list[str] | None = None, device: str | None = No
     """
 
     config, ctx, candidates = _load_run(run, overrides, device)
-    record = profile_latency(ctx.teacher, ctx.specs, candidates, ctx.input_shape, config.latency)
+    partial = run.file(PARTIAL_FILE)  # timings saved as taken: a killed `lana profile` resumes here
+    record = profile_latency(ctx.teacher, ctx.specs, candidates, ctx.input_shape, config.latency, checkpoint=partial)
     latency = read_json(run.file("latency.json")) if run.file("latency.json").is_file() else None
     _save(run, store_profile(latency, record, primary))
+    partial.unlink(missing_ok=True)
     if primary:
         stored = run.load_config()
         run.save_config(stored.model_copy(update={"latency": config.latency}))
