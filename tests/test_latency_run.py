@@ -121,6 +121,30 @@ def test_latency_check_reports_and_fits_a_correction_that_solve_uses(run_copy):
     assert refused.exit_code != 0 and isinstance(refused.exception, ConfigError)
 
 
+def test_solve_converts_figures_with_the_reference_timed_now(run_copy):
+    from lana.stages.solve import solve_run
+
+    run_copy.file("reference.json").unlink(missing_ok=True)
+    before = solve_run(run_copy, "80%")
+    assert before["reference_drift_pct"] is None
+    result = invoke("profile", "--run", run_copy.path, "--reference", *QUICK)
+    assert result.exit_code == 0, result.output
+    assert "reference (teacher) now" in result.output
+    latency = json.loads(run_copy.file("latency.json").read_text())
+    reference = json.loads(run_copy.file("reference.json").read_text())
+    assert reference["teacher_profiled_ms"] == latency["teacher_latency_ms"] and reference["teacher_now_ms"] > 0
+    # the machine runs twice as slow now: a share budget picks the same, its ms double
+    run_copy.file("reference.json").write_text(json.dumps({**reference, "teacher_now_ms": 2 * reference["teacher_profiled_ms"]}))
+    slow = solve_run(run_copy, "80%")
+    assert slow["choice"] == before["choice"] and slow["reference_drift_pct"] == pytest.approx(100.0)
+    assert slow["predicted_latency_ms"] == pytest.approx(2 * before["predicted_latency_ms"])
+    assert slow["budget_ms"] == pytest.approx(2 * before["budget_ms"])
+    # a reference of another profiling is ignored
+    run_copy.file("reference.json").write_text(json.dumps({**reference, "teacher_profiled_ms": 1.0, "teacher_now_ms": 5.0}))
+    assert solve_run(run_copy, "80%")["predicted_latency_ms"] == pytest.approx(before["predicted_latency_ms"])
+    run_copy.file("reference.json").unlink()
+
+
 def test_primary_profile_swaps_and_keeps_the_old_one(run_copy):
     from lana.latency.measure import settings_tag
 

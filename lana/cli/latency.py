@@ -42,9 +42,15 @@ def profile_command(
     bundle: Annotated[Optional[Path], typer.Option("--bundle", help="Write a self-contained TorchScript bundle with a torch-only runner to this folder instead of measuring.")] = None,
     networks: Annotated[int, typer.Option("--networks", help="With --bundle: whole networks to include for the correction fit.")] = 6,
     import_file: Annotated[Optional[Path], typer.Option("--import", help="Merge the CSV a bundle's runner.py wrote on another machine.")] = None,
+    reference: Annotated[bool, typer.Option("--reference", help="Only time the teacher now (RUN/reference.json): `lana solve` converts ms budgets with it.")] = False,
 ) -> None:
     """(Re)measure a run's candidates for another device or setting, adding latency_ms:<tag> columns."""
     folder = _folder(run)
+    if reference:
+        ref = profile.time_reference(folder, overrides)
+        out.print(f"reference (teacher) now {ref['teacher_now_ms']:.4g} ms, at profiling {ref['teacher_profiled_ms']:.4g} ms "
+                  f"({ref['drift_pct']:+.1f} %); `lana solve` converts figures with it ({run / 'reference.json'})")
+        return
     if bundle is not None and import_file is not None:
         raise ConfigError("give either --bundle DIR or --import FILE, not both")
     if bundle is not None:

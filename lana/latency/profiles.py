@@ -184,3 +184,27 @@ def config_for_record(record: dict, base: LatencyConfig) -> LatencyConfig:
         kept["threads"] = record["settings"]["threads_used"]  # the count the profile was taken with
     knobs = {k: getattr(base, k) for k in ("warmup", "repeats", "max_repeats", "ci", "time_cap_s")}
     return LatencyConfig.model_validate({**kept, **knobs})
+
+
+REFERENCE_FILE = "reference.json"
+
+
+def reference_record(record: dict, teacher_now_ms: float, source: str) -> dict:
+    """``RUN/reference.json``: the teacher (the reference) timed now, against the profile's.
+
+    ``lana solve`` reads it to convert budgets in ms to the machine's present speed (every
+    figure × now / profiled), so a share-of-teacher budget and an ms budget both hold when
+    the machine has sped up or slowed down since profiling.
+
+    Args:
+        record: the primary profile.
+        teacher_now_ms: the deployed teacher, timed now in the profile's settings.
+        source: what timed it (``export``, ``profile --reference``).
+
+    Returns:
+        The JSON-able record.
+    """
+    profiled = record["teacher_latency_ms"]
+    return {"tag": record["tag"], "teacher_profiled_ms": profiled, "teacher_now_ms": teacher_now_ms,
+            "drift_pct": (teacher_now_ms / profiled - 1) * 100, "source": source,
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
