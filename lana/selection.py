@@ -101,6 +101,8 @@ class SolveInputs:
     # per extra latency column ``latency_ms:<tag>`` (other profiles): fixed part and teacher latency
     tag_offsets: dict = field(default_factory=dict)
     tag_teacher_ms: dict = field(default_factory=dict)
+    # teacher now vs at profiling (RUN/reference.json), in %: latency figures were converted with it
+    reference_drift_pct: float | None = None
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -185,6 +187,7 @@ def describe(selection: Selection, inputs: SolveInputs, limits: Limits) -> dict[
         "gap": selection.gap,
         "seconds": selection.seconds,
         "limits": {"upper": limits.upper, "lower": limits.lower, "offsets": {LATENCY: inputs.offset_ms, **inputs.tag_offsets}},
+        "reference_drift_pct": inputs.reference_drift_pct,
     }
 
 

@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_config
 from torch import nn
 
 from lana.config import OpsConfig
@@ -20,7 +21,6 @@ from lana.distill.core import FeatureTap, distill_candidates, normalised_mse
 from lana.run.folder import RunFolder
 from lana.teacher.blocks import discover_blocks
 from op_zoo import _registry, register_op
-from conftest import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BLOCKS = ["1", "2", "3"]

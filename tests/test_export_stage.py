@@ -12,6 +12,7 @@ import sys
 import pandas as pd
 import pytest
 import torch
+from conftest import run_main, tiny_config
 from torch import nn
 
 from lana.errors import ConfigError, ExportError
@@ -25,8 +26,6 @@ from lana.stages.check import check_run
 from lana.stages.export import run_export
 from lana.stages.profile import profile_run
 from lana.stages.solve import solve_run
-
-from conftest import run_main, tiny_config
 
 ROW_KEYS = {"format", "file", "bytes", "max_abs_diff", "latency_ms", "speedup", "teacher_latency_ms", "method", "error"}
 

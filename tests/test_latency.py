@@ -18,6 +18,7 @@ from lana.latency.calibration import (
     random_selections,
     spread_indices,
 )
+from lana.latency.correction import choose_correction, fit_kind, nested_loo_errors
 from lana.latency.measure import (
     cover_selections,
     measure_in_context,
@@ -178,6 +179,31 @@ def test_correction_fit_recovers_fixed_and_scale_despite_an_outlier():
     assert fit.scale == pytest.approx(1.2, rel=1e-6) and fit.fixed_ms == pytest.approx(0.7, rel=1e-6)
     assert fit_correction([2.0], [3.0]).scale == 1.0 and fit_correction([2.0], [3.0]).fixed_ms == pytest.approx(1.0)
     assert fit_correction([1.0, 1.01, 1.02], [5.0, 5.0, 5.0]).scale == 1.0  # no spread: offset only
+
+
+def test_correction_is_chosen_by_leave_one_out_and_never_worse_than_none():
+    rng = np.random.default_rng(0)
+    sums = np.linspace(2.0, 20.0, 12)
+    # the sum misses a real offset and scale: offset + scale must win, judged on every network
+    measured = 1.5 + 1.15 * sums + rng.normal(0, 0.02, len(sums))
+    fit, why = choose_correction(sums.tolist(), measured.tolist(), measured_fixed_ms=0.5)
+    assert why["chosen"] == "offset+scale" and fit.kind == "offset+scale"
+    assert fit.scale == pytest.approx(1.15, rel=0.02) and fit.fixed_ms == pytest.approx(1.5, abs=0.1)
+    assert why["kinds"]["offset+scale"]["worst_pct"] < 1.0 < why["kinds"]["none"]["median_pct"]
+    assert why["networks"] == len(sums)  # the fastest and the slowest are held out too
+    # the profile was already right (noise only): nothing may be chosen that is worse than none
+    exact = 0.5 + sums + rng.normal(0, 0.05, len(sums))
+    exact[-1] += 1.5  # the slowest network measured high: a fitted scale would chase it
+    fit, why = choose_correction(sums.tolist(), exact.tolist(), measured_fixed_ms=0.5)
+    none = why["kinds"]["none"]
+    assert why["kinds"][fit.kind]["median_pct"] <= none["median_pct"] and why["kinds"][fit.kind]["mean_pct"] <= none["mean_pct"]
+    if fit.kind == "none":
+        assert (fit.fixed_ms, fit.scale) == (0.5, 1.0) and "no correction beats none" in why["why"]
+    # nested leave-one-out: the choice too is made without the judged network
+    errors, kinds = nested_loo_errors(sums.tolist(), measured.tolist(), 0.5, list(range(len(sums))))
+    assert len(errors) == len(sums) and float(np.max(errors)) < 1.0 and set(kinds) == {"offset+scale"}
+    with pytest.raises(ValueError, match="unknown correction"):
+        fit_kind("per-family", sums, measured, 0.5)
 
 
 def test_check_networks_spread_over_the_latency_range():

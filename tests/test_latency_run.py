@@ -90,17 +90,24 @@ def test_bundle_round_trip(run_copy, tmp_path):
 
 
 def test_latency_check_reports_and_fits_a_correction_that_solve_uses(run_copy):
-    result = invoke("latency-check", "--run", run_copy.path, "--networks", "4", "--fit", "2", *QUICK)
+    run_copy.file("reference.json").unlink(missing_ok=True)  # an export of the shared run times the teacher now; not here
+    result = invoke("latency-check", "--run", run_copy.path, "--networks", "4", "--fit", *QUICK)
     assert result.exit_code == 0, result.output
-    assert "median" in result.output and "noise floor" in result.output and "held-out" in result.output
+    assert "median" in result.output and "noise floor" in result.output and "leave-one-out" in result.output
+    assert "reference (teacher) moved" in result.output and "chosen" in result.output
     for name in ("latency_check.csv", "latency_check.png", "latency_check.json"):
         assert run_copy.file(name).is_file()
     frame = pd.read_csv(run_copy.file("latency_check.csv"))
     assert {"random", "teacher"} <= set(frame["kind"]) and (frame["measured_ms"] > 0).all()
     summary = json.loads(run_copy.file("latency_check.json").read_text())
-    assert summary["before"]["networks"] == len(frame) and "teacher_drift_pct" in summary
+    assert summary["before"]["networks"] == len(frame) - 1 and "teacher_drift_pct" in summary  # the teacher is not judged
+    kinds = summary["choice"]["kinds"]
+    assert set(kinds) == {"none", "offset", "offset+scale"} and kinds["none"]["eligible"]
+    chosen = kinds[summary["choice"]["chosen"]]
+    assert chosen["median_pct"] <= kinds["none"]["median_pct"] and chosen["mean_pct"] <= kinds["none"]["mean_pct"]
     latency = json.loads(run_copy.file("latency.json").read_text())
     cal = latency["calibration"]
+    assert cal["kind"] == summary["choice"]["chosen"] and cal["why"]
     assert latency["fixed_latency_ms"] == cal["fixed_ms"]
     table = run_copy.load_table()
     assert table["latency_ms"].tolist() == pytest.approx((table["latency_context_ms"] * cal["scale"]).tolist())
@@ -111,8 +118,32 @@ def test_latency_check_reports_and_fits_a_correction_that_solve_uses(run_copy):
     chosen = table.set_index(["block", "candidate"]).loc[list(selection["choice"].items())]
     assert selection["predicted_latency_ms"] == pytest.approx(chosen["latency_ms"].sum() + cal["fixed_ms"], rel=1e-6)
 
-    refused = invoke("latency-check", "--run", run_copy.path, "--networks", "3", "--fit", "3")
+    refused = invoke("latency-check", "--run", run_copy.path, "--networks", "3", "--fit")
     assert refused.exit_code != 0 and isinstance(refused.exception, ConfigError)
+
+
+def test_solve_converts_figures_with_the_reference_timed_now(run_copy):
+    from lana.stages.solve import solve_run
+
+    run_copy.file("reference.json").unlink(missing_ok=True)
+    before = solve_run(run_copy, "80%")
+    assert before["reference_drift_pct"] is None
+    result = invoke("profile", "--run", run_copy.path, "--reference", *QUICK)
+    assert result.exit_code == 0, result.output
+    assert "reference (teacher) now" in result.output
+    latency = json.loads(run_copy.file("latency.json").read_text())
+    reference = json.loads(run_copy.file("reference.json").read_text())
+    assert reference["teacher_profiled_ms"] == latency["teacher_latency_ms"] and reference["teacher_now_ms"] > 0
+    # the machine runs twice as slow now: a share budget picks the same, its ms double
+    run_copy.file("reference.json").write_text(json.dumps({**reference, "teacher_now_ms": 2 * reference["teacher_profiled_ms"]}))
+    slow = solve_run(run_copy, "80%")
+    assert slow["choice"] == before["choice"] and slow["reference_drift_pct"] == pytest.approx(100.0)
+    assert slow["predicted_latency_ms"] == pytest.approx(2 * before["predicted_latency_ms"])
+    assert slow["budget_ms"] == pytest.approx(2 * before["budget_ms"])
+    # a reference of another profiling is ignored
+    run_copy.file("reference.json").write_text(json.dumps({**reference, "teacher_profiled_ms": 1.0, "teacher_now_ms": 5.0}))
+    assert solve_run(run_copy, "80%")["predicted_latency_ms"] == pytest.approx(before["predicted_latency_ms"])
+    run_copy.file("reference.json").unlink()
 
 
 def test_primary_profile_swaps_and_keeps_the_old_one(run_copy):

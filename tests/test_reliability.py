@@ -24,6 +24,7 @@ from lana.distill.candidates import build_all_candidates
 from lana.distill.core import FAULT_ENV, STATE_FILE, _Distiller, distill_candidates
 from lana.distill.distributed import parse_bytes, plan_groups
 from lana.errors import ConfigError, RunFolderError
+from lana.latency.checkpoint import LATENCY_FAULT_ENV, PARTIAL_FILE
 from lana.run.folder import RunFolder, load_tensors
 from lana.teacher.blocks import discover_blocks
 from lana.teacher.load import load_teacher
@@ -32,7 +33,7 @@ from lana.teacher.load import load_teacher
 # -- helpers -------------------------------------------------------------------------------
 def _cli(args: list, **env) -> subprocess.CompletedProcess:
     """``python -m lana ARGS`` in a fresh process (what a user runs)."""
-    environ = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+    environ = {k: v for k, v in os.environ.items() if k not in (FAULT_ENV, LATENCY_FAULT_ENV)}
     return subprocess.run([sys.executable, "-m", "lana", *map(str, args)], capture_output=True, text=True,
                           env={**environ, **env}, timeout=300)
 
@@ -103,9 +104,9 @@ def test_killed_at_random_steps_resumes_to_the_same_table(trained_run, tmp_path)
     shutil.copy(run.file("latency.json"), folder)  # timings are not compared; reuse them
     args = ["distill", "--config", run.file("config.yaml"), "--run", folder, "--max-memory", "6MB", "--set", "distill.checkpoint_every=5"]
     total = 3 * 12  # three memory groups of 12 steps
-    draw = random.Random(1)  # seeded (steps 9 and 28: groups 1 and 3), so a failure reproduces
-    first = draw.randint(1, total - 2)
-    second = draw.randint(max(first + 1, 6), total - 1)  # after the first checkpoint
+    rng = random.Random(15)  # seeded: a failure names kill points that reproduce
+    first = rng.randint(1, total - 2)
+    second = rng.randint(max(first + 1, 6), total - 1)  # after the first checkpoint
     for kill_at in (first, second):
         done = _cli(args, **{FAULT_ENV: str(kill_at)})
         assert done.returncode == -signal.SIGKILL, (kill_at, done.stderr[-2000:])
@@ -117,6 +118,38 @@ def test_killed_at_random_steps_resumes_to_the_same_table(trained_run, tmp_path)
     assert "resuming group" in (folder / "logs" / "lana.log").read_text()
     _same_table(table, RunFolder(folder).load_table())
     assert not (folder / STATE_FILE).exists() and not (folder / "distill_groups").exists(), "state is cleared once distill.json exists"
+
+
+@pytest.mark.parametrize("phase", ["isolated", "context"])
+def test_killed_while_timing_resumes_from_the_saved_timings(trained_run, tmp_path, phase):
+    """SIGKILL right after the first block (alone) or group (in context) is saved; the rerun keeps them."""
+    run, _config, table = trained_run
+    folder = tmp_path / phase
+    shutil.copytree(run.path, folder, ignore=shutil.ignore_patterns("latency.json", "candidates.*", "logs"))
+    args = ["distill", "--config", run.file("config.yaml"), "--run", folder]
+    done = _cli(args, **{LATENCY_FAULT_ENV: f"{phase}:1"})
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert not (folder / "latency.json").exists()
+    saved = json.loads((folder / PARTIAL_FILE).read_text())  # whole, never half-written
+    assert len(saved[phase]) == 1 and (phase == "context" or not saved["context"])
+    done = _cli(args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "latency: resuming from latency_partial.json" in (folder / "logs" / "lana.log").read_text()
+    assert not (folder / PARTIAL_FILE).exists(), "the checkpoint is cleared once latency.json holds the profile"
+    latency = json.loads((folder / "latency.json").read_text())
+    rows = {(r["block"], r["candidate"]): r for r in latency["candidates"]}
+    block, timed = next(iter(saved["isolated"].items()))
+    for name, timing in timed.items():  # kept verbatim, not re-timed
+        assert rows[(block, name)]["isolated_ms"] == timing["median_ms"]
+    if phase == "context":
+        assert latency["reference_groups_ms"][0] == saved["context"]["0"]["reference_ms"]
+        assert latency["teacher_latency_ms"] == saved["context"]["0"]["whole"]["median_ms"]
+    resumed = RunFolder(folder).load_table()
+    _same_table(table, resumed)
+    # the resumed profile still adds up: its prediction of the teacher is its measured teacher
+    teacher_rows = resumed[resumed["candidate"] == "teacher"]
+    predicted = latency["fixed_latency_ms"] + teacher_rows["latency_ms"].sum()
+    assert predicted == pytest.approx(latency["teacher_latency_ms"], rel=0.25)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

@@ -21,8 +21,6 @@ from lana.errors import (
 from lana.selection import parse_budget, parse_count, parse_limit
 from lana.stages.solve import solve_run
 
-
-
 HAND_WRITTEN = """block,candidate,score,latency_ms,params,macs,acc_delta,latency_ms:gpu
 stem,teacher,0,1.0,1000,5e6,0,0.30
 stem,mb3,-0.2,0.5,400,2e6,-0.2,0.25

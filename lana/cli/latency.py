@@ -42,9 +42,15 @@ def profile_command(
     bundle: Annotated[Optional[Path], typer.Option("--bundle", help="Write a self-contained TorchScript bundle with a torch-only runner to this folder instead of measuring.")] = None,
     networks: Annotated[int, typer.Option("--networks", help="With --bundle: whole networks to include for the correction fit.")] = 6,
     import_file: Annotated[Optional[Path], typer.Option("--import", help="Merge the CSV a bundle's runner.py wrote on another machine.")] = None,
+    reference: Annotated[bool, typer.Option("--reference", help="Only time the teacher now (RUN/reference.json): `lana solve` converts ms budgets with it.")] = False,
 ) -> None:
     """(Re)measure a run's candidates for another device or setting, adding latency_ms:<tag> columns."""
     folder = _folder(run)
+    if reference:
+        ref = profile.time_reference(folder, overrides)
+        out.print(f"reference (teacher) now {ref['teacher_now_ms']:.4g} ms, at profiling {ref['teacher_profiled_ms']:.4g} ms "
+                  f"({ref['drift_pct']:+.1f} %); `lana solve` converts figures with it ({run / 'reference.json'})")
+        return
     if bundle is not None and import_file is not None:
         raise ConfigError("give either --bundle DIR or --import FILE, not both")
     if bundle is not None:
@@ -70,14 +76,14 @@ def profile_command(
 def latency_check_command(
     run: RunArg,
     networks: Annotated[int, typer.Option("--networks", help="Random networks to build and measure (besides the solver's picks and the teacher).")] = 12,
-    fit: Annotated[int, typer.Option("--fit", help="Fit a correction (fixed + scale x sum) on the teacher plus this many networks, judge it on the rest, and store it so `lana solve` uses it. 0: check only.")] = 0,
+    fit: Annotated[bool, typer.Option("--fit", help="Choose a correction (none, offset, offset + scale) by leave-one-out error over every measured network and store it so `lana solve` uses it.")] = False,
     tag: Annotated[Optional[str], typer.Option("--tag", help="Which latency profile (default: the primary one).")] = None,
     overrides: SetArg = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Build networks, measure each end to end and report predicted vs measured latency (CSV, PNG, errors)."""
-    if networks < 2 or fit < 0 or (fit and fit >= networks):
-        raise ConfigError("--networks must be at least 2 and --fit between 0 and networks - 1")
+    if networks < 2 or (fit and networks < 4):
+        raise ConfigError(f"--networks must be at least 2 (at least 4 with --fit, to judge a correction); got {networks}")
     result = check_run(_folder(run), networks, fit, tag=tag, overrides=overrides)
     summary = result["summary"]
     if as_json:
@@ -92,12 +98,17 @@ def latency_check_command(
     before = summary["before"]
     out.print(f"error: median {before['median_error_pct']:.1f} %, worst {before['worst_error_pct']:.1f} % over {before['networks']} networks; "
               f"noise floor median {before['median_noise_pct']:.1f} %, worst {before['worst_noise_pct']:.1f} %; "
-              f"teacher drift since profiling {summary['teacher_drift_pct']:+.1f} %")
-    if summary.get("after"):
-        after, cal = summary["after"], summary["correction"]
-        out.print(f"corrected ({cal['fixed_ms']:.4g} ms + {cal['scale']:.4f} x sum, fitted on {cal['networks']}): "
-                  f"held-out median {after['median_error_pct']:.1f} %, worst {after['worst_error_pct']:.1f} % "
-                  f"over {after['networks']}; stored in latency.json")
+              f"reference (teacher) moved {summary['reference_drift_pct']:+.1f} % since profiling "
+              f"(predictions converted with it)")
+    if summary.get("choice"):
+        choice, cal = summary["choice"], summary["correction"]
+        out.print(f"corrections, leave-one-out over {choice['networks']} networks:")
+        for kind, stats in choice["kinds"].items():
+            mark = "chosen" if kind == choice["chosen"] else ("" if stats["eligible"] else "refused: worse than none")
+            out.print(f"  {kind:<13} median {stats['median_pct']:5.1f} %   mean {stats['mean_pct']:5.1f} %   "
+                      f"worst {stats['worst_pct']:5.1f} %   {mark}")
+        out.print(f"chosen {choice['chosen']} ({cal['fixed_ms']:.4g} ms + {cal['scale']:.4f} x sum): {choice['why']}; "
+                  f"stored in latency.json")
     out.print(f"written: {run / 'latency_check.csv'}, {run / 'latency_check.png'}, {run / 'latency_check.json'}")
 
 

@@ -4,9 +4,11 @@
 latency range, plus the solver's picks), measures each end to end in the deployment
 runtime (interleaved, so machine drift hits all alike), and reports predicted vs measured:
 a CSV, a PNG scatter and the median and worst relative error, next to the noise floor (the
-gap between two interleaved halves of the same measurement). ``--fit`` then fits
-``measured ≈ fixed + scale × sum`` on those networks (robustly) and writes it back, so that
-``lana solve`` adds corrected figures.
+gap between two interleaved halves of the same measurement). Every group of networks also
+times the teacher, so predictions are compared at the machine's speed of that moment.
+``--fit`` then chooses a correction ``measured ≈ fixed + scale × sum`` (none, offset, or
+offset + scale, by leave-one-out error; :mod:`lana.latency.correction`) and writes it back,
+so that ``lana solve`` adds corrected figures.
 """
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ import copy
 import io
 import logging
 import random
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ from torch import nn
 
 from lana.config import LatencyConfig
 from lana.errors import InfeasibleError
+from lana.latency.correction import Correction, choose_correction, fit_correction  # noqa: F401 (re-exported)
 from lana.latency.measure import TEACHER_OP, measure_networks
 from lana.teacher.blocks import set_submodule
 from solvers import SelectionProblem, solve_selection
@@ -80,40 +82,6 @@ def measure_selections(teacher: nn.Module, specs, modules: dict, selections: lis
         results.extend(measure_networks(nets, input_shape, cfg, time_cap_s=cfg.time_cap_s * 2 * len(nets)))
         del nets
     return results
-
-
-@dataclass
-class Correction:
-    """``measured ≈ fixed_ms + scale × (sum of per-block figures)``."""
-
-    fixed_ms: float
-    scale: float
-    networks: int
-
-    def as_dict(self) -> dict:
-        """JSON-able fields."""
-        return {"fixed_ms": self.fixed_ms, "scale": self.scale, "networks": self.networks}
-
-
-def fit_correction(sums: list[float], measured: list[float], scale_bounds: tuple[float, float] = (0.5, 2.0)) -> Correction:
-    """Fit fixed part and scale of the sum on measured networks, robust to an outlier.
-
-    A Theil-Sen slope (median of pairwise slopes, clipped to ``scale_bounds``) and the median
-    intercept; with fewer than 3 networks or too little spread of the sums, only the fixed
-    part is fitted (scale 1).
-
-    Args:
-        sums: per network, the sum of its per-block figures (without any fixed part).
-        measured: per network, its measured latency.
-    """
-    x, y = np.asarray(sums, float), np.asarray(measured, float)
-    if len(x) == 0:
-        raise ValueError("no measured networks to fit a correction on")
-    scale = 1.0
-    if len(x) >= 3 and np.ptp(x) > 0.05 * np.mean(x):
-        slopes = [(y[j] - y[i]) / (x[j] - x[i]) for i in range(len(x)) for j in range(i + 1, len(x)) if abs(x[j] - x[i]) > 1e-12]
-        scale = float(np.clip(np.median(slopes), *scale_bounds))
-    return Correction(float(np.median(y - scale * x)), scale, len(x))
 
 
 def error_summary(frame: pd.DataFrame) -> dict:
@@ -186,12 +154,14 @@ def spread_indices(values: list[float], count: int) -> list[int]:
 
 
 def check_latency(teacher: nn.Module, specs, modules: dict, record: dict, input_shape: tuple[int, ...], cfg: LatencyConfig,
-                  selections: list[dict[str, str]], kinds: list[str], fit: int = 0, group: int = 8) -> dict:
+                  selections: list[dict[str, str]], kinds: list[str], fit: bool = False, group: int = 8) -> dict:
     """Measure ``selections`` end to end and compare them with the profile's predictions.
 
-    The teacher is measured in every group of ``group`` networks (its drift since profiling
-    is reported); with ``fit`` > 0 a correction is fitted on the teacher plus ``fit``
-    networks spread over the range and judged on the others (held out).
+    Every group of ``group`` networks also times the teacher, the reference: each network's
+    prediction is converted to its group's machine speed (× teacher now / teacher at
+    profiling), so drift of the machine since profiling is reported, not counted as error.
+    With ``fit``, a correction is chosen among none, offset and offset + scale by
+    leave-one-out error over every network (see :mod:`lana.latency.correction`).
 
     Args:
         teacher, specs: the teacher and its blocks.
@@ -200,11 +170,12 @@ def check_latency(teacher: nn.Module, specs, modules: dict, record: dict, input_
         input_shape: ``(C, H, W)`` of one network input.
         cfg: the profile's measurement settings.
         selections, kinds: the networks to measure and what each is (``random``, ``solver``).
-        fit: how many networks (besides the teacher) to fit a correction on; 0 = no fit.
+        fit: choose and fit a correction (judged by leave-one-out).
 
     Returns:
-        ``frame`` (one row per network), ``summary`` (errors before and, with ``fit``, after
-        correction on held-out networks; noise floor; teacher drift) and ``correction``.
+        ``frame`` (one row per network, one teacher row), ``summary`` (errors of the stored
+        model, ``choice`` with each correction's leave-one-out errors, noise floor, reference
+        drift) and ``correction`` (None without ``fit``).
     """
     raw = {b: {} for b in modules}
     for r in record["candidates"]:
@@ -212,33 +183,45 @@ def check_latency(teacher: nn.Module, specs, modules: dict, record: dict, input_
     scale = (record.get("calibration") or {}).get("scale", 1.0)
     used = {b: {c: v * scale for c, v in d.items()} for b, d in raw.items()}
     teacher_choice = {s.name: TEACHER_OP for s in specs}
-    ordered, labels = [], []
+    ordered, labels, groups = [], [], []
     per_group = max(1, group - 1)
-    for first in range(0, len(selections), per_group):
-        ordered += [teacher_choice] + selections[first : first + per_group]
+    for index, first in enumerate(range(0, len(selections), per_group)):
+        chunk = selections[first : first + per_group]
+        ordered += [teacher_choice] + chunk
         labels += ["teacher"] + kinds[first : first + per_group]
+        groups += [index] * (len(chunk) + 1)
     measured = measure_selections(teacher, specs, modules, ordered, input_shape, cfg, group=per_group + 1)
     frame = check_frame(ordered, labels, measured, used, record["fixed_latency_ms"])
+    frame["group"] = groups
     frame["raw_sum_ms"] = [sum(raw[b][c] for b, c in choice.items()) for choice in ordered]
+    profiled = record["teacher_latency_ms"]
+    frame["reference_ms"] = frame.groupby("group")["measured_ms"].transform(lambda m: m.iloc[0])  # the teacher, same window
+    speed = frame["reference_ms"] / profiled  # this window's speed against profiling's
+    frame["predicted_profiled_ms"] = frame["predicted_ms"]
+    frame["predicted_ms"] = frame["predicted_profiled_ms"] * speed
+    frame["error_pct"] = (frame["predicted_ms"] - frame["measured_ms"]) / frame["measured_ms"] * 100
+    frame["measured_profiled_ms"] = frame["measured_ms"] / speed  # what it would have measured at profiling's speed
     teachers = frame[frame["kind"] == "teacher"]
-    # one teacher row stands for the teacher in the figures (the median of its measurements)
+    # one teacher row stands for the teacher (the median of its measurements); errors are over the others
     keep = frame[frame["kind"] != "teacher"].index.tolist() + [int(teachers.index[len(teachers) // 2])]
-    judged = frame.loc[sorted(keep)].copy()
-    summary = {"before": error_summary(judged), "teacher_profiled_ms": record["teacher_latency_ms"],
-               "teacher_measured_ms": float(teachers["measured_ms"].median()),
-               "teacher_drift_pct": float((teachers["measured_ms"].median() / record["teacher_latency_ms"] - 1) * 100)}
+    judged = frame.loc[sorted(keep)].reset_index(drop=True)
+    networks = judged[judged["kind"] != "teacher"]
+    drift = float((teachers["measured_ms"].median() / profiled - 1) * 100)
+    summary = {"before": error_summary(networks), "teacher_profiled_ms": profiled,
+               "teacher_measured_ms": float(teachers["measured_ms"].median()), "teacher_drift_pct": drift,
+               "reference_drift_pct": drift, "reference_groups_ms": teachers["measured_ms"].tolist()}
     correction = None
     if fit:
-        others = [i for i in judged.index if judged.at[i, "kind"] == "random"]
-        chosen = [others[i] for i in spread_indices(judged.loc[others, "raw_sum_ms"].tolist(), fit)]
-        fit_rows = chosen + [i for i in judged.index if judged.at[i, "kind"] == "teacher"]
-        correction = fit_correction(judged.loc[fit_rows, "raw_sum_ms"].tolist(), judged.loc[fit_rows, "measured_ms"].tolist())
-        judged["fitted_on"] = judged.index.isin(fit_rows)
-        judged["corrected_ms"] = correction.fixed_ms + correction.scale * judged["raw_sum_ms"]
-        held = judged[~judged["fitted_on"]].assign(predicted_ms=lambda f: f["corrected_ms"])
-        summary["after"] = error_summary(held) if len(held) else None
+        rows = networks.index.tolist()
+        correction, choice = choose_correction(judged["raw_sum_ms"].tolist(), judged["measured_profiled_ms"].tolist(),
+                                               record["measured_fixed_latency_ms"], rows)
+        judged["corrected_ms"] = (correction.fixed_ms + correction.scale * judged["raw_sum_ms"]) * speed.loc[sorted(keep)].values
+        summary["choice"] = choice
+        summary["after"] = error_summary(networks.assign(predicted_ms=judged.loc[rows, "corrected_ms"]))
+        summary["after"].update({"median_error_pct": choice["kinds"][choice["chosen"]]["median_pct"],
+                                 "worst_error_pct": choice["kinds"][choice["chosen"]]["worst_pct"], "leave_one_out": True})
         summary["correction"] = correction.as_dict()
-    return {"frame": judged.reset_index(drop=True), "summary": summary, "correction": correction}
+    return {"frame": judged, "summary": summary, "correction": correction}
 
 
 def mixed_selections(latency: dict[str, dict[str, float]], count: int, seed: int = 0) -> list[dict[str, str]]:

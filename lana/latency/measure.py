@@ -23,6 +23,7 @@ import random
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from statistics import median
 
 import torch
 from torch import nn
@@ -30,6 +31,7 @@ from torch import nn
 from lana.config import LatencyConfig
 from lana.errors import ConfigError, DeviceError
 from lana.latency import timing_core as core
+from lana.latency.checkpoint import PartialTimings
 from lana.latency.runtimes import CLOCKABLE, deployable
 from lana.names import TEACHER_OP
 from lana.teacher.blocks import set_submodule
@@ -166,26 +168,34 @@ def time_module(module: nn.Module, input_shape: tuple[int, ...], cfg: LatencyCon
         return Timing.from_summary(core.sample_until_tight(step, **_knobs(cfg), time_cap_s=cfg.time_cap_s))
 
 
-def measure_candidates(candidates: dict, input_shapes: dict[str, tuple[int, ...]], cfg: LatencyConfig) -> dict[tuple[str, str], Timing]:
+def measure_candidates(candidates: dict, input_shapes: dict[str, tuple[int, ...]], cfg: LatencyConfig,
+                       partial: PartialTimings | None = None) -> dict[tuple[str, str], Timing]:
     """Time every candidate alone at its block's input shape.
 
     Args:
         candidates: :class:`lana.candidates.Candidate` (or modules) by block and op name.
         input_shapes: each block's ``(C, H, W)`` input.
         cfg: measurement settings.
+        partial: where each block's timings are saved as soon as they are taken (and found
+            again after a kill).
 
     Returns:
         Timing per (block, op).
     """
     from tqdm.auto import tqdm
 
+    partial = partial or PartialTimings(None, "")
     results = {}
     total = sum(len(c) for c in candidates.values())
     with tqdm(total=total, desc="latency (isolated)", unit="cand", dynamic_ncols=True) as bar:
         for block, cands in candidates.items():
-            for name, cand in cands.items():
-                results[(block, name)] = time_module(getattr(cand, "module", cand), input_shapes[block], cfg)
-                bar.update(1)
+            stored = partial.get("isolated", block)
+            if stored is None:
+                stored = {name: time_module(getattr(cand, "module", cand), input_shapes[block], cfg).as_dict()
+                          for name, cand in cands.items()}
+                partial.put("isolated", block, stored)
+            results.update({(block, name): Timing(**stored[name]) for name in cands})
+            bar.update(len(cands))
     return results
 
 
@@ -310,8 +320,13 @@ def _clocked_network(teacher: nn.Module, specs, modules: dict[str, nn.Module], e
 @torch.inference_mode()
 def measure_in_context(teacher: nn.Module, specs, candidates: dict, input_shape: tuple[int, ...], cfg: LatencyConfig,
                        rounds: int = 1, group: int = 16, order: dict[str, list[str]] | None = None,
-                       ) -> tuple[dict[tuple[str, str], Timing], dict]:
+                       partial: PartialTimings | None = None) -> tuple[dict[tuple[str, str], Timing], dict]:
     """Time every candidate inside the whole network (clocked at its block's boundaries).
+
+    Networks are timed interleaved in groups; every group also times the clocked teacher,
+    the *reference*: each group's figures are scaled by (reference in the first group) /
+    (reference in this group), so a machine that slows down between groups (other jobs, a
+    resumed run hours later) does not move one group's candidates against another's.
 
     Args:
         teacher: the teacher network.
@@ -320,48 +335,48 @@ def measure_in_context(teacher: nn.Module, specs, candidates: dict, input_shape:
         input_shape: ``(C, H, W)`` of one network input.
         cfg: measurement settings.
         rounds: how many cover networks each candidate appears in (at least).
+        group: how many networks are timed interleaved at a time (the reference included).
         order: per block, candidate names fastest first (e.g. timed alone): the first round
             then pairs candidates of similar rank (see :func:`cover_selections`).
-        group: how many networks are timed interleaved at a time.
+        partial: where each group's timings are saved as soon as they are taken.
 
     Returns:
         Timing per (block, op) (median over its networks of its per-network median), and a
         record: ``teacher_latency_ms`` (deployed, unclocked), ``blocks_sum_ms`` (its clocked
-        blocks), ``fixed_latency_ms`` (per call, whole minus clocked blocks, median over all
-        networks; plus, for runtimes other than eager, deployed minus clocked teacher).
+        blocks), ``reference_ms`` (clocked teacher, first group), ``fixed_latency_ms`` (per
+        call, whole minus clocked blocks, median over all networks; for runtimes other than
+        eager, plus deployed minus clocked teacher).
     """
-    from statistics import median
-
     from tqdm.auto import tqdm
 
     device = resolve_device(cfg.device)
     shapes = {s.name: (s.in_channels, *s.in_size) for s in specs}
     modules = {b: {n: getattr(c, "module", c) for n, c in cands.items()} for b, cands in candidates.items()}
-    selections = [{s.name: TEACHER_OP for s in specs}] + cover_selections(order or {b: list(m) for b, m in modules.items()}, rounds,
-                                                                   ranked=order is not None)
+    partial = partial or PartialTimings(None, "")
+    reference = {s.name: TEACHER_OP for s in specs}
+    covers = cover_selections(order or {b: list(m) for b, m in modules.items()}, rounds, ranked=order is not None)
+    per_group = max(1, group - 1)
+    chunks = [[reference] + covers[i : i + per_group] for i in range(0, len(covers), per_group)]
     example = example_input(input_shape, cfg)
+    groups = []
+    with _measuring(cfg), tqdm(total=len(covers), desc="latency (in context)", unit="net", dynamic_ncols=True) as bar:
+        for index, chunk in enumerate(chunks):
+            stored = partial.get("context", str(index))
+            if stored is None or stored.get("choices") != chunk:
+                stored = _time_group(teacher, specs, modules, chunk, shapes, cfg, device, example, deployed=index == 0)
+                partial.put("context", str(index), stored)
+            groups.append(stored)
+            bar.update(len(chunk) - 1)
+    ref = groups[0]["reference_ms"]
     per_candidate: dict[tuple[str, str], list[float]] = {}
-    teacher_blocks: list[float] = []
-    gaps: list[float] = []
-    with _measuring(cfg), tqdm(total=len(selections), desc="latency (in context)", unit="net", dynamic_ncols=True) as bar:
-        for first in range(0, len(selections), group):
-            chunk = selections[first : first + group]
-            nets = [_clocked_network(teacher, specs, {b: modules[b][c] for b, c in sel.items()}, shapes, cfg, device) for sel in chunk]
-            steps = [_closing(core.make_step(net, example, clock=cfg.clock), clock) for net, clock in nets]
-            if first == 0:  # the deployed teacher, unclocked, interleaved with its clocked twin
-                steps.append(core.make_step(prepare_for_timing(teacher, example, cfg), example, _graphs(cfg, example), cfg.clock))
-            results = core.sample_interleaved(steps, **_knobs(cfg), time_cap_s=cfg.time_cap_s * len(steps))
-            if first == 0:
-                whole, clocked_teacher = results.pop(), results[0]
-            for sel, (net, clock), result in zip(chunk, nets, results):
-                records = clock.records[result["warmup"]:]
-                gaps.append(median(clock.gaps[result["warmup"]:]))
-                for index, spec in enumerate(specs):
-                    block_ms = median(r[index] for r in records)
-                    per_candidate.setdefault((spec.name, sel[spec.name]), []).append(block_ms)
-                    if sel is selections[0]:
-                        teacher_blocks.append(block_ms)
-            bar.update(len(chunk))
+    teacher_sums, gaps = [], []
+    for stored in groups:
+        factor = ref / stored["reference_ms"]  # this window's machine speed against the first one's
+        for sel, times, gap in zip(stored["choices"], stored["networks"], stored["gaps"]):
+            gaps.append(gap * factor)
+            for spec, block_ms in zip(specs, times):
+                per_candidate.setdefault((spec.name, sel[spec.name]), []).append(block_ms * factor)
+        teacher_sums.append(sum(stored["networks"][0]) * factor)
     timings = {}
     for key, values in per_candidate.items():
         spread = (max(values) - min(values)) if len(values) > 1 else 0.0
@@ -369,13 +384,34 @@ def measure_in_context(teacher: nn.Module, specs, candidates: dict, input_shape:
     # The fixed part, call by call (whole minus its clocked blocks, paired in the same call, so the
     # noise of two separate measurements does not land in it), median over every network; other
     # runtimes than eager add what deploying the whole network changes against eager glue.
-    gap = median(gaps)
-    adjust = 0.0 if cfg.runtime == "eager" else whole["median_ms"] - clocked_teacher["median_ms"]
+    whole, gap = groups[0]["whole"], median(gaps)
+    adjust = 0.0 if cfg.runtime == "eager" else whole["median_ms"] - ref
+    references = [g["reference_ms"] for g in groups]
     record = {"teacher_latency_ms": whole["median_ms"], "teacher_latency_iqr_ms": whole["iqr_ms"],
-              "teacher_latency_ci_ms": whole["ci_ms"], "blocks_sum_ms": sum(teacher_blocks),
-              "clocked_teacher_ms": clocked_teacher["median_ms"], "fixed_gap_ms": gap, "runtime_adjust_ms": adjust,
-              "fixed_gap_spread_ms": max(gaps) - min(gaps), "fixed_latency_ms": gap + adjust, "networks": len(selections)}
+              "teacher_latency_ci_ms": whole["ci_ms"], "blocks_sum_ms": median(teacher_sums),
+              "clocked_teacher_ms": ref, "reference_ms": ref, "reference_groups_ms": references,
+              "reference_spread_pct": (max(references) / min(references) - 1) * 100,
+              "fixed_gap_ms": gap, "runtime_adjust_ms": adjust, "fixed_gap_spread_ms": max(gaps) - min(gaps),
+              "fixed_latency_ms": gap + adjust, "networks": len(covers) + len(chunks)}
     return timings, record
+
+
+def _time_group(teacher, specs, modules, chunk, shapes, cfg, device, example, deployed: bool) -> dict:
+    """Time one group of clocked networks interleaved (the first is the reference); JSON-able."""
+    nets = [_clocked_network(teacher, specs, {b: modules[b][c] for b, c in sel.items()}, shapes, cfg, device) for sel in chunk]
+    steps = [_closing(core.make_step(net, example, clock=cfg.clock), clock) for net, clock in nets]
+    if deployed:  # the deployed teacher, unclocked, interleaved with its clocked twin
+        steps.append(core.make_step(prepare_for_timing(teacher, example, cfg), example, _graphs(cfg, example), cfg.clock))
+    results = core.sample_interleaved(steps, **_knobs(cfg), time_cap_s=cfg.time_cap_s * len(steps))
+    stored = {"choices": chunk, "reference_ms": results[0]["median_ms"], "networks": [], "gaps": []}
+    if deployed:
+        whole = results.pop()
+        stored["whole"] = {k: whole[k] for k in ("median_ms", "iqr_ms", "ci_ms")}
+    for (_net, clock), result in zip(nets, results):
+        records = clock.records[result["warmup"]:]
+        stored["gaps"].append(median(clock.gaps[result["warmup"]:]))
+        stored["networks"].append([median(r[i] for r in records) for i in range(len(specs))])
+    return stored
 
 
 def _closing(step, clock: _Clock):

@@ -19,13 +19,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 
 import pandas as pd
 from torch import nn
 
 from lana.config import LatencyConfig
 from lana.errors import RunFolderError
-from lana.latency.runtimes import CLOCKABLE
+from lana.latency.checkpoint import PartialTimings, partial_key
 from lana.latency.measure import (
     measure_candidates,
     measure_in_context,
@@ -33,13 +34,13 @@ from lana.latency.measure import (
     settings_record,
     settings_tag,
 )
+from lana.latency.runtimes import CLOCKABLE
 
 log = logging.getLogger("lana")
 
 
-
-
-def profile_latency(teacher: nn.Module, specs, candidates: dict, input_shape: tuple[int, ...], cfg: LatencyConfig) -> dict:
+def profile_latency(teacher: nn.Module, specs, candidates: dict, input_shape: tuple[int, ...], cfg: LatencyConfig,
+                    checkpoint: Path | None = None) -> dict:
     """Measure every candidate and the teacher under ``cfg``; the profile record for ``latency.json``.
 
     With ``method: context`` each candidate is timed in the whole network (the prediction
@@ -53,6 +54,13 @@ def profile_latency(teacher: nn.Module, specs, candidates: dict, input_shape: tu
         candidates: candidates (or modules) by block and op name.
         input_shape: ``(C, H, W)`` of one network input.
         cfg: the measurement settings.
+        checkpoint: a file (``RUN/latency_partial.json``) where timings are saved as they are
+            taken; a rerun after a kill resumes from it. The caller deletes it once the
+            profile is stored.
+
+    Returns:
+        The profile record; each candidate also carries ``share``, its figure as a share of
+        the teacher timed in the same window (what a ``50%`` budget is measured against).
     """
     shapes = {s.name: (s.in_channels, *s.in_size) for s in specs}
     method = cfg.method
@@ -60,10 +68,13 @@ def profile_latency(teacher: nn.Module, specs, candidates: dict, input_shape: tu
         why = "CUDA graphs replay whole" if cfg.runtime in CLOCKABLE else f"{cfg.runtime} compiles the whole graph"
         log.info("latency: %s cannot be clocked block by block (%s); timing candidates alone (method isolated)", cfg.runtime, why)
         method = "isolated"
-    isolated = measure_candidates(candidates, shapes, cfg)
+    knobs = {k: getattr(cfg, k) for k in ("warmup", "repeats", "max_repeats", "ci", "time_cap_s", "context_rounds")}
+    partial = PartialTimings(checkpoint, partial_key(f"{settings_tag(cfg)}-{method}", knobs, candidates, input_shape))
+    isolated = measure_candidates(candidates, shapes, cfg, partial)
     if method == "context":
         order = {b: sorted(c, key=lambda n, b=b: isolated[(b, n)].median_ms) for b, c in candidates.items()}
-        context, record = measure_in_context(teacher, specs, candidates, input_shape, cfg, cfg.context_rounds, order=order)
+        context, record = measure_in_context(teacher, specs, candidates, input_shape, cfg, cfg.context_rounds, order=order,
+                                             partial=partial)
     else:
 
         whole = measure_network(teacher, input_shape, cfg)
@@ -72,11 +83,14 @@ def profile_latency(teacher: nn.Module, specs, candidates: dict, input_shape: tu
                                      "teacher_latency_ci_ms": whole.ci_ms, "blocks_sum_ms": blocks_sum}
     record["measured_fixed_latency_ms"] = record.pop("fixed_latency_ms", record["teacher_latency_ms"] - record["blocks_sum_ms"])
     rows = []
+    teacher_ms = record["teacher_latency_ms"]
     for (block, name), timing in context.items():
         alone = isolated[(block, name)]
-        rows.append({"block": block, "candidate": name, "median_ms": timing.median_ms, "iqr_ms": timing.iqr_ms,
+        rows.append({"block": block, "candidate": name, "median_ms": timing.median_ms, "share": timing.median_ms / teacher_ms,
+                     "iqr_ms": timing.iqr_ms,
                      "ci_ms": timing.ci_ms, "isolated_ms": alone.median_ms, "isolated_iqr_ms": alone.iqr_ms,
                      "isolated_ci_ms": alone.ci_ms, "isolated_repeats": alone.repeats})
+    record["fixed_share"] = record["measured_fixed_latency_ms"] / teacher_ms
     return finish_record({
         "tag": settings_tag(cfg), "settings": settings_record(cfg), "method": method, "input_shape": list(input_shape),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **record,
@@ -172,3 +186,27 @@ def config_for_record(record: dict, base: LatencyConfig) -> LatencyConfig:
         kept["threads"] = record["settings"]["threads_used"]  # the count the profile was taken with
     knobs = {k: getattr(base, k) for k in ("warmup", "repeats", "max_repeats", "ci", "time_cap_s")}
     return LatencyConfig.model_validate({**kept, **knobs})
+
+
+REFERENCE_FILE = "reference.json"
+
+
+def reference_record(record: dict, teacher_now_ms: float, source: str) -> dict:
+    """``RUN/reference.json``: the teacher (the reference) timed now, against the profile's.
+
+    ``lana solve`` reads it to convert budgets in ms to the machine's present speed (every
+    figure × now / profiled), so a share-of-teacher budget and an ms budget both hold when
+    the machine has sped up or slowed down since profiling.
+
+    Args:
+        record: the primary profile.
+        teacher_now_ms: the deployed teacher, timed now in the profile's settings.
+        source: what timed it (``export``, ``profile --reference``).
+
+    Returns:
+        The JSON-able record.
+    """
+    profiled = record["teacher_latency_ms"]
+    return {"tag": record["tag"], "teacher_profiled_ms": profiled, "teacher_now_ms": teacher_now_ms,
+            "drift_pct": (teacher_now_ms / profiled - 1) * 100, "source": source,
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -20,7 +20,7 @@ from lana.run.folder import atomic_write_bytes, read_json, write_json
 log = logging.getLogger("lana")
 
 
-def check_run(run, networks: int = 12, fit: int = 0, shares: tuple[float, ...] = (0.5, 0.7, 0.9), tag: str | None = None,
+def check_run(run, networks: int = 12, fit: bool = False, shares: tuple[float, ...] = (0.5, 0.7, 0.9), tag: str | None = None,
               overrides: list[str] | None = None, seed: int = 0) -> dict:
     """``lana latency-check``: measure networks of a run end to end, compare, optionally fit and store a correction.
 
@@ -31,7 +31,8 @@ def check_run(run, networks: int = 12, fit: int = 0, shares: tuple[float, ...] =
     Args:
         run: the run folder.
         networks: random networks to build (besides the solver's picks and the teacher).
-        fit: networks to fit the correction on (0: only check).
+        fit: choose a correction by leave-one-out over every measured network and store it
+            (an int is read as a flag, for older callers).
         shares: budgets (shares of the teacher's latency) for the solver's picks.
         tag: which latency profile (default: the primary one).
         overrides: ``--set`` config overrides (e.g. ``latency.repeats=50``).
@@ -54,14 +55,14 @@ def check_run(run, networks: int = 12, fit: int = 0, shares: tuple[float, ...] =
         if choice not in picks:  # budgets often share a pick
             picks.append(choice)
     result = check_latency(ctx.teacher, ctx.specs, modules, record, ctx.input_shape, cfg,
-                           selections + picks, ["random"] * len(selections) + ["solver"] * len(picks), fit)
+                           selections + picks, ["random"] * len(selections) + ["solver"] * len(picks), bool(fit))
     frame, summary = result["frame"], result["summary"]
     summary.update({"tag": record["tag"], "settings": record["settings"], "method": record.get("method")})
     atomic_write_bytes(run.file("latency_check.csv"), frame.to_csv(index=False).encode())
     atomic_write_bytes(run.file("latency_check.png"), scatter_png(frame, f"{record['tag']}: predicted vs measured"))
     if result["correction"] is not None:
-        record["calibration"] = {**result["correction"].as_dict(), "fitted_at": frame.attrs.get("at") or _now(),
-                                 "held_out": summary.get("after")}
+        record["calibration"] = {**result["correction"].as_dict(), "fitted_at": _now(), "held_out": summary.get("after"),
+                                 "why": summary["choice"]["why"], "leave_one_out": summary["choice"]["kinds"]}
 
         finish_record(record)
         write_json(run.file("latency.json"), latency)

@@ -18,6 +18,7 @@ from lana.distill.core import clear_state, distill_candidates, memory_limits
 from lana.distill.distributed import init_distributed
 from lana.distill.score import score_candidates
 from lana.errors import CheckpointError
+from lana.latency.checkpoint import PARTIAL_FILE
 from lana.latency.measure import resolve_device
 from lana.latency.profiles import merge_latency, profile_latency, store_profile
 from lana.run.context import prepare
@@ -108,8 +109,10 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False) -> pd
     latency_file = run.file("latency.json")
     if force or not latency_file.is_file():
 
-        record = profile_latency(ctx.teacher, ctx.specs, candidates, ctx.input_shape, config.latency)
+        partial = run.file(PARTIAL_FILE)  # timings saved as taken: a killed run resumes here
+        record = profile_latency(ctx.teacher, ctx.specs, candidates, ctx.input_shape, config.latency, checkpoint=partial)
         write_json(latency_file, store_profile(None, record, primary=True))
+        partial.unlink(missing_ok=True)
     latency = read_json(latency_file)
     seconds["latency"] = time.time() - tick
 

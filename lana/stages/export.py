@@ -25,6 +25,7 @@ from lana.export.pt2 import export_program
 from lana.export.torchscript import to_torchscript
 from lana.export.verify import FORMATS, export_and_verify, format_module, parse_formats
 from lana.latency.measure import measure_callables, measure_networks, settings_tag
+from lana.latency.profiles import REFERENCE_FILE, reference_record
 from lana.names import TEACHER_OP
 from lana.run.context import Context, prepare
 from lana.run.folder import RunFolder, read_json, write_json
@@ -156,6 +157,7 @@ def export_stage(ctx: Context, selection: dict, finetuned: bool = True, out: Pat
                                                       time_cap_s=6 * cfg.latency.time_cap_s)
     teacher_latency, student_latency = teacher_timing["median_ms"], student_timing["median_ms"]
     predicted = selection.get("predicted_latency_ms")
+    reference = _reference(ctx, teacher_latency)  # the teacher timed now: how far the machine moved
     report = {
         "teacher": cfg.teacher.model,
         "data": ctx.splits.source,
@@ -178,6 +180,8 @@ def export_stage(ctx: Context, selection: dict, finetuned: bool = True, out: Pat
         "teacher_latency_ci_ms": teacher_timing["ci_ms"],
         "student_latency_ci_ms": student_timing["ci_ms"],
         "prediction_error_pct": None if not predicted else (predicted / student_latency - 1) * 100,
+        "teacher_profiled_ms": reference and reference["teacher_profiled_ms"],
+        "reference_drift_pct": reference and reference["drift_pct"],
         "speedup": teacher_latency / student_latency,
         "finetuned": was_finetuned,
         "choice": selection["choice"],
@@ -190,6 +194,19 @@ def export_stage(ctx: Context, selection: dict, finetuned: bool = True, out: Pat
         report["stage_seconds"] = read_json(stage_file)
     write_json(ctx.run.file("report.json"), report)
     return report
+
+
+def _reference(ctx: Context, teacher_now_ms: float) -> dict | None:
+    """Write ``RUN/reference.json`` from the teacher timed here (when the settings are the profile's)."""
+    path = ctx.run.file("latency.json")
+    if not path.is_file():
+        return None
+    record = read_json(path)
+    if record.get("tag") != settings_tag(ctx.config.latency):
+        return None
+    reference = reference_record(record, teacher_now_ms, "export")
+    write_json(ctx.run.file(REFERENCE_FILE), reference)
+    return reference
 
 
 def run_export(run: RunFolder, overrides: list[str] | None = None, finetuned: bool = True, out: Path | None = None,

@@ -15,10 +15,15 @@ from lana.errors import TableError
 from lana.export.torchscript import to_torchscript
 from lana.latency import timing_core as bundle_runner
 from lana.latency.calibration import build_network, fit_correction, mixed_selections
+from lana.latency.checkpoint import PARTIAL_FILE
+from lana.latency.measure import measure_network
 from lana.latency.profiles import (
+    REFERENCE_FILE,
+    config_for_record,
     finish_record,
     merge_latency,
     profile_latency,
+    reference_record,
     store_profile,
 )
 from lana.run.context import prepare
@@ -59,9 +64,11 @@ def profile_run(run, overrides: list[str] | None = None, device: str | None = No
     """
 
     config, ctx, candidates = _load_run(run, overrides, device)
-    record = profile_latency(ctx.teacher, ctx.specs, candidates, ctx.input_shape, config.latency)
+    partial = run.file(PARTIAL_FILE)  # timings saved as taken: a killed `lana profile` resumes here
+    record = profile_latency(ctx.teacher, ctx.specs, candidates, ctx.input_shape, config.latency, checkpoint=partial)
     latency = read_json(run.file("latency.json")) if run.file("latency.json").is_file() else None
     _save(run, store_profile(latency, record, primary))
+    partial.unlink(missing_ok=True)
     if primary:
         stored = run.load_config()
         run.save_config(stored.model_copy(update={"latency": config.latency}))
@@ -126,6 +133,21 @@ def write_bundle(run, out, networks: int = 6, overrides: list[str] | None = None
                       "    python runner.py --device cuda --out latency.csv   # or --device cpu --threads N\n"
                       f"then bring latency.csv back and run: lana profile --run {run.path} --import latency.csv\n")
     return manifest
+
+
+def time_reference(run, overrides: list[str] | None = None) -> dict:
+    """``lana profile --reference``: time the teacher now in the primary profile's settings.
+
+    Writes ``RUN/reference.json``; ``lana solve`` then converts every figure to the machine's
+    present speed, so ``--budget 5ms`` means 5 ms now, not 5 ms at profiling time.
+    """
+    config = run.load_config(overrides)
+    latency = read_json(run.file("latency.json"))
+    ctx = prepare(config, run, writes=False)
+    now = measure_network(ctx.teacher, ctx.input_shape, config_for_record(latency, config.latency))
+    reference = reference_record(latency, now.median_ms, "profile --reference")
+    write_json(run.file(REFERENCE_FILE), reference)
+    return reference
 
 
 def import_csv(run, path, primary: bool = False) -> dict:

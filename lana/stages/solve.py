@@ -50,7 +50,32 @@ def load_run(run_dir: Path) -> SolveInputs:
     offsets, teachers = latency_offsets(latency)
     offsets.pop(LATENCY, None)
     teachers = {k: v for k, v in teachers.items() if k != LATENCY and v is not None}
-    return SolveInputs(read_table(table_path), run_dir, run_dir, teacher_ms, offset_ms, config, offsets, teachers)
+    table = read_table(table_path)
+    speed = reference_speed(run_dir, latency)
+    if speed != 1.0:  # figures at the machine's present speed: an ms budget means ms now
+        table[LATENCY] = table[LATENCY] * speed
+        teacher_ms, offset_ms = teacher_ms * speed, offset_ms * speed
+    inputs = SolveInputs(table, run_dir, run_dir, teacher_ms, offset_ms, config, offsets, teachers)
+    inputs.reference_drift_pct = (speed - 1) * 100 if speed != 1.0 else None
+    return inputs
+
+
+def reference_speed(run_dir: Path, latency: dict) -> float:
+    """Teacher now / teacher at profiling from ``RUN/reference.json`` (1 without one, or a stale one).
+
+    A reference taken for another profile (other tag, or before the run was re-profiled) is
+    ignored: its teacher figure does not belong to these figures.
+    """
+    path = run_dir / "reference.json"
+    if not path.is_file():
+        return 1.0
+    try:
+        ref = json.loads(path.read_text())
+        if ref["tag"] != latency.get("tag") or abs(ref["teacher_profiled_ms"] - latency["teacher_latency_ms"]) > 1e-9:
+            return 1.0
+        return float(ref["teacher_now_ms"]) / float(ref["teacher_profiled_ms"])
+    except (ValueError, KeyError, TypeError, ZeroDivisionError):
+        return 1.0
 
 
 def solve_run(run: Any, budget: str | None = None, solver: str | None = None, time_limit: float | None = None) -> dict:
