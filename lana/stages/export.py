@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 
 from lana.data import take_tensors
-from lana.distill.score import evaluate
+from lana.distill.score import evaluate, teacher_targets
 from lana.export.torchscript import export_torchscript
 from lana.latency.measure import measure_networks, settings_tag
 from lana.latency.runtimes import export_onnx
 from lana.run.context import Context, prepare
 from lana.run.folder import RunFolder, atomic_write_bytes, read_json, write_json
-from lana.stages.finetune import load_selection, load_student
+from lana.stages.finetune import load_selection, load_student, score_kind
 
 log = logging.getLogger("lana")
 
@@ -48,8 +48,12 @@ def export_stage(ctx: Context, selection: dict, finetuned: bool = True, out: Pat
         export["onnx"] = str(out.with_suffix(".onnx"))
     write_json(out.with_suffix(".json"), {**export, "choice": selection["choice"]})
 
-    teacher_loss, teacher_acc = evaluate(ctx.teacher, test_x, test_y)
-    student_loss, student_acc = evaluate(student, test_x, test_y)
+    agreement = evaluate(student, test_x, teacher_targets(ctx.teacher, test_x))[1]
+    if ctx.splits.labelled:
+        teacher_loss, teacher_acc = evaluate(ctx.teacher, test_x, test_y)
+        student_loss, student_acc = evaluate(student, test_x, test_y)
+    else:  # no labels: no accuracy to quote, only agreement with the teacher
+        teacher_loss = teacher_acc = student_loss = student_acc = None
     # Time the deployed artefact against the teacher in the same settings, interleaved.
     deployed = torch.jit.load(str(out), map_location="cpu")
     teacher_timing, student_timing = measure_networks(
@@ -68,7 +72,9 @@ def export_stage(ctx: Context, selection: dict, finetuned: bool = True, out: Pat
         "budget_ms": selection.get("budget_ms"),
         "teacher_top1": teacher_acc,
         "student_top1": student_acc,
-        "top1_drop": teacher_acc - student_acc,
+        "top1_drop": None if teacher_acc is None else teacher_acc - student_acc,
+        "teacher_agreement": agreement,  # student's top-1 agreement with the teacher, percent
+        "score_kind": score_kind(ctx),
         "teacher_test_loss": teacher_loss,
         "student_test_loss": student_loss,
         "test_images": len(test_x),
