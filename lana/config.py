@@ -33,7 +33,7 @@ class TeacherConfig(_Section):
 class DataConfig(_Section):
     """Where images come from and how they are prepared."""
 
-    kind: Literal["fashion_mnist", "imagefolder", "digits", "synthetic"] = "fashion_mnist"
+    kind: Literal["fashion_mnist", "imagefolder", "digits", "synthetic", "python"] = "fashion_mnist"  # python: passed to lana.accelerate
     root: str = "/usr/share/datasets/fashion-mnist"
     image_size: int | None = None  # resize to this square size; None keeps the native size
     channels: int = 1

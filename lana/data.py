@@ -3,7 +3,9 @@
 Small datasets are held in memory as normalised tensors (fast on a CPU); ImageFolder trees
 are read lazily with the usual torchvision transforms. Every kind yields the same three
 splits: ``train`` (for distillation and fine-tuning), ``val`` (held out from train, for
-scoring candidates) and ``test`` (for the accuracy that reports quote).
+scoring candidates) and ``test`` (for the accuracy that reports quote). A user's own
+``Dataset``/``DataLoader`` (the Python API) becomes the same splits through
+:func:`user_splits`; data without labels carries :data:`NO_LABEL` in their place.
 """
 from __future__ import annotations
 
@@ -14,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
 
 from lana.config import DataConfig
 from lana.errors import DataError
 
+NO_LABEL = -1  # the label of an image that came without one
 FASHION_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -36,6 +39,7 @@ class DataSplits:
     channels: int
     image_size: tuple[int, int]
     source: str
+    labelled: bool = True  # False: labels are NO_LABEL; scores and fine-tuning follow the teacher's outputs
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -200,6 +204,9 @@ def load_data(cfg: DataConfig) -> DataSplits:
     Returns:
         The splits with their image shape and class count.
     """
+    if cfg.kind == "python":
+        raise DataError("this run's data were passed from Python (data.kind: python); "
+                        "pass them again: lana.open_run(RUN, teacher=..., train=..., val=...)")
     if cfg.kind == "imagefolder":
         return _image_folder(cfg)
     if cfg.kind == "fashion_mnist":
@@ -226,3 +233,109 @@ def take_tensors(dataset: Dataset, limit: int | None = None, batch_size: int = 5
         xs.append(x)
         ys.append(y)
     return torch.cat(xs), torch.cat(ys)
+
+
+# -- a user's own data (the Python API) ------------------------------------------------
+class _Pairs(Dataset):
+    """A user's map-style dataset as ``(image, label)`` pairs (``NO_LABEL`` where it has none)."""
+
+    def __init__(self, dataset: Dataset, labelled: bool) -> None:
+        self.dataset, self.labelled = dataset, labelled
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item = self.dataset[index]
+        image = item[0] if isinstance(item, (tuple, list)) else item
+        return image, (int(item[1]) if self.labelled else NO_LABEL)
+
+
+def _describe(item) -> str:
+    if isinstance(item, torch.Tensor):
+        return f"a {item.dtype} tensor of shape {tuple(item.shape)}"
+    if isinstance(item, (tuple, list)):
+        return f"a {type(item).__name__} of ({', '.join(_describe(i) for i in item)})"
+    return f"a {type(item).__name__}"
+
+
+def _inspect(item, name: str) -> tuple[tuple[int, ...], bool]:
+    """``(C, H, W)`` of one item and whether it carries a label; DataError when it is neither form."""
+    image, label = (item[0], item[1] if len(item) > 1 else None) if isinstance(item, (tuple, list)) and item else (item, None)
+    labelled = label is not None and (isinstance(label, int) or (isinstance(label, torch.Tensor) and label.numel() == 1
+                                                                  and not label.is_floating_point()))
+    ok = isinstance(image, torch.Tensor) and image.ndim == 3 and image.is_floating_point()
+    if not ok or (label is not None and not labelled) or (isinstance(item, (tuple, list)) and len(item) > 2):
+        raise DataError(f"{name} yields {_describe(item)}; expected a float image tensor (C, H, W) or "
+                        "(image, integer label); convert the images with e.g. torchvision's ToTensor()")
+    return tuple(image.shape), labelled
+
+
+def _as_dataset(data, name: str) -> Dataset:
+    """A map-style dataset from a Dataset or a DataLoader (an iterable loader is read once into memory)."""
+    if isinstance(data, DataLoader):
+        if not isinstance(data.dataset, IterableDataset):
+            return data.dataset
+        batches = list(data)
+        if not batches:
+            raise DataError(f"{name} yielded no batches; pass a non-empty DataLoader")
+        first = batches[0]
+        if isinstance(first, torch.Tensor):
+            return TensorDataset(torch.cat(batches))
+        if isinstance(first, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in first):
+            return TensorDataset(*(torch.cat(parts) for parts in zip(*batches)))
+        raise DataError(f"{name} yields batches of {_describe(first)}; expected image tensors (N, C, H, W) or (images, labels)")
+    if isinstance(data, Dataset) and hasattr(data, "__len__") and not isinstance(data, IterableDataset):
+        return data
+    raise DataError(f"{name} is a {type(data).__name__}; expected a torch Dataset or DataLoader of images or (images, labels)")
+
+
+def _split(data, name: str) -> tuple[Dataset, tuple[int, ...], bool]:
+    dataset = _as_dataset(data, name)
+    if len(dataset) == 0:
+        raise DataError(f"{name} is empty; pass at least one image")
+    shape, labelled = _inspect(dataset[0], name)
+    return dataset, shape, labelled
+
+
+def _pairs(dataset: Dataset, labelled: bool) -> Dataset:
+    """``(image, label)`` pairs; tensor datasets stay tensor datasets (the fast paths take them whole)."""
+    if isinstance(dataset, TensorDataset):
+        x = dataset.tensors[0]
+        y = dataset.tensors[1].long() if labelled else torch.full((len(x),), NO_LABEL, dtype=torch.long)
+        return TensorDataset(x, y)
+    return _Pairs(dataset, labelled)
+
+
+def user_splits(train, val, test=None, num_classes: int = 0) -> DataSplits:
+    """A user's own data as lana's splits.
+
+    Args:
+        train: Dataset or DataLoader yielding images ``(C, H, W)`` or ``(image, label)``.
+        val: the same, held out: swap-one scores are measured on it.
+        test: the same, for the report's figures; None uses ``val``.
+        num_classes: the teacher's output width.
+
+    Returns:
+        The splits; ``labelled`` is False unless every split has labels (then scores are
+        agreement with the teacher, and fine-tuning uses the teacher's logits alone).
+
+    Raises:
+        DataError: not a Dataset/DataLoader, empty, or items of another form or shape.
+    """
+    found = {name: _split(data, name) for name, data in (("train", train), ("val", val), ("test", val if test is None else test))}
+    shapes = {name: shape for name, (_, shape, _) in found.items()}
+    if len(set(shapes.values())) > 1:
+        raise DataError(f"the splits' images differ in shape ({shapes}); give every split the same (C, H, W)")
+    labelled = all(lab for _, _, lab in found.values())
+    channels, *size = shapes["train"]
+    return DataSplits(
+        train=_pairs(found["train"][0], labelled),
+        val=_pairs(found["val"][0], labelled),
+        test=_pairs(found["test"][0], labelled),
+        num_classes=num_classes,
+        channels=channels,
+        image_size=tuple(size),
+        source="python",
+        labelled=labelled,
+    )

@@ -7,6 +7,10 @@ run side by side on the batch: the block is replaced by a module that stacks the
 outputs along the batch axis, so the prefix runs once and the suffix sees all of them.
 Models whose later layers reuse earlier activations (where stacking cannot work) fall
 back to one candidate at a time.
+
+Labels are optional: without them the target of every candidate is the teacher's own
+output, the loss is KL(teacher ‖ candidate) and the accuracy is top-1 agreement with the
+teacher (``score_kind`` ``teacher_agreement`` instead of ``labels``).
 """
 from __future__ import annotations
 
@@ -34,16 +38,37 @@ class _Stacked(nn.Module):
         return torch.cat([branch(x) for branch in self.branches])
 
 
+def _loss_hits(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image loss and top-1 hit against labels (integers) or the teacher's logits (floats).
+
+    ``logits`` may carry leading candidate axes (``k, n, classes``); ``target`` is per image.
+    """
+    if target.is_floating_point():  # the teacher's logits: KL(teacher ‖ model) and agreement
+        reference = F.log_softmax(target, dim=-1)
+        loss = (reference.exp() * (reference - F.log_softmax(logits, dim=-1))).sum(-1)
+        return loss, logits.argmax(-1) == target.argmax(-1)
+    labels = target.expand(logits.shape[:-1])
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none")
+    return loss.view(logits.shape[:-1]), logits.argmax(-1) == labels
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> tuple[float, float]:
-    """Mean cross-entropy and top-1 accuracy (percent) of ``model`` on tensors."""
+def teacher_targets(teacher: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """The teacher's logits on ``images``: the targets where the data has no labels."""
+    teacher.eval()
+    return torch.cat([teacher(images[start : start + batch_size]) for start in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, batch_size: int = 500) -> tuple[float, float]:
+    """Mean loss and top-1 (percent) of ``model``: cross-entropy and accuracy against labels,
+    or KL and agreement against the teacher's logits (see :func:`teacher_targets`)."""
     model.eval()
     loss, correct = 0.0, 0
     for start in range(0, len(images), batch_size):
-        logits = model(images[start : start + batch_size])
-        y = labels[start : start + batch_size]
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+        per_image, hits = _loss_hits(model(images[start : start + batch_size]), targets[start : start + batch_size])
+        loss += per_image.sum().item()
+        correct += hits.sum().item()
     return loss / len(images), 100.0 * correct / len(images)
 
 
@@ -60,9 +85,9 @@ def _evaluate_group(teacher, block, modules, images, labels, batch_size):
             logits = teacher(x)
             if logits.shape[0] != k * len(x):
                 raise RuntimeError("stacked outputs did not reach the logits")
-            logits = logits.view(k, len(x), -1)
-            loss += F.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none").view(k, -1).sum(1)
-            correct += (logits.argmax(-1) == y).sum(1).float()
+            per_image, hits = _loss_hits(logits.view(k, len(x), -1), y)
+            loss += per_image.sum(1)
+            correct += hits.sum(1).float()
     finally:
         set_submodule(teacher, block, original)
     return (loss / len(images)).tolist(), (100.0 * correct / len(images)).tolist()
@@ -72,7 +97,7 @@ def score_candidates(
     teacher: nn.Module,
     candidates: dict[str, dict[str, Candidate]],
     images: torch.Tensor,
-    labels: torch.Tensor,
+    labels: torch.Tensor | None,
     batch_size: int = 500,
     max_stack: int = 4096,
 ) -> tuple[dict[tuple[str, str], dict], dict]:
@@ -81,15 +106,18 @@ def score_candidates(
     Args:
         teacher: the teacher network (restored after every swap).
         candidates: candidates by block and op name.
-        images, labels: the held-out split used for scoring.
+        images, labels: the held-out split used for scoring; ``labels`` None scores by
+            agreement with the teacher's outputs (KL and top-1 agreement).
         batch_size: images per forward pass.
         max_stack: most candidate-images stacked into one forward pass.
 
     Returns:
         Per (block, op) ``val_loss``, ``val_acc``, ``val_loss_delta`` and ``acc_delta``
-        (points), and the teacher's own ``{"val_loss", "val_acc"}``.
+        (points), and the teacher's own ``{"val_loss", "val_acc", "score_kind"}``.
     """
     teacher.eval()
+    kind = "labels" if labels is not None else "teacher_agreement"
+    labels = labels if labels is not None else teacher_targets(teacher, images, batch_size)
     base_loss, base_acc = evaluate(teacher, images, labels, batch_size)
     results: dict[tuple[str, str], dict] = {}
     total = sum(len(c) for c in candidates.values())
@@ -130,4 +158,4 @@ def score_candidates(
                 }
             bar.update(len(group))
     bar.close()
-    return results, {"val_loss": base_loss, "val_acc": base_acc}
+    return results, {"val_loss": base_loss, "val_acc": base_acc, "score_kind": kind}

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from lana.config import FinetuneConfig
-from lana.data import DataSplits, make_loader
+from lana.data import NO_LABEL, DataSplits, make_loader
 
 LossFn = Callable[..., torch.Tensor]  # loss_fn(model, images, labels[, teacher_logits]) -> scalar
 CACHE_LIMIT_BYTES = 256 * 2**20  # teacher logits kept in memory up to this size, else recomputed per step
@@ -92,6 +92,7 @@ def distillation_loss(teacher: nn.Module, temperature: float, alpha: float) -> L
     """Logit distillation: ``alpha`` · T² · KL(teacher ‖ student) + (1 − alpha) · CE(labels).
 
     The teacher runs on each batch unless the batch brings its logits (:class:`TeacherLogits`).
+    A batch without labels (``NO_LABEL``) learns from the teacher's logits alone: T² · KL.
     """
     teacher.eval()
 
@@ -103,6 +104,8 @@ def distillation_loss(teacher: nn.Module, temperature: float, alpha: float) -> L
         target = F.log_softmax(teacher_logits / temperature, dim=1)
         logits = student(images)
         kl = F.kl_div(F.log_softmax(logits / temperature, dim=1), target, log_target=True, reduction="batchmean")
+        if bool((labels == NO_LABEL).any()):
+            return temperature**2 * kl
         return alpha * temperature**2 * kl + (1 - alpha) * F.cross_entropy(logits, labels)
 
     return loss_fn

@@ -32,13 +32,27 @@ class Context:
         return self.splits.input_shape
 
 
-def prepare(config: LanaConfig, run: RunFolder, writes: bool = True) -> Context:
-    """Load data and teacher, find the blocks and (if ``writes``) check the run folder's fingerprint."""
+def prepare(config: LanaConfig, run: RunFolder, writes: bool = True, teacher: nn.Module | None = None,
+            splits: DataSplits | None = None) -> Context:
+    """Load data and teacher, find the blocks and (if ``writes``) check the run folder's fingerprint.
+
+    Args:
+        config: the run config.
+        run: the run folder.
+        writes: log to the folder and check (or record) its teacher fingerprint.
+        teacher: a teacher already in memory (the Python API) instead of ``config.teacher``.
+        splits: data already in memory (the Python API) instead of ``config.data``.
+
+    Returns:
+        The context every stage takes.
+    """
     if writes:
         setup_logging(run)
     torch.manual_seed(config.seed)
-    splits = load_data(config.data)
-    teacher = load_teacher(config.teacher.model, config.teacher.checkpoint, config.teacher.kwargs)
+    splits = splits if splits is not None else load_data(config.data)
+    if teacher is None:
+        teacher = load_teacher(config.teacher.model, config.teacher.checkpoint, config.teacher.kwargs)
+    teacher.eval()
     specs = discover_blocks(teacher, (1, *splits.input_shape), config.teacher.blocks)
     if writes:
         run.check_fingerprint(teacher_fingerprint(teacher), config)

@@ -10,9 +10,10 @@ import time
 
 import pandas as pd
 import torch
+from torch import nn
 
 from lana.config import LanaConfig
-from lana.data import take_tensors
+from lana.data import DataSplits, take_tensors
 from lana.distill.candidates import build_all_candidates, weights_file
 from lana.distill.core import clear_state, distill_candidates, memory_limits
 from lana.distill.distributed import init_distributed
@@ -37,13 +38,16 @@ def _unkeyed(path) -> dict:
     return {(r.pop("block"), r.pop("candidate")): r for r in read_json(path)}
 
 
-def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False) -> pd.DataFrame | None:
+def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teacher: nn.Module | None = None,
+                  splits: DataSplits | None = None) -> pd.DataFrame | None:
     """Distil, score and time every candidate of every block; write the candidates table.
 
     Args:
         config: the run config.
         run: the run folder (created if needed).
         force: redo sub-stages whose results already exist.
+        teacher: a teacher in memory (the Python API) instead of ``config.teacher``.
+        splits: data in memory (the Python API) instead of ``config.data``.
 
     Returns:
         The candidates table (one row per block and candidate); None on torchrun's ranks
@@ -53,7 +57,7 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False) -> pd
     memory_limits(config.distill)
     dist = init_distributed(config.distill.device)
     config = type(config).model_validate(dist.broadcast_json(config.model_dump(mode="json")))  # every rank uses rank 0's
-    ctx = prepare(config, run, writes=False)
+    ctx = prepare(config, run, writes=False, teacher=teacher, splits=splits)
     torch.manual_seed(config.seed)
     candidates = build_all_candidates(ctx.specs, config.ops)  # bad op names are said before anything is written
     if dist.is_main:
@@ -98,6 +102,7 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False) -> pd
     tick = time.time()
     if force or not score_file.is_file():
         images, labels = take_tensors(ctx.splits.val, config.score.val_images)
+        labels = labels if ctx.splits.labelled else None  # scores by agreement with the teacher
         live = {b: {n: c for n, c in cs.items() if not distilled[(b, n)]["status"].startswith("dropped")} for b, cs in candidates.items()}
         scores, base = score_candidates(ctx.teacher, live, images, labels, config.score.batch_size)
         _keyed(score_file, scores)

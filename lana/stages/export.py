@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lana.data import take_tensors
-from lana.distill.score import evaluate
+from lana.distill.score import evaluate, teacher_targets
 from lana.errors import ExportError
 from lana.export.pt2 import export_program
 from lana.export.torchscript import to_torchscript
@@ -29,7 +29,7 @@ from lana.latency.profiles import REFERENCE_FILE, reference_record
 from lana.names import TEACHER_OP
 from lana.run.context import Context, prepare
 from lana.run.folder import RunFolder, read_json, write_json
-from lana.stages.finetune import load_selection, load_student
+from lana.stages.finetune import load_selection, load_student, score_kind
 
 log = logging.getLogger("lana")
 
@@ -148,8 +148,12 @@ def export_stage(ctx: Context, selection: dict, finetuned: bool = True, out: Pat
     export = {"path": ts["file"], "method": ts["method"], "max_abs_diff": ts["max_abs_diff"], "images": ts["images"]} if ts.get("file") else {}
     write_json(ctx.run.file("student.json"), {**export, "exports": rows, "choice": selection["choice"]})
 
-    teacher_loss, teacher_acc = evaluate(ctx.teacher, test_x, test_y)
-    student_loss, student_acc = evaluate(student, test_x, test_y)
+    agreement = evaluate(student, test_x, teacher_targets(ctx.teacher, test_x))[1]
+    if ctx.splits.labelled:
+        teacher_loss, teacher_acc = evaluate(ctx.teacher, test_x, test_y)
+        student_loss, student_acc = evaluate(student, test_x, test_y)
+    else:  # no labels: no accuracy to quote, only agreement with the teacher
+        teacher_loss = teacher_acc = student_loss = student_acc = None
     # Time the deployed student against the teacher in the profile's settings, interleaved
     # (the saved TorchScript file itself when that is the runtime).
     deployed = torch.jit.load(ts["file"], map_location="cpu") if cfg.latency.runtime == "torchscript" and ts.get("file") else student
@@ -169,7 +173,9 @@ def export_stage(ctx: Context, selection: dict, finetuned: bool = True, out: Pat
         "budget_ms": selection.get("budget_ms"),
         "teacher_top1": teacher_acc,
         "student_top1": student_acc,
-        "top1_drop": teacher_acc - student_acc,
+        "top1_drop": None if teacher_acc is None else teacher_acc - student_acc,
+        "teacher_agreement": agreement,  # student's top-1 agreement with the teacher, percent
+        "score_kind": score_kind(ctx),
         "teacher_test_loss": teacher_loss,
         "student_test_loss": student_loss,
         "test_images": len(test_x),

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from torch import nn
 
 from lana.data import take_tensors
 from lana.distill.candidates import assemble_student
-from lana.distill.score import evaluate
+from lana.distill.score import evaluate, teacher_targets
 from lana.distill.train import distil_into
 from lana.errors import RunFolderError
 from lana.run.context import Context, prepare
@@ -17,6 +18,17 @@ log = logging.getLogger("lana")
 
 
 STUDENT_WEIGHTS = "student.pt"
+
+
+def score_kind(ctx: Context) -> str:
+    """``labels``, or ``teacher_agreement`` where the data came without labels."""
+    return "labels" if ctx.splits.labelled else "teacher_agreement"
+
+
+def val_targets(ctx: Context, dataset, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and what a student is measured against: labels, or the teacher's logits without them."""
+    images, labels = take_tensors(dataset, limit)
+    return images, (labels if ctx.splits.labelled else teacher_targets(ctx.teacher, images))
 
 
 def load_selection(run: RunFolder, path=None) -> dict:
@@ -59,10 +71,10 @@ def finetune_stage(ctx: Context, selection: dict) -> dict:
     """
     cfg = ctx.config.finetune
     student, _ = load_student(ctx, selection, finetuned=False)
-    images, labels = take_tensors(ctx.splits.val, ctx.config.score.val_images)
-    before = evaluate(student, images, labels)
+    images, targets = val_targets(ctx, ctx.splits.val, ctx.config.score.val_images)
+    before = evaluate(student, images, targets)
     loss = distil_into(student, ctx.teacher, ctx.splits, cfg, ctx.config.data.batch_size, ctx.config.seed)
-    after = evaluate(student, images, labels)
+    after = evaluate(student, images, targets)
     save_tensors(ctx.run.file(STUDENT_WEIGHTS), {"choice": selection["choice"], "state_dict": student.state_dict()})
     result = {
         "val_loss_before": before[0],
@@ -71,6 +83,7 @@ def finetune_stage(ctx: Context, selection: dict) -> dict:
         "val_acc_after": after[1],
         "train_loss": loss,
         "epochs": cfg.epochs,
+        "score_kind": score_kind(ctx),
     }
     write_json(ctx.run.file("finetune.json"), result)
     return result

@@ -78,19 +78,22 @@ def reference_speed(run_dir: Path, latency: dict) -> float:
         return 1.0
 
 
-def solve_run(run: Any, budget: str | None = None, solver: str | None = None, time_limit: float | None = None) -> dict:
+def solve_run(run: Any, budget: str | None = None, solver: str | None = None, time_limit: float | None = None,
+              max_params: str | None = None, max_macs: str | None = None) -> dict:
     """Solve a run folder for ``budget`` (default: its config's) and write ``RUN/selection.json``.
 
     Args:
         run: the run folder (a path or anything with a ``path``).
         budget: e.g. ``"5ms"`` or ``"50%"``; default ``solve.budget`` of ``RUN/config.yaml``.
         solver: a solver name; default ``solve.solver`` of the config, else ``auto``.
+        time_limit: seconds the solver may take.
+        max_params, max_macs: further limits, e.g. ``"3M"``.
     Returns:
         The selection record that was written.
     """
     inputs = load_run(Path(getattr(run, "path", run)))
     budget = budget if budget is not None else _config_budget(inputs)
-    problem, limits = build_problem(inputs, budget)
+    problem, limits = build_problem(inputs, budget, max_params, max_macs)
     record = solve_inputs(inputs, problem, limits, solver or inputs.config.get("solver") or DEFAULT_SOLVER, time_limit)
     write_json_atomic(inputs.run_dir / "selection.json", record)
     return record

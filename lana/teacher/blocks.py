@@ -335,9 +335,11 @@ def discover_blocks(
             if not any(name.startswith(outer + ".") for outer in chosen):
                 chosen.append(name)
         if not chosen:
+            seen = sorted({type(m).__name__ for n, m in model.named_modules() if n})
             raise BlockDiscoveryError(
-                f"no replaceable blocks found in {type(model).__name__}; list block module "
-                f"names under teacher.blocks in the config"
+                f"no replaceable blocks found in {type(model).__name__} (module classes seen: {', '.join(seen[:20])}"
+                f"{', ...' if len(seen) > 20 else ''}); name the block modules: teacher.blocks in the config, "
+                f"or blocks=[...] in Python"
             )
     chosen = sorted(chosen, key=lambda n: rec.order[n])
     return [_make_spec(model, n, rec, fallback_act) for n in chosen]

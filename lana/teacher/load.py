@@ -28,6 +28,9 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _SHOW = 3  # how many offending keys an error message names
 
 
+PYTHON_TEACHER = "python"  # teacher.model "python:module.Class": a module passed to lana.accelerate
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
@@ -199,6 +202,10 @@ def build_model(model: str, kwargs: dict | None = None) -> nn.Module:
     kwargs = dict(kwargs or {})
     model = model.strip()
     source, sep, rest = model.partition(":")
+    if sep and source == PYTHON_TEACHER:
+        raise UnknownModelError(
+            f"this run's teacher ({rest}) was passed from Python and has no name to rebuild it from; "
+            "reopen the run from Python: lana.open_run(RUN, teacher=model)")
     if sep and source == "timm":
         return _build_timm(rest, kwargs)
     if sep and source == "torchvision":

@@ -1,0 +1,365 @@
+"""The Python API: ``lana.accelerate`` and the stage functions.
+
+One code path with the CLI: a :class:`Run` holds what ``lana distill --config C --run R``
+builds (the resolved config and the run folder) plus, from Python, a teacher and data in
+memory; its methods call the same stage functions the commands call. A teacher passed as a
+module is recorded in the folder as ``teacher.pt`` (its weights) and
+``teacher.model: python:<module>.<Class>`` in ``config.yaml``; a module's code cannot be
+rebuilt from a name, so resuming such a run takes the same module again
+(``lana.open_run(RUN, teacher=model)``), and the folder's fingerprint refuses another one.
+Data passed from Python are not copied into the folder either (``data.kind: python``).
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from lana.config import LanaConfig, build_config
+from lana.data import DataSplits, user_splits
+from lana.errors import ConfigError, DataError
+from lana.names import DEFAULT_SOLVER
+from lana.run.context import Context, prepare
+from lana.run.folder import RunFolder, read_json, save_tensors, write_json
+from lana.selection import SolveInputs, build_problem, parse_budget, solve_inputs
+from lana.stages.distill import distill_stage
+from lana.stages.export import export_stage
+from lana.stages.finetune import finetune_stage, load_selection, load_student
+from lana.stages.solve import solve_run
+from lana.teacher.blocks import discover_blocks
+from lana.teacher.load import PYTHON_TEACHER, load_teacher, teacher_fingerprint
+
+Announce = Callable[[str], None]
+
+
+class Run:
+    """A run folder with its config and (from Python) the teacher and data in memory.
+
+    Made by :func:`new_run` (from Python objects) or :func:`open_run` (an existing folder);
+    each method is one stage, reading and writing the folder exactly as the CLI does.
+    """
+
+    def __init__(self, folder: RunFolder, config: LanaConfig, teacher: nn.Module | None = None,
+                 splits: DataSplits | None = None) -> None:
+        self.folder, self.config, self.teacher, self.splits = folder, config, teacher, splits
+        self._context: Context | None = None
+
+    @property
+    def path(self) -> Path:
+        """The run folder."""
+        return self.folder.path
+
+    def context(self) -> Context:
+        """What the fine-tune and export stages take (teacher, data, blocks), prepared once."""
+        if self._context is None:
+            self._context = prepare(self.config, self.folder, teacher=self.teacher, splits=self.splits)
+        return self._context
+
+    def distill(self, force: bool = False) -> pd.DataFrame:
+        """Distil, score and time every candidate (``lana distill``); resumes where it stopped.
+
+        Returns:
+            The candidates table (also ``RUN/candidates.parquet``).
+        """
+        table = distill_stage(self.config, self.folder, force=force, teacher=self.teacher, splits=self.splits)
+        if table is None:
+            raise ConfigError("this process is a torchrun rank other than 0; only rank 0 returns the table")
+        return table
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """The run's candidates table."""
+        return self.folder.load_table()
+
+    def solve(self, budget: str | None = None, solver: str | None = None, time_limit: float | None = None,
+              max_params: str | None = None, max_macs: str | None = None) -> dict:
+        """Select one op per block under the limits (``lana solve``); writes ``RUN/selection.json``.
+
+        Call it again with another budget to re-solve without re-distilling.
+
+        Returns:
+            The selection record: ``choice`` (block → op), ``predicted_latency_ms``, ...
+        """
+        return solve_run(self.folder, budget or self.config.solve.budget, solver or self.config.solve.solver,
+                         time_limit, max_params, max_macs)
+
+    def selection(self) -> dict:
+        """The last selection written by :meth:`solve`."""
+        return load_selection(self.folder)
+
+    def student(self, selection: dict | None = None, finetuned: bool = True) -> nn.Module:
+        """The selection's student in eval mode (fine-tuned weights when they belong to it)."""
+        return load_student(self.context(), selection or self.selection(), finetuned)[0]
+
+    def finetune(self, selection: dict | None = None) -> dict:
+        """Fine-tune the selection's student by distillation (``lana finetune``); saves ``RUN/student.pt``."""
+        return finetune_stage(self.context(), selection or self.selection())
+
+    def export(self, selection: dict | None = None, finetuned: bool = True) -> dict:
+        """Export, reload, check and time the student (``lana export``); returns ``report.json``'s figures."""
+        return export_stage(self.context(), selection or self.selection(), finetuned)
+
+
+@dataclass
+class Result:
+    """What :func:`accelerate` returns."""
+
+    student: nn.Module  # fine-tuned, eval mode, same input and output shapes as the teacher
+    selection: dict[str, str]  # block name -> op name
+    table: pd.DataFrame  # the candidates table
+    report: dict  # report.json: measured latencies, speed-up, accuracy where labels were given
+    run: Run  # the run, for re-solving or exporting again
+
+
+def _merge(tree: dict, key: str, values: dict) -> None:
+    """Set ``values`` in section ``key`` unless the user's config already set them."""
+    section = tree.setdefault(key, {})
+    for name, value in values.items():
+        section.setdefault(name, value)
+
+
+def _num_classes(teacher: nn.Module, splits: DataSplits) -> int:
+    image = splits.train[0][0].unsqueeze(0)
+    try:
+        with torch.no_grad():
+            out = teacher.eval()(image)
+    except Exception as exc:  # any failure of the user's forward means the data do not fit it
+        raise DataError(f"the teacher cannot run on the data's images (one image of shape {tuple(image.shape[1:])}): "
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; pass images the teacher takes") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        found = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise DataError(f"the teacher returns {found} for one image; expected logits of shape (N, classes)")
+    return out.shape[1]
+
+
+def new_run(teacher: nn.Module | str, train, val, test=None, *, run_dir: str | Path | None = None,
+            device: str = "auto", config: dict | None = None, blocks: list[str] | None = None) -> Run:
+    """Set up a run from a teacher and data in memory; runs no stage yet.
+
+    Args:
+        teacher: a trained ``nn.Module``, or a model string as in the config
+            (``timm:NAME``, ``torchvision:NAME``, ``pkg.module:factory``).
+        train: Dataset or DataLoader of images ``(C, H, W)`` or ``(image, label)``.
+        val: held-out data of the same form, for the swap-one scores.
+        test: data for the report's figures; None uses ``val``.
+        run_dir: the run folder; None makes a temporary one.
+        device: ``auto`` (a GPU when there is one), ``cpu`` or ``cuda[:N]``: where candidates
+            are distilled and latency is measured (the config's sections win where set).
+        config: the YAML's keys as a dict, e.g. ``{"distill": {"epochs": 1}}``.
+        blocks: module names to replace; None finds them automatically.
+
+    Returns:
+        The :class:`Run`.
+
+    Raises:
+        ConfigError, DataError, BlockDiscoveryError, RunFolderError: one-line messages.
+    """
+    tree = copy.deepcopy(config or {})
+    if isinstance(teacher, str):
+        _merge(tree, "teacher", {"model": teacher})
+        cfg = build_config(tree)
+        teacher = load_teacher(cfg.teacher.model, cfg.teacher.checkpoint, cfg.teacher.kwargs)
+    elif not isinstance(teacher, nn.Module):
+        raise ConfigError(f"teacher is a {type(teacher).__name__}; expected an nn.Module or a model string such as 'timm:resnet18'")
+    else:
+        cls = type(teacher)
+        tree.setdefault("teacher", {}).update(model=f"{PYTHON_TEACHER}:{cls.__module__}.{cls.__qualname__}", kwargs={})
+    if blocks is not None:
+        tree["teacher"]["blocks"] = list(blocks)
+    gpu = device == "auto" and torch.cuda.is_available()
+    _merge(tree, "distill", {"device": device})
+    _merge(tree, "latency", {"device": "cuda" if gpu else ("cpu" if device == "auto" else device)})
+    if isinstance(train, DataLoader) and train.batch_size:
+        _merge(tree, "data", {"batch_size": train.batch_size})
+    tree.setdefault("data", {})["kind"] = "python"
+    splits = user_splits(train, val, test)
+    splits.num_classes = _num_classes(teacher, splits)
+    discover_blocks(teacher, (1, *splits.input_shape), tree["teacher"].get("blocks"))  # said before anything is written
+
+    folder = RunFolder(run_dir if run_dir is not None else tempfile.mkdtemp(prefix="lana-run-"))
+    weights = folder.file("teacher.pt").resolve()
+    tree["teacher"]["checkpoint"] = str(weights)
+    cfg = build_config(tree)
+    folder.check_fingerprint(teacher_fingerprint(teacher), cfg)  # another teacher's folder is refused before any write
+    if not weights.is_file():
+        save_tensors(weights, teacher.state_dict())
+    folder.save_config(cfg)
+    return Run(folder, cfg, teacher.eval(), splits)
+
+
+def open_run(run_dir: str | Path, teacher: nn.Module | None = None, train=None, val=None, test=None) -> Run:
+    """Open an existing run folder to re-solve, fine-tune or export from Python.
+
+    Args:
+        run_dir: the folder (made by :func:`accelerate`, :func:`new_run` or ``lana distill``).
+        teacher: the teacher module, needed where it was passed from Python; the folder's
+            fingerprint refuses any other.
+        train, val, test: the data, needed where they were passed from Python (for the
+            student, fine-tuning and export; solving needs none).
+
+    Returns:
+        The :class:`Run` with the folder's ``config.yaml``.
+    """
+    folder = RunFolder(run_dir)
+    config = folder.load_config()
+    splits = None
+    if train is not None or val is not None:
+        if train is None or val is None:
+            raise DataError("open_run got only one of train= and val=; pass both (or neither)")
+        splits = user_splits(train, val, test)
+        if teacher is not None:
+            splits.num_classes = _num_classes(teacher, splits)
+    return Run(folder, config, teacher, splits)
+
+
+def rescaled_share_budget(report: dict, text: str) -> float | None:
+    """The re-scaled budget (ms) when a share budget (``50%``) misses the measured teacher by > 2 %."""
+    text = str(text).strip()
+    if not text.endswith("%") or report.get("budget_ms") is None:
+        return None
+    target = float(text[:-1]) / 100 * report["teacher_latency_ms"]
+    if report["student_latency_ms"] <= 1.02 * target:
+        return None
+    return report["budget_ms"] * target / report["student_latency_ms"]
+
+
+def run_pipeline(run: Run, budget: str | None = None, announce: Announce | None = None,
+                 stages: dict | None = None) -> dict:
+    """Distil, solve, fine-tune and export: ``lana.accelerate`` and ``lana demo`` both run this.
+
+    A share budget (``50%``) is held to the teacher measured at export, side by side with
+    the student: the solver trusts latencies profiled during distillation, and where the
+    measured student misses the share by more than 2 %, the budget is scaled by the measured
+    ratio and the student re-solved, fine-tuned and exported once (the report says so).
+
+    Args:
+        run: the run.
+        budget: e.g. ``"50%"``, ``"5ms"``; None = the config's ``solve.budget``.
+        announce: called with each stage's title (the demo prints them).
+        stages: seconds of stages already done (the demo's teacher training), extended here.
+
+    Returns:
+        The report (also ``RUN/report.json``), with ``stage_seconds``.
+    """
+    say = announce or (lambda _title: None)
+    stages = dict(stages or {})
+    text = budget or run.config.solve.budget
+    tick = time.time()
+
+    def mark(stage: str) -> None:
+        nonlocal tick
+        stages[stage] = round(time.time() - tick, 1)
+        tick = time.time()
+        write_json(run.folder.file("stage_seconds.json"), stages)
+
+    say("distill, score and time every candidate")
+    table = run.distill()
+    mark("distill_score_latency")
+    say(f"solve: {len(table)} candidates over {table['block'].nunique()} blocks, budget {text}")
+    selection = run.solve(text)
+    mark("solve")
+    say("fine-tune the student")
+    run.finetune(selection)
+    mark("finetune")
+    say("export and measure")
+    report = run.export(selection)
+    mark("export_measure")
+    rescaled = rescaled_share_budget(report, text)
+    if rescaled is not None:
+        first = {k: report.get(k) for k in ("student_latency_ms", "student_top1", "teacher_agreement", "speedup", "budget_ms", "choice")}
+        say(f"measured student {report['student_latency_ms']:.2f} ms misses {text} of the measured teacher "
+            f"({report['teacher_latency_ms']:.2f} ms); re-solving for {rescaled:.2f} ms")
+        selection = run.solve(f"{rescaled:.6f}ms")
+        run.finetune(selection)
+        report = run.export(selection)
+        report["budget"] = text
+        report["budget_check"] = {"first_attempt": first, "rescaled_budget_ms": rescaled}
+        mark("budget_check")
+    report["stage_seconds"] = stages
+    write_json(run.folder.file("report.json"), report)
+    return report
+
+
+def accelerate(teacher: nn.Module | str, train, val, budget: str | None = "50%", *, test=None,
+               run_dir: str | Path | None = None, device: str = "auto", config: dict | None = None,
+               blocks: list[str] | None = None) -> Result:
+    """Make ``teacher`` faster under ``budget``: distil, solve, fine-tune, export, measure.
+
+    Args:
+        teacher, train, val, test, run_dir, device, config, blocks: as for :func:`new_run`.
+        budget: ``"50%"`` of the teacher's measured latency, ``"5ms"``, ``"800us"``, ...
+            (the CLI's parser); None = the config's ``solve.budget``.
+
+    Returns:
+        The :class:`Result`: fine-tuned student, selection, candidates table and report.
+
+    Example:
+        >>> result = lana.accelerate(model, train=train_set, val=val_set, budget="50%")
+        >>> result.report["speedup"], result.selection
+    """
+    if budget is not None:
+        parse_budget(budget, 1.0)  # a typo is said now, not after distillation
+    run = new_run(teacher, train, val, test, run_dir=run_dir, device=device, config=config, blocks=blocks)
+    report = run_pipeline(run, budget)
+    selection = run.selection()
+    return Result(run.student(selection), dict(selection["choice"]), run.table, report, run)
+
+
+# -- the stages as functions (each also a Run method) -------------------------------------
+def _as_run(run: Run | str | Path) -> Run:
+    return run if isinstance(run, Run) else open_run(run)
+
+
+def distill_candidates(run: Run | str | Path, force: bool = False) -> pd.DataFrame:
+    """Distil, score and time every candidate of a run; returns the candidates table."""
+    return _as_run(run).distill(force)
+
+
+def solve(target: Run | str | Path | pd.DataFrame, budget: str, *, solver: str | None = None,
+          max_params: str | None = None, max_macs: str | None = None, time_limit: float | None = None,
+          teacher_ms: float | None = None) -> dict:
+    """Select one op per block under the limits, from a run or from a candidates table.
+
+    Args:
+        target: a :class:`Run` or run folder (writes ``RUN/selection.json``), or a table
+            (``block``, ``candidate``, ``score``, ``latency_ms``, ...; writes nothing).
+        budget: ``"5ms"``, ``"800us"``, ``"50%"`` (of ``teacher_ms``, or the table's teacher rows).
+        solver, max_params, max_macs, time_limit: as ``lana solve``'s options.
+        teacher_ms: the teacher's measured latency, for share budgets on a bare table.
+
+    Returns:
+        The selection record: ``choice`` (block → op), ``predicted_latency_ms``, ``optimal``, ...
+    """
+    if not isinstance(target, pd.DataFrame):
+        return _as_run(target).solve(budget, solver, time_limit, max_params, max_macs)
+    inputs = SolveInputs(target, Path.cwd(), teacher_ms=teacher_ms)
+    problem, limits = build_problem(inputs, budget, max_params, max_macs)
+    return solve_inputs(inputs, problem, limits, solver or DEFAULT_SOLVER, time_limit)
+
+
+def assemble_student(run: Run | str | Path, selection: dict | None = None, finetuned: bool = True) -> nn.Module:
+    """The student of a selection (default: the run's last), in eval mode."""
+    return _as_run(run).student(selection, finetuned)
+
+
+def finetune(run: Run | str | Path, selection: dict | None = None) -> dict:
+    """Fine-tune a selection's student end to end; returns validation figures before and after."""
+    return _as_run(run).finetune(selection)
+
+
+def export_student(run: Run | str | Path, selection: dict | None = None, finetuned: bool = True) -> dict:
+    """Export and measure a selection's student; returns the report."""
+    return _as_run(run).export(selection, finetuned)
+
+
+def read_report(run: Run | str | Path) -> dict[str, Any]:
+    """A run's ``report.json``."""
+    return read_json(Path(getattr(run, "path", run)) / "report.json")
