@@ -197,7 +197,7 @@ def test_run_folder_without_config_budget(run_dir):
 
 def test_export_calls_the_exporter(run_dir, monkeypatch):
     calls = []
-    monkeypatch.setattr(pipeline, "run_export", lambda run, overrides, finetuned, out: calls.append((run.path, finetuned)) or {})
+    monkeypatch.setattr(pipeline, "run_export", lambda run, overrides, finetuned, out, formats=None: calls.append((run.path, finetuned)) or {})
     monkeypatch.setattr(pipeline, "print_report", lambda report, out: None)
     assert invoke("--run", str(run_dir), "--budget", "2ms", "--export").exit_code == 0
     assert calls == [(run_dir, True)] and (run_dir / "selection.json").is_file()
