@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+import zipfile
 
 import pytest
 import torch
@@ -139,3 +140,15 @@ def test_check_artifact_catches_mismatch(net, images):
     with pytest.raises(ExportError, match="batch dimension is not dynamic"):
         check_artifact(lambda x: net(x[:1]), net, images, ATOL)
     assert check_artifact(net, net, images, ATOL) == 0.0
+
+
+def test_pt2_holds_two_example_rows_and_its_own_name(net, tmp_path):
+    """torch.export.save stores the capture's example inputs: a whole check set made a 32 MB file."""
+    many = torch.randn(512, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    path = tmp_path / "student.pt2"
+    export_and_verify("pt2", net, path, many, ATOL)
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        samples = sum(i.file_size for i in archive.infolist() if "sample_inputs" in i.filename)
+    assert {name.split("/")[0] for name in names} == {"student"}  # named after the file, not the temporary one
+    assert samples < many[:4].numel() * 4 + 4096  # two rows (plus pickling), not 512
