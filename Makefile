@@ -3,18 +3,25 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
-STAMP  := $(VENV)/.installed
+CORE   := $(VENV)/.installed-core
+DEV    := $(VENV)/.installed-dev
 
 .PHONY: demo test install data clean
 
-$(STAMP): pyproject.toml
+# lana itself (what `make demo` needs); torch from this machine's disk where it lies there
+$(CORE): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1 || $(BIN)/python -m pip install -q "torch>=2.4" torchvision
-	$(BIN)/python -m pip install -q -e ".[dev]"
-	touch $(STAMP)
+	$(BIN)/python -m pip install -q -e .
+	touch $(CORE)
 
-install: $(STAMP)
+# plus the test tools and every optional CPU path the tests exercise (ONNX, Torch-Pruning)
+$(DEV): $(CORE)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(DEV)
+
+install: $(DEV)
 
 # Fashion-MNIST from Debian's package; where apt is unusable the demo falls back (it says so).
 data:
@@ -27,10 +34,10 @@ data:
 	  fi; \
 	fi
 
-demo: $(STAMP) data
+demo: $(CORE) data
 	$(BIN)/lana demo --run runs/demo
 
-test: $(STAMP)
+test: $(DEV)
 	$(BIN)/python -m pytest tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
 
 clean:

@@ -130,7 +130,7 @@ def width_scaled(model: str, kwargs: dict, multiplier: float) -> nn.Module:
     elif model == EFFICIENTNET:
         kwargs["width"] = kwargs.pop("width", 1.0) * multiplier
     elif model == "lana.teacher.demo_net:demo_resnet":
-        kwargs["widths"] = tuple(_divisible(c * multiplier) for c in kwargs.pop("widths", (32, 64, 128)))
+        kwargs["widths"] = tuple(_divisible(c * multiplier) for c in kwargs.pop("widths", (16, 32, 64)))
     else:
         raise ConfigError(
             f"no width multiplier known for '{model}'; the width baseline supports timm:resnet*, "

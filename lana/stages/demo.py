@@ -45,7 +45,8 @@ def demo_config(run: RunFolder, data_root: str | None, overrides: list[str] | No
         "ops": {"include": DEMO_OPS},
         "distill": {"max_steps": 100},
         "score": {"val_images": 500},
-        "teacher_training": {"epochs": 1.5},
+        "teacher_training": {"epochs": 2.0},
+        "finetune": {"epochs": 3.0},
         "latency": {"time_cap_s": 1.0, "context_rounds": 1},
     }
     root = data_root or "/usr/share/datasets/fashion-mnist"

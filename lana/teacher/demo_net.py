@@ -39,7 +39,7 @@ class DemoResNet(nn.Module):
         self,
         num_classes: int = 10,
         in_chans: int = 1,
-        widths: tuple[int, ...] = (32, 64, 128),
+        widths: tuple[int, ...] = (16, 32, 64),
         depth: int = 2,
         stem_stride: int = 1,
     ) -> None:
@@ -84,4 +84,4 @@ def demo_resnet(
     Returns:
         An untrained ``DemoResNet``.
     """
-    return DemoResNet(num_classes, in_chans, tuple(widths or (32, 64, 128)), depth, stem_stride)
+    return DemoResNet(num_classes, in_chans, tuple(widths or (16, 32, 64)), depth, stem_stride)
