@@ -22,7 +22,9 @@ with the teacher timed beside it. Printed per family:
   and fitted *without* the network it is judged on (nested leave-one-out: every network is
   held out, and so is the choice);
 - the noise floor (two interleaved halves of the same measurement) and how far the reference
-  (the teacher) moved between profiling and checking.
+  (the teacher) moved between profiling and checking; a check group whose halves disagree by
+  more than 4 % is timed again (up to twice) and the calmest take kept
+  (``lana.latency.calibration.measure_selections``), and the line says how many takes each needed.
 """
 from __future__ import annotations
 
@@ -103,7 +105,8 @@ def run_family(name: str, args) -> dict:
             "candidates": sum(len(c) for c in candidates.values()), "networks": len(nets), **columns,
             "chosen_per_fold": {k: kinds.count(k) for k in sorted(set(kinds))}, "choice": summary["choice"],
             "correction": summary["correction"], "noise": summary["before"], "teacher_drift_pct": summary["teacher_drift_pct"],
-            "reference_spread_pct": record.get("reference_spread_pct"), "profile_s": profile_s, "check_s": check_s}
+            "reference_spread_pct": record.get("reference_spread_pct"), "group_takes": summary.get("group_takes", []),
+            "profile_s": profile_s, "check_s": check_s}
 
 
 def _abs_error(frame) -> np.ndarray:
@@ -147,7 +150,8 @@ def main() -> None:
         s = res["noise"]
         print(f"  noise floor        median {s['median_noise_pct']:5.1f} %   worst {s['worst_noise_pct']:5.1f} %   "
               f"reference moved {res['teacher_drift_pct']:+.1f} % since profiling "
-              f"(spread over profiling groups {res['reference_spread_pct'] or 0:.1f} %)")
+              f"(spread over profiling groups {res['reference_spread_pct'] or 0:.1f} %); check groups timed "
+              f"{'/'.join(str(t) for t in res['group_takes'])} time(s), noisy ones again")
         kinds = ", ".join(f"{k} {v['median_pct']:.1f}/{v['worst_pct']:.1f} %" for k, v in res["choice"]["kinds"].items())
         c = res["correction"]
         print(f"  correction (leave-one-out median/worst: {kinds}): {c['kind']}, {c['fixed_ms']:.3f} ms + {c['scale']:.3f} x sum; "
