@@ -107,6 +107,10 @@ class LatencyConfig(_Section):
     # context: each candidate timed inside the whole network (what the sum needs); isolated: alone
     method: Literal["context", "isolated"] = "context"
     context_rounds: int = Field(2, ge=1)  # in-context: networks each candidate is timed in (random neighbours)
+    # a group of interleaved networks whose two halves disagree by more than retake_noise (relative)
+    # was timed while the machine moved: it is timed again, up to `retakes` times, the calmest take kept
+    retake_noise: float = Field(0.04, gt=0)
+    retakes: int = Field(2, ge=0)
 
 
 class SolveConfig(_Section):

@@ -267,11 +267,11 @@ def test_a_noisy_check_group_is_timed_again_and_the_calmest_take_kept(monkeypatc
         calls.append(len(nets))
         return next(takes)
     monkeypatch.setattr(calibration, "measure_networks", fake)
-    cfg = LatencyConfig()
+    cfg = LatencyConfig(retakes=2, retake_noise=0.04)
     out = calibration.measure_selections(nn.Identity(), [], {}, [{}, {}, {}, {}], (1, 4, 4), cfg, group=2)
     assert calls == [2, 2, 2]  # the first group twice (noisy, then calm), the second once
     assert [r["takes"] for r in out] == [2, 2, 1, 1] and out[0]["half_a_ms"] == 9.9
     takes = iter([[noisy, noisy]] * 3)
     calls.clear()
-    out = calibration.measure_selections(nn.Identity(), [], {}, [{}, {}], (1, 4, 4), cfg, group=2, retakes=2)
+    out = calibration.measure_selections(nn.Identity(), [], {}, [{}, {}], (1, 4, 4), cfg, group=2)
     assert calls == [2, 2, 2] and out[0]["takes"] == 3  # never more than 1 + retakes takes

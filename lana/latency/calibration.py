@@ -72,35 +72,28 @@ def predict(choice: dict[str, str], latency: dict[str, dict[str, float]], fixed_
     return fixed_ms + sum(latency[b][c] for b, c in choice.items())
 
 
-# A group whose networks' two interleaved halves disagree by more than this was timed while
-# the machine moved under it (a shared host): it is timed again, up to RETAKES more times,
-# and the calmest take is kept.
-RETAKE_NOISE = 0.04
-RETAKES = 2
-
-
 def group_noise(results: list[dict]) -> float:
     """The worst relative gap between the two interleaved halves over one group's networks."""
     return max(abs(r["half_a_ms"] - r["half_b_ms"]) / r["median_ms"] for r in results)
 
 
 def measure_selections(teacher: nn.Module, specs, modules: dict, selections: list[dict[str, str]],
-                       input_shape: tuple[int, ...], cfg: LatencyConfig, group: int = 12,
-                       retake_noise: float = RETAKE_NOISE, retakes: int = RETAKES) -> list[dict]:
+                       input_shape: tuple[int, ...], cfg: LatencyConfig, group: int = 12) -> list[dict]:
     """Measure each selection's whole network end to end, interleaved in groups of ``group``.
 
-    A group whose noise (:func:`group_noise`) is above ``retake_noise`` is timed again, up to
-    ``retakes`` more times; the take with the lowest noise is kept (each result says how many
-    takes its group needed in ``takes``).
+    A group whose noise (:func:`group_noise`) is above ``latency.retake_noise`` was timed while
+    the machine moved under it (a shared host): it is timed again, up to ``latency.retakes``
+    more times, and the take with the lowest noise is kept (each result says how many takes
+    its group needed in ``takes``).
     """
     results = []
     for first in range(0, len(selections), group):
         chunk = selections[first : first + group]
         nets = [build_network(teacher, specs, choice, modules) for choice in chunk]
         takes = []
-        for _ in range(1 + max(0, retakes)):
+        for _ in range(1 + cfg.retakes):
             takes.append(measure_networks(nets, input_shape, cfg, time_cap_s=cfg.time_cap_s * 2 * len(nets)))
-            if group_noise(takes[-1]) <= retake_noise:
+            if group_noise(takes[-1]) <= cfg.retake_noise:
                 break
             log.info("latency check: group %d noisy (halves %.1f %% apart), timing it again", first // group, 100 * group_noise(takes[-1]))
         best = min(takes, key=group_noise)
