@@ -21,6 +21,7 @@ from timm.models.efficientnet import _gen_efficientnet
 from torch import nn
 
 from lana.errors import ConfigError, InfeasibleError
+from lana.teacher.demo_net import DEMO_WIDTHS
 from lana.teacher.load import build_model
 
 PRUNE_STEPS = 5  # Torch-Pruning's iterative schedule: ratio reached in this many steps
@@ -130,7 +131,7 @@ def width_scaled(model: str, kwargs: dict, multiplier: float) -> nn.Module:
     elif model == EFFICIENTNET:
         kwargs["width"] = kwargs.pop("width", 1.0) * multiplier
     elif model == "lana.teacher.demo_net:demo_resnet":
-        kwargs["widths"] = tuple(_divisible(c * multiplier) for c in kwargs.pop("widths", (16, 32, 64)))
+        kwargs["widths"] = tuple(_divisible(c * multiplier) for c in kwargs.pop("widths", DEMO_WIDTHS))
     else:
         raise ConfigError(
             f"no width multiplier known for '{model}'; the width baseline supports timm:resnet*, "

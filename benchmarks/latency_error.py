@@ -22,9 +22,9 @@ with the teacher timed beside it. Printed per family:
   and fitted *without* the network it is judged on (nested leave-one-out: every network is
   held out, and so is the choice);
 - the noise floor (two interleaved halves of the same measurement) and how far the reference
-  (the teacher) moved between profiling and checking; a check group whose halves disagree by
-  more than 4 % is timed again (up to twice) and the calmest take kept
-  (``lana.latency.calibration.measure_selections``), and the line says how many takes each needed.
+  (the teacher) moved between profiling and checking; with ``--retakes N`` a group whose halves
+  disagree by more than 4 % is timed again (up to N times) and the calmest take kept
+  (``latency.retakes``), and the line says how many takes each check group needed.
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def run_family(name: str, args) -> dict:
     gpu = args.device.startswith("cuda")
     cfg = LatencyConfig(device=args.device, batch_size=args.batch or batch, dtype=args.dtype, runtime=args.runtime,
                         threads=None if gpu else args.threads, clock="wall" if gpu else args.clock, repeats=args.repeats,
-                        time_cap_s=args.cap, context_rounds=args.rounds)
+                        time_cap_s=args.cap, context_rounds=args.rounds, retakes=args.retakes)
     tick = time.time()
     record = profile_latency(teacher, specs, candidates, shape, cfg)
     profile_s = time.time() - tick
@@ -127,6 +127,7 @@ def main() -> None:
     parser.add_argument("--cap", type=float, default=1.5, help="seconds per timed module (latency.time_cap_s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=2, help="latency.context_rounds: cover networks per candidate")
+    parser.add_argument("--retakes", type=int, default=0, help="latency.retakes: time a noisy group again up to N times")
     parser.add_argument("--quick", action="store_true", help="6 networks per family")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--save", default=None, help="folder to write each family's predicted-vs-measured CSV into")
@@ -150,8 +151,8 @@ def main() -> None:
         s = res["noise"]
         print(f"  noise floor        median {s['median_noise_pct']:5.1f} %   worst {s['worst_noise_pct']:5.1f} %   "
               f"reference moved {res['teacher_drift_pct']:+.1f} % since profiling "
-              f"(spread over profiling groups {res['reference_spread_pct'] or 0:.1f} %); check groups timed "
-              f"{'/'.join(str(t) for t in res['group_takes'])} time(s), noisy ones again")
+              f"(spread over profiling groups {res['reference_spread_pct'] or 0:.1f} %); takes per check group "
+              f"{'/'.join(str(t) for t in res['group_takes'])}")
         kinds = ", ".join(f"{k} {v['median_pct']:.1f}/{v['worst_pct']:.1f} %" for k, v in res["choice"]["kinds"].items())
         c = res["correction"]
         print(f"  correction (leave-one-out median/worst: {kinds}): {c['kind']}, {c['fixed_ms']:.3f} ms + {c['scale']:.3f} x sum; "

@@ -24,7 +24,7 @@ from torch import nn
 from lana.config import LatencyConfig
 from lana.errors import InfeasibleError
 from lana.latency.correction import Correction, choose_correction, fit_correction  # noqa: F401 (re-exported)
-from lana.latency.measure import TEACHER_OP, measure_networks
+from lana.latency.measure import TEACHER_OP, group_noise, measure_networks
 from lana.teacher.blocks import set_submodule
 from solvers import SelectionProblem, solve_selection
 
@@ -70,11 +70,6 @@ def build_network(teacher: nn.Module, specs, choice: dict[str, str], modules: di
 def predict(choice: dict[str, str], latency: dict[str, dict[str, float]], fixed_ms: float) -> float:
     """Predicted whole-network latency: the fixed part plus the chosen per-block figures."""
     return fixed_ms + sum(latency[b][c] for b, c in choice.items())
-
-
-def group_noise(results: list[dict]) -> float:
-    """The worst relative gap between the two interleaved halves over one group's networks."""
-    return max(abs(r["half_a_ms"] - r["half_b_ms"]) / r["median_ms"] for r in results)
 
 
 def measure_selections(teacher: nn.Module, specs, modules: dict, selections: list[dict[str, str]],

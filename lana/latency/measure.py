@@ -396,7 +396,8 @@ def measure_in_context(teacher: nn.Module, specs, candidates: dict, input_shape:
     return timings, record
 
 
-def _noise(results: list[dict]) -> float:
+def group_noise(results: list[dict]) -> float:
+    """The worst relative gap between the two interleaved halves over one group's timings."""
     return max(abs(r["half_a_ms"] - r["half_b_ms"]) / r["median_ms"] for r in results)
 
 
@@ -414,10 +415,10 @@ def _time_group(teacher, specs, modules, chunk, shapes, cfg, device, example, de
         if deployed:  # the deployed teacher, unclocked, interleaved with its clocked twin
             steps.append(core.make_step(prepare_for_timing(teacher, example, cfg), example, _graphs(cfg, example), cfg.clock))
         takes.append((nets, core.sample_interleaved(steps, **_knobs(cfg), time_cap_s=cfg.time_cap_s * len(steps))))
-        if _noise(takes[-1][1]) <= cfg.retake_noise:
+        if group_noise(takes[-1][1]) <= cfg.retake_noise:
             break
-        log.info("latency (in context): a group was noisy (halves %.1f %% apart), timing it again", 100 * _noise(takes[-1][1]))
-    nets, results = min(takes, key=lambda take: _noise(take[1]))
+        log.info("latency (in context): a group was noisy (halves %.1f %% apart), timing it again", 100 * group_noise(takes[-1][1]))
+    nets, results = min(takes, key=lambda take: group_noise(take[1]))
     stored = {"choices": chunk, "reference_ms": results[0]["median_ms"], "networks": [], "gaps": [], "takes": len(takes)}
     if deployed:
         whole = results.pop()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+DEMO_WIDTHS = (16, 32, 64)  # the demo teacher's channels per stage
+
 
 class BasicBlock(nn.Module):
     """ResNet basic block: two 3×3 conv-BN layers plus a (projected) shortcut."""
@@ -39,7 +41,7 @@ class DemoResNet(nn.Module):
         self,
         num_classes: int = 10,
         in_chans: int = 1,
-        widths: tuple[int, ...] = (16, 32, 64),
+        widths: tuple[int, ...] = DEMO_WIDTHS,
         depth: int = 2,
         stem_stride: int = 1,
     ) -> None:
@@ -84,4 +86,4 @@ def demo_resnet(
     Returns:
         An untrained ``DemoResNet``.
     """
-    return DemoResNet(num_classes, in_chans, tuple(widths or (16, 32, 64)), depth, stem_stride)
+    return DemoResNet(num_classes, in_chans, tuple(widths or DEMO_WIDTHS), depth, stem_stride)
