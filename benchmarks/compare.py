@@ -2,7 +2,7 @@
 
 For one teacher: train it (unless its checkpoint exists), run lana's distill stage, then at
 each budget (a share of the teacher's latency) find each method's network with the same
-search (:func:`benchmarks.search.search_band`: bisection of its knob on the measured,
+search (:func:`benchmarks.search.search_band`: its knob searched on the measured,
 interleaved share of the teacher, same band, same number of measurements), and give every
 network the same fine-tune by distillation from the teacher, once per seed:
 
@@ -102,7 +102,9 @@ class Comparison:
 
         def build(table_ms: float):
             choice = draw(problem, table_ms)
-            return assemble_student(ctx.teacher, ctx.specs, choice, ctx.run.weights_dir), {"choice": choice}
+            # the same selection from another table budget is the same network: the search does not time it again
+            key = tuple(sorted(choice.items()))
+            return assemble_student(ctx.teacher, ctx.specs, choice, ctx.run.weights_dir), {"choice": choice, "key": key}
         return build, fast, float(self.inputs.teacher_ms)
 
     def lana(self, share: float) -> Found | None:
@@ -179,7 +181,8 @@ def _setting(found: Found) -> str:
 
 def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float], seeds: list[int], n_random: int = 3,
                     methods: tuple[str, ...] = METHODS, max_measurements: int = 8, max_equal_epochs: float = 30.0,
-                    train_teacher: Callable[[LanaConfig, RunFolder], float] | None = None) -> pd.DataFrame:
+                    train_teacher: Callable[[LanaConfig, RunFolder], float] | None = None,
+                    band: tuple[float, float] = BAND) -> pd.DataFrame:
     """Every method at every budget and seed for one teacher; one row per network (teacher included).
 
     Args:
@@ -192,6 +195,7 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
         max_measurements: measurements each search may make.
         max_equal_epochs: cap on the fine-tune epochs of the equal-compute row.
         train_teacher: trains and saves the teacher when its checkpoint is missing (seconds).
+        band: the window every search must end in, as fractions of the budget.
 
     Returns:
         Columns teacher, method, budget, seed, share, val_top1, top1, search_s, train_s,
@@ -209,7 +213,7 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
     tick = time.time()
     distill_stage(config, run)
     timing["distill_score_latency_s"] = distill_s = time.time() - tick
-    cmp = Comparison(prepare(config, run), seeds, n_random, max_measurements)
+    cmp = Comparison(prepare(config, run), seeds, n_random, max_measurements, band)
     timing.update(cmp.timing)
     ctx, model_name, kwargs = cmp.ctx, config.teacher.model, config.teacher.kwargs
     cmp.add(ctx.teacher, method="teacher", budget=1.0, seed=None, share=1.0, search_s=0.0,

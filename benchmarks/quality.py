@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.search import BAND  # budget × [0.97, 1.00]: the band every method is searched into
+
 CPU_OPS = [
     "identity", "avgpool_conv_k1", "conv_k1", "dwsep_k3", "mbconv_k3_e1", "fused_mbconv_k3_e1", "ghost_conv_k3",
     "pruned_keep25", "pruned_keep40", "pruned_keep50", "pruned_keep60", "pruned_keep75", "lowrank_r25", "lowrank_r50",
@@ -43,11 +45,13 @@ MODES = {
     "cpu": {
         "image_size": 28,
         "tree": {
-            "data": {"image_size": 28, "val_size": 2000, "train_limit": 4000, "batch_size": 128},
+            # batch 64: twice the steps of 128 at about the same cost; the teachers (and the
+            # family members trained with their recipe) gained 0.6–10 validation points (measured)
+            "data": {"image_size": 28, "val_size": 2000, "train_limit": 4000, "batch_size": 64},
             "ops": {"include": CPU_OPS},
             "teacher_training": {"epochs": 4},
-            "distill": {"epochs": 1, "max_steps": 60, "checkpoint_every": 60},
-            "score": {"val_images": 1000},
+            "distill": {"epochs": 1, "max_steps": 60, "checkpoint_every": 60, "batch_size": 128},
+            "score": {"val_images": 500},
             "latency": {"device": "cpu", "batch_size": 128, "threads": 1, "clock": "process", "time_cap_s": 0.4,
                         "context_rounds": 1},
             "finetune": {"epochs": 2},
@@ -61,7 +65,7 @@ MODES = {
         "shares": [0.4, 0.6],
         "seeds": [0, 1],
         "random": 2,
-        "max_measurements": 7,
+        "max_measurements": 8,
         "max_equal_epochs": 8,
         "threads": 1,
         "jobs": 2,
@@ -92,6 +96,9 @@ MODES = {
 }
 
 
+# Teachers by cost in the CPU mode, lightest first (measured: docs/quality.md's timings)
+HEAVY = ["resnet", "mobilenet", "efficientnet"]
+
 # Blocks lana may replace, where the automatic ones (the residual blocks) are not enough:
 # ResNet-18-D's deep stem and its max-pool cost about a quarter of the teacher's latency at
 # 32×32 on a CPU (measured), so at 0.3× the residual blocks alone would have to vanish.
@@ -119,10 +126,14 @@ def run_teacher(mode: str, key: str, out: str, data_root: str | None, overrides:
         import logging
 
         os.environ["TQDM_DISABLE"] = "1"  # read when tqdm is first imported (torch imports it)
+        lana_log = logging.getLogger("lana")
+        for old in [h for h in lana_log.handlers if getattr(h, "quality_teacher", False)]:
+            lana_log.removeHandler(old)  # a worker's previous teacher: one prefix per line
         handler = logging.StreamHandler()
+        handler.quality_teacher = True
         handler.setFormatter(logging.Formatter(f"[{key}] %(asctime)s %(message)s", "%H:%M:%S"))
-        logging.getLogger("lana").addHandler(handler)
-        logging.getLogger("lana").setLevel(logging.INFO)
+        lana_log.addHandler(handler)
+        lana_log.setLevel(logging.INFO)
     import torch
 
     preset = MODES[mode]
@@ -135,7 +146,8 @@ def run_teacher(mode: str, key: str, out: str, data_root: str | None, overrides:
     config = teacher_config(mode, key, out_path, data_root, overrides)
     tick = time.time()
     frame = compare_teacher(config, out_path / key, shares, seeds, preset["random"], tuple(methods),
-                            preset["max_measurements"], preset["max_equal_epochs"], train_teacher=train_teacher)
+                            preset["max_measurements"], preset["max_equal_epochs"], train_teacher=train_teacher,
+                            band=tuple(preset.get("band", BAND)))
     frame["key"] = key
     frame["wall_s"] = time.time() - tick
     return frame
@@ -147,6 +159,7 @@ def markdown(frame: pd.DataFrame, meta: dict) -> str:
     mode, timing = meta["mode"], meta["timing"]
     judged, lines = verdict(frame)
     preset = MODES[mode]
+    band = preset.get("band", BAND)
     out = [
         "# Quality against the alternatives",
         "",
@@ -155,9 +168,11 @@ def markdown(frame: pd.DataFrame, meta: dict) -> str:
         "(`--report-only` rewrites it from the run folder). Rows: [quality.csv](quality.csv).",
         "",
         f"Protocol: Fashion-MNIST at {preset['image_size']}×{preset['image_size']}; every method's knob (lana's and "
-        "random's table budget, Torch-Pruning's ratio, the width multiplier) is bisected on the share of the teacher's "
-        "latency measured interleaved with it, into the same band (budget × [0.97, 1.00]) with at most "
-        f"{preset['max_measurements']} measurements; a method that does not get inside says why. Every network gets the "
+        "random's table budget, Torch-Pruning's ratio, the width multiplier) is searched on the share of the teacher's "
+        "latency measured interleaved with it (`benchmarks/search.py`: interpolation inside a bracket, a network just "
+        "outside the band measured once more and judged by the mean), into the same band (budget × "
+        f"[{band[0]:.2f}, {band[1]:.2f}]) with at "
+        f"most {preset['max_measurements']} measurements; a method that does not get inside says why. Every network gets the "
         f"same {preset['tree']['finetune']['epochs']}-epoch fine-tune by distillation, once per seed ({preset['seeds']}); "
         "width and family members are first trained from scratch with the teacher's recipe. `training s` includes lana's "
         "(and random's) whole distillation + scoring + profiling. Every choice (best other method, headline) is made on "
@@ -236,8 +251,11 @@ def main(argv: list[str] | None = None) -> int:
         parallel = jobs > 1 and len(keys) > 1
         jobs_args = [(args.mode, k, str(out), args.data, args.overrides, shares, seeds, methods, parallel) for k in keys]
         if parallel:
+            # the heaviest teachers first, so the last one to start is a light one (the wall is the longest queue)
+            order = sorted(range(len(keys)), key=lambda i: HEAVY.index(keys[i]) if keys[i] in HEAVY else -1, reverse=True)
             with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-                frames = list(pool.map(run_teacher, *zip(*jobs_args)))
+                futures = {i: pool.submit(run_teacher, *jobs_args[i]) for i in order}
+                frames = [futures[i].result() for i in range(len(keys))]
         else:
             frames = [run_teacher(*a) for a in jobs_args]
         frame = pd.concat(frames, ignore_index=True)

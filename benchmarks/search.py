@@ -1,10 +1,12 @@
-"""One search for every method: bisection of a knob on the measured share of the teacher.
+"""One search for every method: a knob searched on the measured share of the teacher.
 
 Every method of ``benchmarks/quality.py`` (lana's and random's table budget, Torch-Pruning's
 ratio, the width multiplier) is held to its budget by :func:`search_band`: the same band
 (``budget × [0.97, 1.00]`` of the teacher's latency, by default), the same number of
 measurements allowed, each measurement one interleaved run of the network and the teacher
-(:func:`measure_share`), so the machine's drift cancels out of the share. A method whose
+(:func:`measure_share`), so the machine's drift cancels out of the share. The search is a
+safeguarded interpolation inside a bracket; a network measured just outside the band is
+measured once more (the mean decides), for every method alike. A method whose
 fastest setting measures above the band cannot reach the budget and says so; one that is
 not inside the band after the allowed measurements is reported as missing it.
 """
@@ -59,20 +61,32 @@ class Found:
 
 def search_band(build: Callable[[float], nn.Module | tuple[nn.Module, dict]], fast: float, slow: float, budget: float,
                 reference: nn.Module, input_shape: tuple[int, ...], cfg: LatencyConfig, band: tuple[float, float] = BAND,
-                max_measurements: int = 8) -> Found:
-    """Bisect ``knob`` between ``fast`` and ``slow`` until ``build(knob)`` measures inside the band.
+                max_measurements: int = 8, near: float | None = None) -> Found:
+    """Search ``knob`` between ``fast`` and ``slow`` until ``build(knob)`` measures inside the band.
+
+    The search keeps a bracket (a knob measured under the band, one above it) and steps by
+    safeguarded interpolation of the measured share towards the band's centre (regula falsi,
+    with a bisection step whenever the same end moved twice running, and never closer than
+    10 % of the bracket to either end). Two things make it robust to a noisy machine:
+
+    - a network measured just outside the band (within ``near`` of it) is measured once
+      more and judged by the mean of its two shares;
+    - a knob that builds a network already measured (``extra["key"]``, e.g. a table
+      method's selection) is not measured again: the bracket moves on that network's mean.
 
     Args:
         build: knob → network (or ``(network, extra)``); the network's latency is assumed to
             fall, not necessarily strictly, from ``slow`` to ``fast``.
         fast: the knob's fastest setting (most pruned, narrowest, smallest table budget).
-        slow: the knob's slowest setting considered (about the teacher's latency).
+        slow: the knob's slowest setting considered (about the teacher's latency; taken as
+            1× until measured).
         budget: the target, as a share of ``reference``'s latency.
         band: the accepted window, as fractions of ``budget``.
-        max_measurements: measurements allowed, the first (at ``fast``) included.
+        max_measurements: measurements allowed, the first (at ``fast``) and retakes included.
+        near: how far outside the band (as a share) earns a retake; default the band's width.
 
     Returns:
-        The network found, inside the band.
+        The network found, inside the band (``share`` the mean of its measurements).
 
     Raises:
         OutOfBand: the fastest setting measures above the band ("cannot reach"), or no
@@ -80,35 +94,66 @@ def search_band(build: Callable[[float], nn.Module | tuple[nn.Module, dict]], fa
     """
     tick = time.time()
     low, high = budget * band[0], budget * band[1]
-    seen: list[tuple[float, float]] = []
+    near = (high - low) if near is None else near
+    target = (low + high) / 2
+    nets: dict = {}  # key → [model, extra, shares, latencies]
+    count = 0
 
-    def try_knob(knob: float) -> Found | None:
+    def measure(key, knob: float) -> float:
+        nonlocal count
+        model, _, shares, times = nets[key]
+        ms, share = measure_share(model, reference, input_shape, cfg)
+        count += 1
+        shares.append(share)
+        times.append(ms)
+        log.info("search %.3f×: knob %.4g measured %.3f× (mean %.3f× of %d)", budget, knob, share,
+                 sum(shares) / len(shares), len(shares))
+        return sum(shares) / len(shares)
+
+    def try_knob(knob: float) -> tuple[float, Found | None]:
+        """The mean share of ``build(knob)``'s network, and the Found when it is inside the band."""
         built = build(knob)
         model, extra = built if isinstance(built, tuple) else (built, {})
-        ms, share = measure_share(model, reference, input_shape, cfg)
-        seen.append((knob, share))
-        log.info("search %.3f×: knob %.4g measured %.3f×", budget, knob, share)
+        key = extra.get("key", knob)
+        if key not in nets:
+            nets[key] = [model, extra, [], []]
+            share = measure(key, knob)
+            if not low <= share <= high and share - high <= near and low - share <= near and count < max_measurements:
+                share = measure(key, knob)  # just outside: once more, judged by the mean
+        model, extra, shares, times = nets[key]
+        share = sum(shares) / len(shares)
         if low <= share <= high:
-            return Found(knob, model, share, ms, len(seen), time.time() - tick, extra)
-        return None
+            return share, Found(knob, model, share, sum(times) / len(times), count, time.time() - tick, extra)
+        return share, None
 
-    found = try_knob(fast)
+    share, found = try_knob(fast)
     if found:
         return found
-    fastest = seen[0][1]
+    fastest = share
     if fastest > high:
         raise OutOfBand(f"cannot reach: fastest {fastest:.2f}×", fastest)
-    # Bisection in knob space between a setting known to be under the band and one above it.
-    under, over = fast, slow
-    while len(seen) < max_measurements:
-        knob = (under + over) / 2
-        found = try_knob(knob)
+    # (knob, mean share) of a setting known to be under the band and one above it (``slow`` taken as 1×)
+    under, over = (fast, share), (slow, max(1.0, high + near))
+    moved: list[str] = []
+    builds = 0
+    while count < max_measurements and builds < 4 * max_measurements:
+        builds += 1
+        span = over[0] - under[0]
+        if len(moved) >= 2 and moved[-1] == moved[-2]:
+            t = 0.5  # the same end moved twice: bisect
+        else:
+            t = min(0.9, max(0.1, (target - under[1]) / max(over[1] - under[1], 1e-9)))
+        knob = under[0] + t * span
+        share, found = try_knob(knob)
         if found:
             return found
-        if seen[-1][1] > high:
-            over = knob
+        if share > high:
+            over = (knob, share)
+            moved.append("over")
         else:
-            under = knob
-    nearest = min(seen, key=lambda ks: abs(ks[1] - (low + high) / 2))[1]
-    raise OutOfBand(f"missed the band {low:.3f}–{high:.3f}× in {len(seen)} measurements (nearest {nearest:.3f}×)",
-                    min(s for _, s in seen))
+            under = (knob, share)
+            moved.append("under")
+    means = [sum(n[2]) / len(n[2]) for n in nets.values()]
+    nearest = min(means, key=lambda s: abs(s - target))
+    raise OutOfBand(f"missed the band {low:.3f}–{high:.3f}× in {count} measurements (nearest {nearest:.3f}×)",
+                    min(means))

@@ -88,6 +88,35 @@ def test_search_bisects_into_the_band_and_says_when_it_cannot(monkeypatch):
         search_band(_Knob, 1.0, 0.0, 0.5, None, (1, 8, 8), None, max_measurements=5)
 
 
+def test_search_interpolates_and_retakes_a_near_miss(monkeypatch):
+    # a straight line is found by interpolation in one step after the fastest setting
+    measure, calls = _fake_share(lambda k: 1.0 - 0.8 * k)
+    monkeypatch.setattr(search_mod, "measure_share", measure)
+    found = search_band(_Knob, 1.0, 0.0, 0.5, None, (1, 8, 8), None, max_measurements=8)
+    assert found.measurements == len(calls) == 2 and 0.485 <= found.share <= 0.5
+    # noise: the same network reads 0.51× then 0.49×; the mean (0.50×) is inside 0.5 × [0.97, 1]
+    readings = iter([0.2, 0.51, 0.49])
+    monkeypatch.setattr(search_mod, "measure_share", lambda m, r, s, c, rounds=3: (1.0, next(readings)))
+    found = search_band(_Knob, 1.0, 0.0, 0.5, None, (1, 8, 8), None)
+    assert found.measurements == 3 and found.share == pytest.approx(0.5)
+    # far outside the band: no retake
+    readings = iter([0.2, 0.8, 0.3, 0.5])
+    monkeypatch.setattr(search_mod, "measure_share", lambda m, r, s, c, rounds=3: (1.0, next(readings)))
+    assert search_band(_Knob, 1.0, 0.0, 0.5, None, (1, 8, 8), None).measurements == 4
+
+
+def test_search_does_not_time_the_same_network_twice(monkeypatch):
+    """Knobs that build the same network (a table method's selection) share its measurements."""
+    def build(knob):  # two networks: knob < 0.5 is the slow one (0.8×), the rest the fast one (0.3×)
+        key = "slow" if knob < 0.5 else "fast"
+        return _Knob(knob), {"key": key}
+    measure, calls = _fake_share(lambda k: 0.8 if k < 0.5 else 0.3)
+    monkeypatch.setattr(search_mod, "measure_share", measure)
+    with pytest.raises(OutOfBand, match=r"in 2 measurements \(nearest 0.300×\)"):
+        search_band(build, 1.0, 0.0, 0.5, None, (1, 8, 8), None, max_measurements=6)
+    assert len(calls) == 2  # each network timed once; the other knobs reused those figures
+
+
 def test_pruners_keep_the_classifier_and_shrink_the_network(one_thread):
     from lana.teacher.load import build_model
 
@@ -152,6 +181,9 @@ def test_win_needs_more_than_the_larger_spread_and_choices_use_validation():
     assert "budget 0.5×" in text and f"{1 / 0.49:.2f}×" in text
 
 
+TINY_BAND = (0.88, 1.00)
+
+
 def _load_benchmark():
     spec = importlib.util.spec_from_file_location("quality_bench", ROOT / "benchmarks" / "quality.py")
     module = importlib.util.module_from_spec(spec)
@@ -171,6 +203,7 @@ def test_reduced_benchmark_runs_every_method_inside_the_band(tmp_path, monkeypat
     tree["teacher_training"]["epochs"] = 0.3
     monkeypatch.setitem(bench.MODES, "tiny", {"image_size": 32, "tree": tree, "random": 2, "threads": 1, "jobs": 1,
                                               "shares": [0.7], "seeds": [0, 1], "max_measurements": 10, "max_equal_epochs": 0.4,
+                                              "band": TINY_BAND,
                                               "teachers": {"resnet": ("timm:resnet18d", TINY_RESNET)}})
     code = bench.main(["--mode", "tiny", "--run", str(tmp_path / "q"), "--docs", str(tmp_path / "docs")])
     assert code == 0
@@ -180,13 +213,17 @@ def test_reduced_benchmark_runs_every_method_inside_the_band(tmp_path, monkeypat
     networks = frame[frame["method"] != "teacher"].dropna(subset=["top1"])
     unreached = frame[(frame["method"] != "teacher") & frame["top1"].isna()]
     assert unreached["note"].str.contains("cannot reach|missed the band").all()
-    # The tiny teacher's timings are noisy (more so on a loaded machine): any one search may
-    # miss the 3 % band and then says so above; most must still land in it.
+    # The tiny teacher's timings are noisy (the same network reads 8 % apart on a loaded machine),
+    # so this run's band is wider than the benchmark's 3 %; any one search may still miss it
+    # and then says so above; most must land in it.
     assert networks["method"].nunique() >= len(expected) // 2, unreached["note"].tolist()
-    # the equal-latency rule: every reachable network was measured inside 0.7 × [0.97, 1.00]
-    assert networks["share"].between(0.97 * 0.7 - 1e-9, 0.7 + 1e-9).all(), networks[["method", "share"]]
+    # the equal-latency rule: every reachable network was measured inside 0.7 × TINY_BAND
+    low, high = 0.7 * TINY_BAND[0], 0.7 * TINY_BAND[1]
+    assert networks["share"].between(low - 1e-9, high + 1e-9).all(), networks[["method", "share"]]
+    assert f"[{TINY_BAND[0]:.2f}, {TINY_BAND[1]:.2f}]" in (tmp_path / "docs" / "quality.md").read_text()
     assert (networks.groupby("method")["seed"].nunique() == 2).all()  # two seeds per cell
-    assert any(m.endswith("(lana's compute)") for m in networks["method"])
+    if "lana" in set(networks["method"]):  # the equal-compute row needs lana's network at that budget
+        assert any(m.endswith("(lana's compute)") for m in networks["method"])
     lana = networks[networks["method"] == "lana"]
     timing = pd.read_json(tmp_path / "q" / "resnet" / "quality_timing.json", typ="series")
     assert (lana["train_s"] >= timing["distill_score_latency_s"]).all()  # lana's distillation is in its training
@@ -196,7 +233,8 @@ def test_reduced_benchmark_runs_every_method_inside_the_band(tmp_path, monkeypat
     assert list(docs_csv.columns[:9]) == ["teacher", "method", "budget", "seed", "share", "val_top1", "top1", "search_s", "train_s"]
     assert len(docs_csv) == len(frame)
     text = (tmp_path / "docs" / "quality.md").read_text()
-    assert "| lana |" in text and "tp-taylor" in text and "wins | ties | losses" in text
+    assert "| lana |" in text and "tp-taylor" in text
+    assert ("wins | ties | losses" if "lana" in set(networks["method"]) else "No cell where lana") in text
     assert (tmp_path / "docs" / "quality.png").stat().st_size > 1000
     # --report-only rewrites the docs from the run folder alone, with the run's figures
     (tmp_path / "docs" / "quality.md").unlink()
