@@ -1,9 +1,9 @@
 """The whole pipeline on one model of every teacher family, on tiny synthetic inputs.
 
 For each family: distill (train, score, time) → solve → fine-tune → export (TorchScript,
-checked against eager). Big models keep their first blocks only (``teacher.blocks``, taken
-from automatic discovery) so that each run takes a few seconds on 2 CPU cores;
-MobileNetV3-small runs with ``blocks: null`` over all its blocks. EfficientNet B1–B7 (and
+checked against eager; ``.pt2`` as well for two families). Big models keep their first
+blocks only (``teacher.blocks``, taken from automatic discovery) so that each run takes a
+few seconds on 2 CPU cores; MobileNetV3-small runs with ``blocks: null`` over all its blocks. EfficientNet B1–B7 (and
 torchvision's EfficientNetV2-S) get discovery and candidate building for every block, with
 shapes checked on the first block of each stage, not the pipeline. Every op of the zoo is
 built for one strided and one shape-keeping block of each model. Candidates must reproduce
@@ -42,6 +42,8 @@ FAMILIES = [
     ("timm:tf_efficientnetv2_b0", 3),
     ("timm:regnetx_002", 3),
 ]
+
+PT2_FAMILIES = {"timm:resnet18", "timm:efficientnet_b0"}  # exported to .pt2 as well (the default formats)
 
 # Discovery and candidates for every block, shapes on each stage's first block (no pipeline).
 SHAPES_ONLY = [f"{lib}:efficientnet_b{b}" for lib in ("timm", "torchvision") for b in range(1, 8)]
@@ -117,7 +119,9 @@ def family_tree(model: str, blocks: list[str] | None, name: str = "family") -> d
         # only the knobs this version of LatencyConfig has (max_repeats, ci, time_cap_s are new)
         "latency": {k: v for k, v in FAST_LATENCY.items() if k in LatencyConfig.model_fields},
         "finetune": {"epochs": 0.5},
-        "export": {"check_images": 4},
+        # torch.export of student and teacher takes most of a run: two families check it here
+        # (tests/test_export_*.py cover every format), the others TorchScript only
+        "export": {"check_images": 4, "formats": ["torchscript", "pt2"] if model in PT2_FAMILIES else ["torchscript"]},
     }
 
 
@@ -181,6 +185,8 @@ def run_full_pipeline(tree: dict, folder) -> dict:
     report = export_stage(ctx, selection)
     assert report["finetuned"] and report["export"]["max_abs_diff"] <= config.export.atol
     assert report["student_latency_ms"] > 0 and report["choice"] == selection["choice"]
+    assert [r["format"] for r in report["exports"]] == config.export.formats
+    assert all(r["error"] is None and r["max_abs_diff"] <= config.export.atol for r in report["exports"])
     scripted = torch.jit.load(str(run.file("student.ts")))
     with torch.no_grad():
         assert scripted(torch.zeros(2, 3, SIZE, SIZE)).shape == (2, 10)
