@@ -30,8 +30,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.search import BAND  # budget × [0.97, 1.00]: the band every method is searched into
-
 CPU_OPS = [
     "identity", "avgpool_conv_k1", "conv_k1", "dwsep_k3", "mbconv_k3_e1", "fused_mbconv_k3_e1", "ghost_conv_k3",
     "pruned_keep25", "pruned_keep40", "pruned_keep50", "pruned_keep60", "pruned_keep75", "lowrank_r25", "lowrank_r50",
@@ -140,6 +138,7 @@ def run_teacher(mode: str, key: str, out: str, data_root: str | None, overrides:
     if preset["threads"]:
         torch.set_num_threads(preset["threads"])
     from benchmarks.compare import compare_teacher
+    from benchmarks.search import BAND
     from lana.stages.demo import train_teacher
 
     out_path = Path(out)
@@ -155,6 +154,7 @@ def run_teacher(mode: str, key: str, out: str, data_root: str | None, overrides:
 
 def markdown(frame: pd.DataFrame, meta: dict) -> str:
     from benchmarks.report import markdown_table, tally, verdict
+    from benchmarks.search import BAND
 
     mode, timing = meta["mode"], meta["timing"]
     judged, lines = verdict(frame)

@@ -253,3 +253,13 @@ def test_report_only_without_a_finished_run_says_what_is_missing(tmp_path, capsy
     with pytest.raises(SystemExit) as info:
         bench.main(["--run", str(tmp_path / "nothing"), "--report-only"])
     assert info.value.code == 2 and "quality.csv" in capsys.readouterr().err
+
+
+def test_parallel_teachers_can_still_silence_progress_bars():
+    """Importing the benchmark must not import tqdm: a worker sets TQDM_DISABLE before torch loads it."""
+    import subprocess
+    import sys
+
+    code = "import sys, benchmarks.quality; print('tqdm' in sys.modules, 'torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False"]
