@@ -2,10 +2,21 @@
 pipeline test can reuse, so the whole suite stays within a few minutes on 2 CPU cores."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from lana.config import LanaConfig, build_config
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs one worker per core) each worker computes on one
+    thread: two workers × two threads on two cores stall in OpenMP. Tests that need more set it."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # and the lana processes tests start
+
 
 TINY_OPS = ["identity", "conv_k1", "conv_k3", "mbconv_k3_e1", "mbconv_k3_e3_se", "fused_mbconv_k3_e1", "pruned_keep50", "lowrank_r50"]
 

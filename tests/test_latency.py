@@ -84,10 +84,11 @@ def test_interleaved_sampling_gives_halves_per_callable():
 
 # -- settings ---------------------------------------------------------------------------------
 def test_settings_tag_names_every_setting():
-    base = tiny_config(latency={"threads": None}).latency
+    base = tiny_config(latency={"threads": None}).latency  # None: torch's own count
+    other = torch.get_num_threads() + 1  # a count that differs from it (xdist workers run on 1)
     tags = {settings_tag(base.model_copy(update=u)) for u in (
         {}, {"batch_size": 1}, {"dtype": "bfloat16"}, {"runtime": "torchscript"}, {"channels_last": True},
-        {"threads": 1}, {"threads": 1, "clock": "process"})}
+        {"threads": other}, {"threads": other, "clock": "process"})}
     assert len(tags) == 7
     assert settings_tag(base.model_copy(update={"threads": 3})).endswith("-t3")
     assert settings_tag(base.model_copy(update={"device": "cuda:1", "cuda_graphs": True})) == "cuda1-b4-float32-eager-graphs"
