@@ -124,15 +124,20 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
     table = cells(frame)
     table = table[table["seeds"] > 0]
     teachers = list(dict.fromkeys(frame["teacher"]))
+    # one colour and marker per method in every panel (lana first: blue, a thick solid line)
+    methods = list(dict.fromkeys(["lana", *table["method"]]))
+    palette = plt.get_cmap("tab20").colors
+    colour = {m: palette[(2 * i) % 20 + (2 * i) // 20 % 2] for i, m in enumerate(methods)}
+    marker = {m: "os^vDxP*h<>"[i % 11] for i, m in enumerate(methods)}
     fig, axes = plt.subplots(1, len(teachers), figsize=(6 * len(teachers), 4.5), squeeze=False)
     for ax, name in zip(axes[0], teachers):
         t = frame[(frame["teacher"] == name) & (frame["method"] == "teacher")].iloc[0]
         ax.axhline(t["top1"], color="k", lw=0.8, ls=":", label=f"teacher {t['top1']:.2f} %")
         ax.axhline(t["top1"] - 0.5, color="k", lw=0.5, ls="--", alpha=0.4)
-        for i, (method, g) in enumerate(table[table["teacher"] == name].groupby("method", sort=False)):
+        for method, g in table[table["teacher"] == name].groupby("method", sort=False):
             g = g.sort_values("final_share")
             err = [g["top1"] - g["top1_min"], g["top1_max"] - g["top1"]]
-            ax.errorbar(g["final_share"], g["top1"], yerr=err, marker="os^vDxP*h<>"[i % 11], capsize=3,
+            ax.errorbar(g["final_share"], g["top1"], yerr=err, marker=marker[method], color=colour[method], capsize=3,
                         ls="-" if method == "lana" else "--", lw=2 if method == "lana" else 1, label=method)
         for budget in sorted(table.loc[table["teacher"] == name, "budget"].unique()):
             ax.axvspan(0.97 * budget, budget, color="k", alpha=0.08)
