@@ -126,8 +126,9 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
     teachers = list(dict.fromkeys(frame["teacher"]))
     # one colour and marker per method in every panel (lana first: blue, a thick solid line)
     methods = list(dict.fromkeys(["lana", *table["method"]]))
-    palette = plt.get_cmap("tab20").colors
-    colour = {m: palette[(2 * i) % 20 + (2 * i) // 20 % 2] for i, m in enumerate(methods)}
+    palette = plt.get_cmap("tab20").colors  # its dark shades first, then the light ones
+    shades = [*palette[0::2], *palette[1::2]]
+    colour = {m: shades[i % 20] for i, m in enumerate(methods)}
     marker = {m: "os^vDxP*h<>"[i % 11] for i, m in enumerate(methods)}
     fig, axes = plt.subplots(1, len(teachers), figsize=(6 * len(teachers), 4.5), squeeze=False)
     for ax, name in zip(axes[0], teachers):
