@@ -30,6 +30,7 @@ from lana.names import DEFAULT_SOLVER
 from lana.run.context import Context, prepare
 from lana.run.folder import RunFolder, read_json, save_tensors, write_json
 from lana.selection import SolveInputs, build_problem, parse_budget, solve_inputs
+from lana.stages.budget import hold_budget
 from lana.stages.distill import distill_stage
 from lana.stages.export import export_stage
 from lana.stages.finetune import finetune_stage, load_selection, load_student
@@ -220,25 +221,15 @@ def open_run(run_dir: str | Path, teacher: nn.Module | None = None, train=None, 
     return Run(folder, config, teacher, splits)
 
 
-def rescaled_share_budget(report: dict, text: str) -> float | None:
-    """The re-scaled budget (ms) when a share budget (``50%``) misses the measured teacher by > 2 %."""
-    text = str(text).strip()
-    if not text.endswith("%") or report.get("budget_ms") is None:
-        return None
-    target = float(text[:-1]) / 100 * report["teacher_latency_ms"]
-    if report["student_latency_ms"] <= 1.02 * target:
-        return None
-    return report["budget_ms"] * target / report["student_latency_ms"]
-
-
 def run_pipeline(run: Run, budget: str | None = None, announce: Announce | None = None,
                  stages: dict | None = None) -> dict:
     """Distil, solve, fine-tune and export: ``lana.accelerate`` and ``lana demo`` both run this.
 
-    A share budget (``50%``) is held to the teacher measured at export, side by side with
-    the student: the solver trusts latencies profiled during distillation, and where the
-    measured student misses the share by more than 2 %, the budget is scaled by the measured
-    ratio and the student re-solved, fine-tuned and exported once (the report says so).
+    The budget holds both ways (:mod:`lana.stages.budget`): the exported student is measured
+    against it in its own unit (a ``50%`` budget against the teacher measured beside it, a
+    ``5ms`` budget as is), and where it is over, or more than 5 % under, the budget is
+    corrected by the measured ratio and the student re-solved, fine-tuned and exported once;
+    the report says so (``budget_met``, ``budget_check``).
 
     Args:
         run: the run.
@@ -272,16 +263,8 @@ def run_pipeline(run: Run, budget: str | None = None, announce: Announce | None 
     say("export and measure")
     report = run.export(selection)
     mark("export_measure")
-    rescaled = rescaled_share_budget(report, text)
-    if rescaled is not None:
-        first = {k: report.get(k) for k in ("student_latency_ms", "student_top1", "teacher_agreement", "speedup", "budget_ms", "choice")}
-        say(f"measured student {report['student_latency_ms']:.2f} ms misses {text} of the measured teacher "
-            f"({report['teacher_latency_ms']:.2f} ms); re-solving for {rescaled:.2f} ms")
-        selection = run.solve(f"{rescaled:.6f}ms")
-        run.finetune(selection)
-        report = run.export(selection)
-        report["budget"] = text
-        report["budget_check"] = {"first_attempt": first, "rescaled_budget_ms": rescaled}
+    report = hold_budget(run, text, selection, report, say)
+    if report.get("budget_check"):
         mark("budget_check")
     report["stage_seconds"] = stages
     write_json(run.folder.file("report.json"), report)

@@ -103,6 +103,7 @@ class SolveInputs:
     tag_teacher_ms: dict = field(default_factory=dict)
     # teacher now vs at profiling (RUN/reference.json), in %: latency figures were converted with it
     reference_drift_pct: float | None = None
+    reference_speed: float = 1.0  # the same as a factor (teacher now / at profiling): latency_ms = profiled × this
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -188,6 +189,7 @@ def describe(selection: Selection, inputs: SolveInputs, limits: Limits) -> dict[
         "seconds": selection.seconds,
         "limits": {"upper": limits.upper, "lower": limits.lower, "offsets": {LATENCY: inputs.offset_ms, **inputs.tag_offsets}},
         "reference_drift_pct": inputs.reference_drift_pct,
+        "reference_speed": inputs.reference_speed,
     }
 
 

@@ -23,7 +23,14 @@ def summary_rows(report: dict) -> list[tuple[str, str, str]]:
     ]
     if report.get("teacher_agreement") is not None:
         rows.insert(1, ("top-1 agreement with the teacher", "100.00 %", _pct(report["teacher_agreement"])))
+    if report.get("budget_target_ms") is not None:
+        rows.append((f"budget ({report['budget']})", "", budget_cell(report)))
     return rows
+
+
+def budget_cell(report: dict) -> str:
+    """``5.00 ms: measured 0.97× — met`` (``over`` / ``under`` where it misses the [0.95, 1.00] band)."""
+    return f"{report['budget_target_ms']:.2f} ms: measured {report['budget_ratio']:.2f}× — {report['budget_verdict']}"
 
 
 def _pct(value) -> str:
@@ -39,6 +46,14 @@ def print_report(report: dict, out: Console | None = None) -> None:
     for row in summary_rows(report):
         table.add_row(*row)
     out.print(table)
+    check = report.get("budget_check") or {}
+    if check:
+        first = check["first_attempt"]
+        out.print(f"budget check: first student measured {first['student_latency_ms']:.3g} ms ({first['budget_verdict']}); "
+                  f"measured / predicted {check['measured_ratio']:.2f}, corrected budget {check['corrected_budget_ms']:.3g} ms"
+                  + ("; re-solved once" if check.get("resolved") else ""))
+    if check.get("note"):
+        out.print(f"note: {check['note']}")
     export = report.get("export") or {}
     if "path" in export and not report.get("exports"):  # reports from before the per-format rows
         out.print(f"TorchScript: {export['path']} (max |diff| vs eager {export['max_abs_diff']:.1e})")

@@ -29,6 +29,7 @@ from lana.latency.profiles import REFERENCE_FILE, reference_record
 from lana.names import TEACHER_OP
 from lana.run.context import Context, prepare
 from lana.run.folder import RunFolder, read_json, write_json
+from lana.stages.budget import report_budget
 from lana.stages.finetune import load_selection, load_student, score_kind
 
 log = logging.getLogger("lana")
@@ -171,6 +172,7 @@ def export_stage(ctx: Context, selection: dict, finetuned: bool = True, out: Pat
         "dtype": cfg.latency.dtype,
         "budget": selection.get("budget"),
         "budget_ms": selection.get("budget_ms"),
+        **report_budget(selection, student_latency, teacher_latency),  # the measured student against the budget asked for
         "teacher_top1": teacher_acc,
         "student_top1": student_acc,
         "top1_drop": None if teacher_acc is None else teacher_acc - student_acc,

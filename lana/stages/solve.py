@@ -13,6 +13,7 @@ from lana.errors import (
     ConfigError,
     RunFolderError,
 )
+from lana.latency.drift import drift_pct, speed_ratio
 from lana.names import DEFAULT_SOLVER, LATENCY
 from lana.selection import (
     SolveInputs,
@@ -52,11 +53,12 @@ def load_run(run_dir: Path) -> SolveInputs:
     teachers = {k: v for k, v in teachers.items() if k != LATENCY and v is not None}
     table = read_table(table_path)
     speed = reference_speed(run_dir, latency)
-    if speed != 1.0:  # figures at the machine's present speed: an ms budget means ms now
+    if speed != 1.0:  # the one drift conversion: figures at the machine's present speed, so an ms budget means ms now
         table[LATENCY] = table[LATENCY] * speed
         teacher_ms, offset_ms = teacher_ms * speed, offset_ms * speed
     inputs = SolveInputs(table, run_dir, run_dir, teacher_ms, offset_ms, config, offsets, teachers)
-    inputs.reference_drift_pct = (speed - 1) * 100 if speed != 1.0 else None
+    inputs.reference_drift_pct = drift_pct(speed) if speed != 1.0 else None
+    inputs.reference_speed = speed
     return inputs
 
 
@@ -73,8 +75,8 @@ def reference_speed(run_dir: Path, latency: dict) -> float:
         ref = json.loads(path.read_text())
         if ref["tag"] != latency.get("tag") or abs(ref["teacher_profiled_ms"] - latency["teacher_latency_ms"]) > 1e-9:
             return 1.0
-        return float(ref["teacher_now_ms"]) / float(ref["teacher_profiled_ms"])
-    except (ValueError, KeyError, TypeError, ZeroDivisionError):
+        return speed_ratio(float(ref["teacher_now_ms"]), float(ref["teacher_profiled_ms"]))
+    except (ValueError, KeyError, TypeError):
         return 1.0
 
 
