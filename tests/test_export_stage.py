@@ -129,6 +129,11 @@ def test_report_prints_latency_and_speedup_per_format():
 
     ok = {"format": "onnx", "file": "runs/x/student.onnx", "max_abs_diff": 2e-6, "latency_ms": 1.234, "speedup": 2.5}
     assert export_line(ok) == "onnx: runs/x/student.onnx (max |diff| vs eager 2.0e-06, 1.234 ms, 2.50× the teacher in onnx)"
+    where = {**ok, "latency_settings": "cuda-b64-float16-onnx"}
+    assert export_line(where) == ("onnx: runs/x/student.onnx (max |diff| vs eager 2.0e-06, 1.234 ms on cuda-b64-float16-onnx, "
+                                  "2.50× the teacher in onnx)")
+    untimed = {**ok, "latency_ms": None, "speedup": None, "timing_error": "the ONNX file holds float32 weights"}
+    assert export_line(untimed) == "onnx: runs/x/student.onnx (max |diff| vs eager 2.0e-06; not timed: the ONNX file holds float32 weights)"
     failed = {"format": "pt2", "file": None, "error": "block layer1 (op x): torch.export cannot capture"}
     assert export_line(failed) == "pt2: not exported (block layer1 (op x): torch.export cannot capture)"
 
@@ -181,3 +186,20 @@ def test_profile_and_latency_check_in_each_cpu_runtime(runtime, trained_run, tmp
     assert summary["tag"] == record["tag"] and summary["method"] == record["method"]
     frame = pd.read_csv(run.file("latency_check.csv"))
     assert len(frame) >= 3 and (frame["measured_ms"] > 0).all()
+
+
+@pytest.mark.parametrize("device, dtype", [("cpu", "bfloat16"), pytest.param("cuda", "float16", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU"))])
+def test_exported_formats_are_timed_on_the_latency_device_in_its_dtype(export_run, one_thread, device, dtype):
+    run, _ = export_run
+    formats = "torchscript,pt2" + (",onnx" if onnx.available() else "")
+    report = run_export(run, [f"latency.device={device}", f"latency.dtype={dtype}"], finetuned=False, formats=formats)
+    rows = {row["format"]: row for row in report["exports"]}
+    assert report["latency_settings"].startswith(f"{device}-b4-{dtype}-eager")
+    for name in ("torchscript", "pt2"):  # files are written and checked as CPU float32, timed where they will run
+        row = rows[name]
+        assert row["error"] is None and row["max_abs_diff"] <= 1e-3 and run.file(f"student{FORMATS[name].suffix}").is_file()
+        assert row["latency_settings"].startswith(f"{device}-b4-{dtype}-{name}") and row["latency_ms"] > 0 and row["speedup"] > 0
+    if "onnx" in rows:  # the ONNX file is float32: written and checked, and the report says why it is not timed
+        assert rows["onnx"]["error"] is None and rows["onnx"]["latency_ms"] is None
+        assert "float32 weights" in rows["onnx"]["timing_error"]

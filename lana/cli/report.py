@@ -66,5 +66,7 @@ def export_line(row: dict) -> str:
     if not row.get("file"):
         return f"{row['format']}: not exported ({row.get('error')})"
     timing = f", {row['latency_ms']:.3f} ms" if row.get("latency_ms") is not None else ""
+    timing += f" on {row['latency_settings']}" if timing and row.get("latency_settings") else ""
+    timing += f"; not timed: {row['timing_error']}" if row.get("timing_error") else ""
     speedup = f", {row['speedup']:.2f}× the teacher in {row['format']}" if row.get("speedup") else ""
     return f"{row['format']}: {row['file']} (max |diff| vs eager {row['max_abs_diff']:.1e}{timing}{speedup})"

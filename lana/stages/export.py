@@ -10,6 +10,7 @@ recorded in the report with the block and op that broke it; the other formats go
 Report figures are always measured, never predicted."""
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 import time
@@ -18,14 +19,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lana.config import LatencyConfig
 from lana.data import take_tensors
 from lana.distill.score import evaluate, teacher_targets
 from lana.errors import ExportError
 from lana.export.pt2 import export_program
 from lana.export.torchscript import to_torchscript
 from lana.export.verify import FORMATS, export_and_verify, format_module, parse_formats
-from lana.latency.measure import measure_callables, measure_networks, settings_tag
+from lana.latency.measure import (
+    DTYPES,
+    example_input,
+    measure_callables,
+    measure_networks,
+    resolve_device,
+    resolved_threads,
+    settings_tag,
+)
 from lana.latency.profiles import REFERENCE_FILE, reference_record
+from lana.latency.runtimes import OrtCallable
 from lana.names import TEACHER_OP
 from lana.run.context import Context, prepare
 from lana.run.folder import RunFolder, read_json, write_json
@@ -69,9 +80,58 @@ def _load(name: str, path: Path, threads: int | None):
     return format_module(name).load(path, threads=threads) if name == "onnx" else format_module(name).load(path)
 
 
+def artifact_timing_config(cfg: LatencyConfig) -> LatencyConfig:
+    """Where exported files are timed: on ``latency.device``, in ``latency.dtype`` (each file is its own runtime)."""
+    return cfg.model_copy(update={"runtime": "eager", "channels_last": False, "cuda_graphs": False})
+
+
+def _captured_here(name: str, cfg: LatencyConfig) -> bool:
+    """Whether format ``name`` is timed from the file written (CPU float32), not captured again for the target."""
+    return name in ("torchscript", "onnx") or (cfg.device == "cpu" and cfg.dtype == "float32")
+
+
+def _onnx_runnable(path: Path, cfg: LatencyConfig):
+    if cfg.dtype != "float32":
+        raise ExportError(f"the ONNX file holds float32 weights, so it is not timed in {cfg.dtype} "
+                          "(convert it to float16 with onnxconverter-common and time it in ONNX Runtime)")
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            raise ExportError("this onnxruntime has no CUDAExecutionProvider, so the ONNX file is not timed on "
+                              f"{cfg.device} (pip install onnxruntime-gpu)")
+        return OrtCallable(Path(path).read_bytes(), device, None)
+    return _load("onnx", path, resolved_threads(cfg))
+
+
+def _runnable(name: str, model: nn.Module, path: Path, scratch: Path, cfg: LatencyConfig, example: torch.Tensor):
+    """Format ``name``'s artefact as the target runs it: on ``cfg.device``, in ``cfg.dtype``.
+
+    TorchScript: the file, loaded onto the device and cast. ONNX: the file in ONNX Runtime
+    (the CUDA provider on a GPU; float32 only). pt2 and AOTInductor capture (and compile)
+    for one device and dtype: the file where that is the CPU in float32, else ``model``
+    captured again for the target into ``scratch``.
+    """
+    if name == "onnx":
+        return _onnx_runnable(path, cfg)
+    device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
+    if name == "torchscript":
+        return torch.jit.load(str(path), map_location=device).eval().to(dtype)
+    if _captured_here(name, cfg):
+        return _load(name, path, None)
+    target = scratch / f"{path.name.split('.')[0]}-{device.type}-{cfg.dtype}{FORMATS[name].suffix}"
+    format_module(name).save(copy.deepcopy(model).eval().to(device=device, dtype=dtype), target, example)
+    return format_module(name).load(target)
+
+
 def export_formats(ctx: Context, student: nn.Module, formats: list[str], images: torch.Tensor,
                    choice: dict[str, str], paths: dict[str, Path] | None = None) -> list[dict]:
     """Export ``student`` in each format, verify it, and time it against the teacher exported alike.
+
+    Files are written for the CPU in float32 and checked there; each is timed where it will
+    run, on ``latency.device`` in ``latency.dtype`` (see :func:`_runnable`); a format that
+    cannot run there keeps its file and says why in ``timing_error``.
 
     Args:
         ctx: the prepared run (teacher, blocks, settings).
@@ -83,13 +143,14 @@ def export_formats(ctx: Context, student: nn.Module, formats: list[str], images:
 
     Returns:
         One row per format: ``format``, ``file``, ``bytes``, ``max_abs_diff``, ``latency_ms``,
-        ``latency_ci_ms``, ``teacher_latency_ms``, ``speedup`` and the format's own info
-        (method, compile seconds, ...); a failed format has ``file`` None and ``error``.
+        ``latency_ci_ms``, ``teacher_latency_ms``, ``speedup``, ``latency_settings`` and the
+        format's own info (method, compile seconds, ...); a failed format has ``file`` None
+        and ``error``.
     """
     cfg = ctx.config
-    # Artefacts are written for the CPU in float32 (pt2 and ts reload there): time them there.
-    timing_cfg = cfg.latency.model_copy(update={"device": "cpu", "dtype": "float32", "channels_last": False})
+    timing_cfg = artifact_timing_config(cfg.latency)
     atol = cfg.export.atol
+    example = example_input(ctx.input_shape, timing_cfg)  # on the target device, in its dtype (checks the device is there)
     rows = []
     with tempfile.TemporaryDirectory(prefix="lana-teacher-") as scratch:
         for name in formats:
@@ -102,26 +163,41 @@ def export_formats(ctx: Context, student: nn.Module, formats: list[str], images:
                 log.warning("export: %s failed, the other formats go on: %s", name, message)
                 rows.append({"format": name, "file": None, "error": message})
                 continue
-            threads = timing_cfg.threads
+            tag = settings_tag(timing_cfg).replace("-eager", f"-{name}", 1)
+            row = {**{k: v for k, v in info.items() if k != "path"}, "format": name, "file": str(path), "bytes": path.stat().st_size,
+                   "latency_ms": None, "latency_ci_ms": None, "teacher_latency_ms": None, "teacher_latency_ci_ms": None,
+                   "speedup": None, "latency_settings": tag, "error": None}
             teacher_path = Path(scratch) / f"teacher{FORMATS[name].suffix}"
             try:
-                export_and_verify(name, ctx.teacher, teacher_path, images, atol)
-            except ExportError as exc:  # the student's file stands; only its speed-up has no reference
+                if _captured_here(name, timing_cfg):
+                    export_and_verify(name, ctx.teacher, teacher_path, images, atol)
+                fns = [_runnable(name, ctx.teacher, teacher_path, Path(scratch), timing_cfg, example)]
+            except Exception as exc:  # noqa: BLE001 -- the student's file stands; only its speed-up has no reference
                 log.warning("export: the teacher cannot be exported as %s, so that speed-up is not measured: %s", name, exc)
-                (student_t,) = measure_callables([_load(name, path, threads)], ctx.input_shape, timing_cfg)
-                teacher_t = {"median_ms": None, "ci_ms": None}
-                info["teacher_error"] = str(exc)
-            else:
-                teacher_t, student_t = measure_callables([_load(name, teacher_path, threads), _load(name, path, threads)],
-                                                         ctx.input_shape, timing_cfg)
-            rows.append({**{k: v for k, v in info.items() if k != "path"}, "format": name, "file": str(path),
-                         "bytes": path.stat().st_size, "latency_ms": student_t["median_ms"], "latency_ci_ms": student_t["ci_ms"],
-                         "teacher_latency_ms": teacher_t["median_ms"], "teacher_latency_ci_ms": teacher_t["ci_ms"],
-                         "speedup": teacher_t["median_ms"] / student_t["median_ms"] if teacher_t["median_ms"] else None, "seconds": round(time.perf_counter() - start, 1),
-                         "latency_settings": settings_tag(timing_cfg).replace("-eager", f"-{name}", 1), "error": None})
-            log.info("export: %s -> %s (max |diff| %.1e, %.3f ms, speed-up %s in %s)", name, path.name,
-                     info["max_abs_diff"], student_t["median_ms"], rows[-1]["speedup"], name)
+                row["teacher_error"], fns = _first_line(exc), []
+            try:
+                fns.append(_runnable(name, student, path, Path(scratch), timing_cfg, example))
+            except Exception as exc:  # noqa: BLE001 -- e.g. no CUDA provider, or a cast the artefact refuses
+                row["timing_error"] = _first_line(exc)
+                log.warning("export: %s is written and checked but not timed on %s in %s: %s", name, timing_cfg.device,
+                            timing_cfg.dtype, row["timing_error"])
+                rows.append({**row, "seconds": round(time.perf_counter() - start, 1)})
+                continue
+            timings = measure_callables(fns, ctx.input_shape, timing_cfg)
+            student_t, teacher_t = timings[-1], (timings[0] if len(timings) == 2 else {"median_ms": None, "ci_ms": None})
+            row.update({"latency_ms": student_t["median_ms"], "latency_ci_ms": student_t["ci_ms"],
+                        "teacher_latency_ms": teacher_t["median_ms"], "teacher_latency_ci_ms": teacher_t["ci_ms"],
+                        "speedup": teacher_t["median_ms"] / student_t["median_ms"] if teacher_t["median_ms"] else None,
+                        "seconds": round(time.perf_counter() - start, 1)})
+            rows.append(row)
+            log.info("export: %s -> %s (max |diff| %.1e, %.3f ms, speed-up %s in %s on %s %s)", name, path.name,
+                     info["max_abs_diff"], student_t["median_ms"], row["speedup"], name, timing_cfg.device, timing_cfg.dtype)
     return rows
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return text if isinstance(exc, ExportError) else f"{type(exc).__name__}: {text}"
 
 
 def export_stage(ctx: Context, selection: dict, finetuned: bool = True, out: Path | None = None,
