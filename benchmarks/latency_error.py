@@ -41,6 +41,7 @@ from lana.config import LatencyConfig, OpsConfig
 from lana.distill.candidates import build_all_candidates
 from lana.latency.calibration import check_latency, mixed_selections
 from lana.latency.correction import nested_loo_errors
+from lana.latency.drift import speed_ratio
 from lana.latency.profiles import profile_latency
 from lana.teacher.blocks import discover_blocks
 from lana.teacher.load import load_teacher
@@ -88,7 +89,7 @@ def run_family(name: str, args) -> dict:
         Path(args.save).mkdir(parents=True, exist_ok=True)
         frame.to_csv(Path(args.save) / f"{name}.csv", index=False)
     nets = frame[frame["kind"] != "teacher"]
-    speed = nets["reference_ms"] / record["teacher_latency_ms"]  # every column converted with the same reference
+    speed = nets["reference_ms"].map(lambda now: speed_ratio(now, record["teacher_latency_ms"]))  # every column, one reference
     # the naive model on the very same measurements
     isolated = {(r["block"], r["candidate"]): r["isolated_ms"] for r in record["candidates"]}
     naive_fixed = record["teacher_latency_ms"] - record["isolated_blocks_sum_ms"]

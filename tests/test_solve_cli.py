@@ -193,6 +193,9 @@ def test_run_folder_without_config_budget(run_dir):
     assert "solve.budget" in failure(invoke("--run", str(run_dir)), ConfigError)
     assert invoke("--run", str(run_dir), "--budget", "2ms", "--out", str(run_dir / "other.json")).exit_code == 0
     assert (run_dir / "other.json").is_file() and not (run_dir / "selection.json").exists()
+    # another limit stands alone: the run is solved under it, through the stage's solve_run
+    assert invoke("--run", str(run_dir), "--max-params", "1G").exit_code == 0
+    assert json.loads((run_dir / "selection.json").read_text())["budget"] is None
 
 
 def test_export_calls_the_exporter(run_dir, monkeypatch):

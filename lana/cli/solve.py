@@ -21,7 +21,7 @@ from lana.selection import (
     sweep_inputs,
     write_json_atomic,
 )
-from lana.stages.solve import _config_budget, load_run
+from lana.stages.solve import load_run, solve_run
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -100,15 +100,16 @@ def solve_command(
         else:
             _print_sweep(frame, csv_path, png_path)
         return
-    if budget is None and run is not None:
-        budget = _config_budget(inputs)
-    if budget is None and not (cost or max_params or max_macs):
-        raise ConfigError("no limit given; pass --budget 5ms (or --max-params, --max-macs, --cost)")
-    problem, limits = build_problem(inputs, budget, max_params, max_macs, cost)
-    record = solve_inputs(inputs, problem, limits, solver, time_limit, top_k)
     target = out if out is not None else (run / "selection.json" if run is not None else None)
-    if target is not None:
-        write_json_atomic(target, record)
+    if run is not None:
+        record = solve_run(run, budget, solver, time_limit, max_params, max_macs, costs=cost, top_k=top_k, out=out, inputs=inputs)
+    else:
+        if budget is None and not (cost or max_params or max_macs):
+            raise ConfigError("no limit given; pass --budget 5ms (or --max-params, --max-macs, --cost)")
+        problem, limits = build_problem(inputs, budget, max_params, max_macs, cost)
+        record = solve_inputs(inputs, problem, limits, solver, time_limit, top_k)
+        if target is not None:
+            write_json_atomic(target, record)
     if as_json:
         typer.echo(json.dumps(record))
     else:

@@ -24,6 +24,7 @@ from torch import nn
 from lana.config import LatencyConfig
 from lana.errors import InfeasibleError
 from lana.latency.correction import Correction, choose_correction, fit_correction  # noqa: F401 (re-exported)
+from lana.latency.drift import drift_pct, speed_ratio
 from lana.latency.measure import TEACHER_OP, group_noise, measure_networks
 from lana.teacher.blocks import set_submodule
 from solvers import SelectionProblem, solve_selection
@@ -209,7 +210,7 @@ def check_latency(teacher: nn.Module, specs, modules: dict, record: dict, input_
     frame["raw_sum_ms"] = [sum(raw[b][c] for b, c in choice.items()) for choice in ordered]
     profiled = record["teacher_latency_ms"]
     frame["reference_ms"] = frame.groupby("group")["measured_ms"].transform(lambda m: m.iloc[0])  # the teacher, same window
-    speed = frame["reference_ms"] / profiled  # this window's speed against profiling's
+    speed = frame["reference_ms"].map(lambda now: speed_ratio(now, profiled))  # this window's speed against profiling's
     frame["predicted_profiled_ms"] = frame["predicted_ms"]
     frame["predicted_ms"] = frame["predicted_profiled_ms"] * speed
     frame["error_pct"] = (frame["predicted_ms"] - frame["measured_ms"]) / frame["measured_ms"] * 100
@@ -219,7 +220,7 @@ def check_latency(teacher: nn.Module, specs, modules: dict, record: dict, input_
     keep = frame[frame["kind"] != "teacher"].index.tolist() + [int(teachers.index[len(teachers) // 2])]
     judged = frame.loc[sorted(keep)].reset_index(drop=True)
     networks = judged[judged["kind"] != "teacher"]
-    drift = float((teachers["measured_ms"].median() / profiled - 1) * 100)
+    drift = drift_pct(speed_ratio(float(teachers["measured_ms"].median()), profiled))
     summary = {"before": error_summary(networks), "teacher_profiled_ms": profiled,
                "teacher_measured_ms": float(teachers["measured_ms"].median()), "teacher_drift_pct": drift,
                "reference_drift_pct": drift, "reference_groups_ms": teachers["measured_ms"].tolist(),

@@ -32,6 +32,7 @@ from lana.config import LatencyConfig
 from lana.errors import ConfigError, DeviceError
 from lana.latency import timing_core as core
 from lana.latency.checkpoint import PartialTimings
+from lana.latency.drift import speed_ratio
 from lana.latency.runtimes import CLOCKABLE, deployable
 from lana.names import TEACHER_OP
 from lana.teacher.blocks import set_submodule
@@ -371,7 +372,7 @@ def measure_in_context(teacher: nn.Module, specs, candidates: dict, input_shape:
     per_candidate: dict[tuple[str, str], list[float]] = {}
     teacher_sums, gaps = [], []
     for stored in groups:
-        factor = ref / stored["reference_ms"]  # this window's machine speed against the first one's
+        factor = 1 / speed_ratio(stored["reference_ms"], ref)  # this window's figures at the first window's speed
         for sel, times, gap in zip(stored["choices"], stored["networks"], stored["gaps"]):
             gaps.append(gap * factor)
             for spec, block_ms in zip(specs, times):

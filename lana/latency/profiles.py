@@ -27,6 +27,7 @@ from torch import nn
 from lana.config import LatencyConfig
 from lana.errors import RunFolderError
 from lana.latency.checkpoint import PartialTimings, partial_key
+from lana.latency.drift import drift_pct, speed_ratio
 from lana.latency.measure import (
     measure_candidates,
     measure_in_context,
@@ -208,5 +209,5 @@ def reference_record(record: dict, teacher_now_ms: float, source: str) -> dict:
     """
     profiled = record["teacher_latency_ms"]
     return {"tag": record["tag"], "teacher_profiled_ms": profiled, "teacher_now_ms": teacher_now_ms,
-            "drift_pct": (teacher_now_ms / profiled - 1) * 100, "source": source,
+            "drift_pct": drift_pct(speed_ratio(teacher_now_ms, profiled)), "source": source,
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}

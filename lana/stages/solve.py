@@ -81,23 +81,32 @@ def reference_speed(run_dir: Path, latency: dict) -> float:
 
 
 def solve_run(run: Any, budget: str | None = None, solver: str | None = None, time_limit: float | None = None,
-              max_params: str | None = None, max_macs: str | None = None) -> dict:
+              max_params: str | None = None, max_macs: str | None = None, *, costs: list[str] | None = None,
+              top_k: int = 1, out: Path | None = None, inputs: SolveInputs | None = None) -> dict:
     """Solve a run folder for ``budget`` (default: its config's) and write ``RUN/selection.json``.
+
+    ``lana solve --run``, ``Run.solve`` and the budget check all solve a run through here.
 
     Args:
         run: the run folder (a path or anything with a ``path``).
-        budget: e.g. ``"5ms"`` or ``"50%"``; default ``solve.budget`` of ``RUN/config.yaml``.
+        budget: e.g. ``"5ms"`` or ``"50%"``; default ``solve.budget`` of ``RUN/config.yaml``
+            (none needed where ``costs``, ``max_params`` or ``max_macs`` limit the solve).
         solver: a solver name; default ``solve.solver`` of the config, else ``auto``.
         time_limit: seconds the solver may take.
         max_params, max_macs: further limits, e.g. ``"3M"``.
+        costs: further limits ``'COLUMN<=VALUE'`` (``lana solve --cost``).
+        top_k: also describe the K best distinct selections (``top_k`` in the record).
+        out: where to write the record (default ``RUN/selection.json``).
+        inputs: the run already read by :func:`load_run` (read here when None).
     Returns:
         The selection record that was written.
     """
-    inputs = load_run(Path(getattr(run, "path", run)))
-    budget = budget if budget is not None else _config_budget(inputs)
-    problem, limits = build_problem(inputs, budget, max_params, max_macs)
-    record = solve_inputs(inputs, problem, limits, solver or inputs.config.get("solver") or DEFAULT_SOLVER, time_limit)
-    write_json_atomic(inputs.run_dir / "selection.json", record)
+    inputs = inputs or load_run(Path(getattr(run, "path", run)))
+    if budget is None and (inputs.config.get("budget") is not None or not (costs or max_params or max_macs)):
+        budget = _config_budget(inputs)
+    problem, limits = build_problem(inputs, budget, max_params, max_macs, costs)
+    record = solve_inputs(inputs, problem, limits, solver or inputs.config.get("solver") or DEFAULT_SOLVER, time_limit, top_k)
+    write_json_atomic(out if out is not None else inputs.run_dir / "selection.json", record)
     return record
 
 
