@@ -20,7 +20,7 @@ from lana.latency.calibration import (
     random_selections,
     spread_indices,
 )
-from lana.latency.correction import choose_correction, fit_kind, nested_loo_errors
+from lana.latency.correction import choose_correction, choose_correction_nested, fit_kind, nested_loo_errors
 from lana.latency.measure import (
     cover_selections,
     measure_in_context,
@@ -144,7 +144,10 @@ def test_in_context_timing_covers_all_candidates_and_adds_up_for_the_teacher():
     assert set(timings) == {(b, n) for b, c in cands.items() for n in c}
     assert all(t.median_ms > 0 for t in timings.values())
     assert record["fixed_latency_ms"] == record["fixed_gap_ms"] + record["runtime_adjust_ms"]
-    assert record["runtime_adjust_ms"] == 0.0 and record["networks"] == 1 + max(len(c) for c in cands.values())
+    # the block clocks' own cost is not part of the fixed part: the deployed teacher, timed beside its clocked twin, takes it out
+    assert record["runtime_adjust_ms"] == pytest.approx(record["teacher_latency_ms"] - record["clocked_teacher_ms"])
+    assert record["clock_overhead_ms"] == pytest.approx(-record["runtime_adjust_ms"])
+    assert record["networks"] == 1 + max(len(c) for c in cands.values())
     halves = measure_networks([teacher], (1, 8, 8), cfg)[0]
     assert halves["half_a_ms"] > 0 and halves["half_b_ms"] > 0
 
@@ -207,6 +210,23 @@ def test_correction_is_chosen_by_leave_one_out_and_never_worse_than_none():
     assert len(errors) == len(sums) and float(np.max(errors)) < 1.0 and set(kinds) == {"offset+scale"}
     with pytest.raises(ValueError, match="unknown correction"):
         fit_kind("per-family", sums, measured, 0.5)
+
+
+def test_the_stored_correction_is_chosen_by_nested_leave_one_out():
+    sums = np.linspace(2.0, 20.0, 8)
+    # a real offset and scale: the whole procedure, held out, beats none, so the fit is stored
+    measured = 1.5 + 1.15 * sums + np.random.default_rng(0).normal(0, 0.02, len(sums))
+    fit, why = choose_correction_nested(sums.tolist(), measured.tolist(), 0.5)
+    assert fit.kind == why["chosen"] == "offset+scale" and why["held_out"] == why["nested"]
+    assert why["nested"]["worst_pct"] < 1.0 and why["nested"]["per_fold"] == {"offset+scale": len(sums)}
+    # a right profile plus noise (seeded): plain leave-one-out picks offset by a hair, but choosing
+    # without each held-out network does worse than none on the mean, so none is kept
+    noisy = 0.5 + sums + np.random.default_rng(27).normal(0, 0.3, len(sums))
+    assert choose_correction(sums.tolist(), noisy.tolist(), 0.5)[1]["chosen"] == "offset"
+    fit, why = choose_correction_nested(sums.tolist(), noisy.tolist(), 0.5)
+    assert (fit.kind, fit.fixed_ms, fit.scale) == ("none", 0.5, 1.0) and why["chosen"] == "none"
+    assert why["nested"]["mean_pct"] > why["kinds"]["none"]["mean_pct"] and "none is kept" in why["why"]
+    assert why["held_out"]["median_pct"] == why["kinds"]["none"]["median_pct"]
 
 
 def test_check_networks_spread_over_the_latency_range():

@@ -99,6 +99,7 @@ def test_latency_check_reports_and_fits_a_correction_that_solve_uses(run_copy):
         assert run_copy.file(name).is_file()
     frame = pd.read_csv(run_copy.file("latency_check.csv"))
     assert {"random", "teacher"} <= set(frame["kind"]) and (frame["measured_ms"] > 0).all()
+    assert {"second_window_ms", "noise_pct"} <= set(frame.columns) and (frame["second_window_ms"] > 0).all()  # the noise floor's window
     summary = json.loads(run_copy.file("latency_check.json").read_text())
     assert summary["before"]["networks"] == len(frame) - 1 and "teacher_drift_pct" in summary  # the teacher is not judged
     kinds = summary["choice"]["kinds"]
@@ -108,6 +109,7 @@ def test_latency_check_reports_and_fits_a_correction_that_solve_uses(run_copy):
     latency = json.loads(run_copy.file("latency.json").read_text())
     cal = latency["calibration"]
     assert cal["kind"] == summary["choice"]["chosen"] and cal["why"]
+    assert cal["nested_leave_one_out"]["per_fold"] and "the choice itself held out" in result.output
     assert latency["fixed_latency_ms"] == cal["fixed_ms"]
     table = run_copy.load_table()
     assert table["latency_ms"].tolist() == pytest.approx((table["latency_context_ms"] * cal["scale"]).tolist())

@@ -76,7 +76,7 @@ def profile_command(
 def latency_check_command(
     run: RunArg,
     networks: Annotated[int, typer.Option("--networks", help="Random networks to build and measure (besides the solver's picks and the teacher).")] = 12,
-    fit: Annotated[bool, typer.Option("--fit", help="Choose a correction (none, offset, offset + scale) by leave-one-out error over every measured network and store it so `lana solve` uses it.")] = False,
+    fit: Annotated[bool, typer.Option("--fit", help="Choose a correction (none, offset, offset + scale) by nested leave-one-out error over every measured network and store it so `lana solve` uses it.")] = False,
     tag: Annotated[Optional[str], typer.Option("--tag", help="Which latency profile (default: the primary one).")] = None,
     overrides: SetArg = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -97,7 +97,8 @@ def latency_check_command(
     out.print(table)
     before = summary["before"]
     out.print(f"error: median {before['median_error_pct']:.1f} %, worst {before['worst_error_pct']:.1f} % over {before['networks']} networks; "
-              f"noise floor median {before['median_noise_pct']:.1f} %, worst {before['worst_noise_pct']:.1f} %; "
+              f"noise floor (the same networks in a second window) median {before['median_noise_pct']:.1f} %, "
+              f"worst {before['worst_noise_pct']:.1f} %; "
               f"reference (teacher) moved {summary['reference_drift_pct']:+.1f} % since profiling "
               f"(predictions converted with it)")
     if summary.get("choice"):
@@ -107,6 +108,10 @@ def latency_check_command(
             mark = "chosen" if kind == choice["chosen"] else ("" if stats["eligible"] else "refused: worse than none")
             out.print(f"  {kind:<13} median {stats['median_pct']:5.1f} %   mean {stats['mean_pct']:5.1f} %   "
                       f"worst {stats['worst_pct']:5.1f} %   {mark}")
+        nested = choice["nested"]
+        folds = ", ".join(f"{kind} {count}" for kind, count in nested["per_fold"].items())
+        out.print(f"  the choice itself held out (nested leave-one-out): median {nested['median_pct']:5.1f} %   mean "
+                  f"{nested['mean_pct']:5.1f} %   worst {nested['worst_pct']:5.1f} %   (chosen per fold: {folds})")
         out.print(f"chosen {choice['chosen']} ({cal['fixed_ms']:.4g} ms + {cal['scale']:.4f} x sum): {choice['why']}; "
                   f"stored in latency.json")
     out.print(f"written: {run / 'latency_check.csv'}, {run / 'latency_check.png'}, {run / 'latency_check.json'}")

@@ -3,12 +3,14 @@
 ``lana latency-check --run DIR`` builds N whole networks (random selections spread over the
 latency range, plus the solver's picks), measures each end to end in the deployment
 runtime (interleaved, so machine drift hits all alike), and reports predicted vs measured:
-a CSV, a PNG scatter and the median and worst relative error, next to the noise floor (the
-gap between two interleaved halves of the same measurement). Every group of networks also
-times the teacher, so predictions are compared at the machine's speed of that moment.
-``--fit`` then chooses a correction ``measured ≈ fixed + scale × sum`` (none, offset, or
-offset + scale, by leave-one-out error; :mod:`lana.latency.correction`) and writes it back,
-so that ``lana solve`` adds corrected figures.
+a CSV, a PNG scatter and the median and worst relative error, next to the noise floor: the
+same networks timed again in a second window, after all of them, each window on the scale of
+its own teacher (two halves of one interleaved window share its moment and understate it).
+Every group of networks also times the teacher, so predictions are compared at the machine's
+speed of that moment. ``--fit`` then chooses a correction ``measured ≈ fixed + scale × sum``
+(none, offset, or offset + scale, by nested leave-one-out error;
+:mod:`lana.latency.correction`) and writes it back, so that ``lana solve`` adds corrected
+figures.
 """
 from __future__ import annotations
 
@@ -23,7 +25,12 @@ from torch import nn
 
 from lana.config import LatencyConfig
 from lana.errors import InfeasibleError
-from lana.latency.correction import Correction, choose_correction, fit_correction  # noqa: F401 (re-exported)
+from lana.latency.correction import (  # noqa: F401 (choose_correction, fit_correction re-exported)
+    Correction,
+    choose_correction,
+    choose_correction_nested,
+    fit_correction,
+)
 from lana.latency.drift import drift_pct, speed_ratio
 from lana.latency.measure import TEACHER_OP, group_noise, measure_networks
 from lana.teacher.blocks import set_submodule
@@ -101,7 +108,10 @@ def measure_selections(teacher: nn.Module, specs, modules: dict, selections: lis
 def error_summary(frame: pd.DataFrame) -> dict:
     """Median and worst absolute relative error (%) of ``predicted_ms`` vs ``measured_ms``, and the noise floor."""
     error = (frame["predicted_ms"] - frame["measured_ms"]).abs() / frame["measured_ms"] * 100
-    noise = (frame["half_a_ms"] - frame["half_b_ms"]).abs() / frame["measured_ms"] * 100
+    if "noise_pct" in frame.columns:  # the same network in a second window (check_latency)
+        noise = frame["noise_pct"]
+    else:  # a frame with one window only: the gap between its interleaved halves
+        noise = (frame["half_a_ms"] - frame["half_b_ms"]).abs() / frame["measured_ms"] * 100
     return {"networks": len(frame), "median_error_pct": float(error.median()), "worst_error_pct": float(error.max()),
             "median_noise_pct": float(noise.median()), "worst_noise_pct": float(noise.max()),
             "mean_ratio_predicted_over_measured": float((frame["predicted_ms"] / frame["measured_ms"]).mean())}
@@ -174,8 +184,9 @@ def check_latency(teacher: nn.Module, specs, modules: dict, record: dict, input_
     Every group of ``group`` networks also times the teacher, the reference: each network's
     prediction is converted to its group's machine speed (× teacher now / teacher at
     profiling), so drift of the machine since profiling is reported, not counted as error.
-    With ``fit``, a correction is chosen among none, offset and offset + scale by
-    leave-one-out error over every network (see :mod:`lana.latency.correction`).
+    With ``fit``, a correction is chosen among none, offset and offset + scale by nested
+    leave-one-out error over every network (see :mod:`lana.latency.correction`). Every
+    network is timed twice, in two windows; the second gives the noise floor.
 
     Args:
         teacher, specs: the teacher and its blocks.
@@ -184,7 +195,7 @@ def check_latency(teacher: nn.Module, specs, modules: dict, record: dict, input_
         input_shape: ``(C, H, W)`` of one network input.
         cfg: the profile's measurement settings.
         selections, kinds: the networks to measure and what each is (``random``, ``solver``).
-        fit: choose and fit a correction (judged by leave-one-out).
+        fit: choose and fit a correction (judged by nested leave-one-out).
 
     Returns:
         ``frame`` (one row per network, one teacher row), ``summary`` (errors of the stored
@@ -205,8 +216,10 @@ def check_latency(teacher: nn.Module, specs, modules: dict, record: dict, input_
         labels += ["teacher"] + kinds[first : first + per_group]
         groups += [index] * (len(chunk) + 1)
     measured = measure_selections(teacher, specs, modules, ordered, input_shape, cfg, group=per_group + 1)
+    again = measure_selections(teacher, specs, modules, ordered, input_shape, cfg, group=per_group + 1)  # the second window
     frame = check_frame(ordered, labels, measured, used, record["fixed_latency_ms"])
     frame["group"] = groups
+    frame["second_window_ms"] = [r["median_ms"] for r in again]
     frame["raw_sum_ms"] = [sum(raw[b][c] for b, c in choice.items()) for choice in ordered]
     profiled = record["teacher_latency_ms"]
     frame["reference_ms"] = frame.groupby("group")["measured_ms"].transform(lambda m: m.iloc[0])  # the teacher, same window
@@ -215,6 +228,9 @@ def check_latency(teacher: nn.Module, specs, modules: dict, record: dict, input_
     frame["predicted_ms"] = frame["predicted_profiled_ms"] * speed
     frame["error_pct"] = (frame["predicted_ms"] - frame["measured_ms"]) / frame["measured_ms"] * 100
     frame["measured_profiled_ms"] = frame["measured_ms"] / speed  # what it would have measured at profiling's speed
+    # the noise floor: each window put on its own teacher's scale, how far the two disagree
+    second_reference = frame.groupby("group")["second_window_ms"].transform(lambda m: m.iloc[0])
+    frame["noise_pct"] = ((frame["measured_ms"] / frame["reference_ms"]) / (frame["second_window_ms"] / second_reference) - 1).abs() * 100
     teachers = frame[frame["kind"] == "teacher"]
     # one teacher row stands for the teacher (the median of its measurements); errors are over the others
     keep = frame[frame["kind"] != "teacher"].index.tolist() + [int(teachers.index[len(teachers) // 2])]
@@ -228,13 +244,13 @@ def check_latency(teacher: nn.Module, specs, modules: dict, record: dict, input_
     correction = None
     if fit:
         rows = networks.index.tolist()
-        correction, choice = choose_correction(judged["raw_sum_ms"].tolist(), judged["measured_profiled_ms"].tolist(),
-                                               record["measured_fixed_latency_ms"], rows)
+        correction, choice = choose_correction_nested(judged["raw_sum_ms"].tolist(), judged["measured_profiled_ms"].tolist(),
+                                                      record["measured_fixed_latency_ms"], rows)
         judged["corrected_ms"] = (correction.fixed_ms + correction.scale * judged["raw_sum_ms"]) * speed.loc[sorted(keep)].values
         summary["choice"] = choice
         summary["after"] = error_summary(networks.assign(predicted_ms=judged.loc[rows, "corrected_ms"]))
-        summary["after"].update({"median_error_pct": choice["kinds"][choice["chosen"]]["median_pct"],
-                                 "worst_error_pct": choice["kinds"][choice["chosen"]]["worst_pct"], "leave_one_out": True})
+        summary["after"].update({"median_error_pct": choice["held_out"]["median_pct"],
+                                 "worst_error_pct": choice["held_out"]["worst_pct"], "leave_one_out": "nested"})
         summary["correction"] = correction.as_dict()
     return {"frame": judged, "summary": summary, "correction": correction}
 

@@ -12,6 +12,12 @@ is eligible only if neither its median nor its mean leave-one-out error is above
 the eligible one with the lowest mean wins (the simpler one on a tie), so a fit that does
 not earn its place is refused. The mean, not the worst, decides: one network's error
 decides the worst, and whether that network is in the fit or held out would flip the choice.
+
+Picking the best of three by their leave-one-out errors flatters the winner, so what
+``lana latency-check --fit`` stores is decided by *nested* leave-one-out, as
+``benchmarks/latency_error.py`` reports it (:func:`choose_correction_nested`): the choice
+and the fit are both made without each held-out network, and a correction is kept only
+where that whole procedure beats ``none``.
 """
 from __future__ import annotations
 
@@ -149,3 +155,34 @@ def nested_loo_errors(sums, measured, measured_fixed_ms: float, judged) -> tuple
         errors.append(abs(c.fixed_ms + c.scale * x[i] - y[i]) / y[i] * 100)
         chosen.append(c.kind)
     return np.asarray(errors), chosen
+
+
+def choose_correction_nested(sums, measured, measured_fixed_ms: float, judged=None) -> tuple[Correction, dict]:
+    """The correction to store: :func:`choose_correction`'s pick, kept only where the whole
+    procedure (choose, then fit) beats ``none`` on held-out networks by nested leave-one-out.
+
+    Args:
+        sums, measured: per network, the raw per-block sum and the measured latency.
+        measured_fixed_ms: the fixed part profiling measured (what ``none`` uses).
+        judged: indices to leave out one at a time (default: all).
+
+    Returns:
+        The correction, fitted on every network, and :func:`choose_correction`'s record plus
+        ``nested`` (the procedure's held-out ``median_pct``, ``mean_pct``, ``worst_pct`` and the
+        kind chosen per fold) and ``held_out`` (the errors of what is stored, held out).
+    """
+    judged = list(range(len(sums))) if judged is None else list(judged)
+    correction, why = choose_correction(sums, measured, measured_fixed_ms, judged)
+    errors, folds = nested_loo_errors(sums, measured, measured_fixed_ms, judged)
+    nested = {"median_pct": float(np.median(errors)), "mean_pct": float(np.mean(errors)), "worst_pct": float(np.max(errors)),
+              "per_fold": {kind: folds.count(kind) for kind in KINDS if kind in folds}}
+    none = why["kinds"]["none"]
+    why["nested"] = nested
+    if why["chosen"] != "none" and (nested["median_pct"] > none["median_pct"] or nested["mean_pct"] > none["mean_pct"]):
+        why["why"] = (f"{why['chosen']} won leave-one-out, but choosing among corrections without each held-out network "
+                      f"(nested leave-one-out: median {nested['median_pct']:.1f} %, mean {nested['mean_pct']:.1f} %) does not "
+                      f"beat none ({none['median_pct']:.1f} / {none['mean_pct']:.1f} %); none is kept")
+        why["chosen"] = "none"
+        correction = fit_kind("none", sums, measured, measured_fixed_ms)
+    why["held_out"] = nested if why["chosen"] != "none" else {k: none[k] for k in ("median_pct", "mean_pct", "worst_pct")}
+    return correction, why

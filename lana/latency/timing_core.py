@@ -191,7 +191,7 @@ def sample_interleaved(steps: list[Callable[[], float]], warmup: int = 5, repeat
 
     Each round takes ``per_round`` samples of every callable; rounds go on until every
     median's CI is tight (or ``max_repeats`` / ``time_cap_s``). Odd and even rounds are also
-    summarised apart (``half_a_ms``, ``half_b_ms``): their gap is the measurement's noise floor.
+    summarised apart (``half_a_ms``, ``half_b_ms``): a gap between them says the window was disturbed.
 
     Returns:
         One :func:`summarize` dict per callable, with ``half_a_ms``, ``half_b_ms`` and ``tight``.

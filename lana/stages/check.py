@@ -31,7 +31,7 @@ def check_run(run, networks: int = 12, fit: bool = False, shares: tuple[float, .
     Args:
         run: the run folder.
         networks: random networks to build (besides the solver's picks and the teacher).
-        fit: choose a correction by leave-one-out over every measured network and store it
+        fit: choose a correction by nested leave-one-out over every measured network and store it
             (an int is read as a flag, for older callers).
         shares: budgets (shares of the teacher's latency) for the solver's picks.
         tag: which latency profile (default: the primary one).
@@ -62,7 +62,8 @@ def check_run(run, networks: int = 12, fit: bool = False, shares: tuple[float, .
     atomic_write_bytes(run.file("latency_check.png"), scatter_png(frame, f"{record['tag']}: predicted vs measured"))
     if result["correction"] is not None:
         record["calibration"] = {**result["correction"].as_dict(), "fitted_at": _now(), "held_out": summary.get("after"),
-                                 "why": summary["choice"]["why"], "leave_one_out": summary["choice"]["kinds"]}
+                                 "why": summary["choice"]["why"], "leave_one_out": summary["choice"]["kinds"],
+                                 "nested_leave_one_out": summary["choice"]["nested"]}
 
         finish_record(record)
         write_json(run.file("latency.json"), latency)
