@@ -21,7 +21,7 @@ with the teacher timed beside it. Printed per family:
 - in context + fit: the correction (none / offset / offset + scale) chosen by leave-one-out
   and fitted *without* the network it is judged on (nested leave-one-out: every network is
   held out, and so is the choice);
-- the noise floor (two interleaved halves of the same measurement) and how far the reference
+- the noise floor (the same networks timed again in a second window) and how far the reference
   (the teacher) moved between profiling and checking; with ``--retakes N`` a group whose halves
   disagree by more than 4 % is timed again (up to N times) and the calmest take kept
   (``latency.retakes``), and the line says how many takes each check group needed.

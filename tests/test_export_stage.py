@@ -55,6 +55,10 @@ def test_default_formats_write_ts_and_pt2(export_run, one_thread):
         assert row["max_abs_diff"] <= 1e-3 and row["latency_ms"] > 0 and row["teacher_latency_ms"] > 0
         assert row["speedup"] == pytest.approx(row["teacher_latency_ms"] / row["latency_ms"])
     assert report["export"]["path"] == str(run.file("student.ts")) and report["speedup"] > 0  # old keys still there
+    # the measured student against the budget it was solved for, in its unit
+    assert report["budget"] == "50%" and report["budget_target_ms"] == pytest.approx(0.5 * report["teacher_latency_ms"])
+    assert report["budget_ratio"] == pytest.approx(report["student_latency_ms"] / report["budget_target_ms"])
+    assert report["budget_verdict"] in ("met", "over", "under") and report["budget_met"] == (report["budget_verdict"] == "met")
     assert json.loads(run.file("report.json").read_text())["exports"][1]["format"] == "pt2"
 
 

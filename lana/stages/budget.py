@@ -17,8 +17,9 @@ nearer it).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lana.errors import InfeasibleError
 from lana.latency.drift import convert
@@ -146,6 +147,7 @@ def hold_budget(run: Any, text: str, selection: dict, report: dict, say: Callabl
     if final["budget_verdict"] == "under":
         check["note"] = _under_note(final, second, budget_ms, same=False)
     elif final["budget_verdict"] == "over":
-        check["note"] = (f"after one re-solve the student is still {(final['budget_ratio'] - 1) * 100:.1f} % over the "
-                         f"budget; solve again with a lower budget, or time with more repeats (latency.repeats)")
+        check["note"] = (f"after one re-solve the student is {(final['budget_ratio'] - 1) * 100:.1f} % over the budget "
+                         f"(measured / predicted moved from {ratio:.2f}); solve again with a lower budget, or time with more "
+                         f"repeats (latency.repeats)")
     return {**final, "budget_check": check}
