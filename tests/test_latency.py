@@ -144,9 +144,9 @@ def test_in_context_timing_covers_all_candidates_and_adds_up_for_the_teacher():
     assert set(timings) == {(b, n) for b, c in cands.items() for n in c}
     assert all(t.median_ms > 0 for t in timings.values())
     assert record["fixed_latency_ms"] == record["fixed_gap_ms"] + record["runtime_adjust_ms"]
-    # the block clocks' own cost is not part of the fixed part: the deployed teacher, timed beside its clocked twin, takes it out
-    assert record["runtime_adjust_ms"] == pytest.approx(record["teacher_latency_ms"] - record["clocked_teacher_ms"])
-    assert record["clock_overhead_ms"] == pytest.approx(-record["runtime_adjust_ms"])
+    # the block clocks' own cost is not part of the fixed part: timed on its own and taken out per block
+    assert record["clock_overhead_ms"] > 0 and record["runtime_adjust_ms"] == -record["clock_overhead_ms"]
+    assert record["clock_overhead_ms"] < record["fixed_gap_ms"]  # a few microseconds per block, less than the glue it sat in
     assert record["networks"] == 1 + max(len(c) for c in cands.values())
     halves = measure_networks([teacher], (1, 8, 8), cfg)[0]
     assert halves["half_a_ms"] > 0 and halves["half_b_ms"] > 0
