@@ -93,9 +93,13 @@ class Recorder:
         return None
 
 
+_LAYOUT_LEAVES = (nn.Linear, nn.LayerNorm, nn.Conv1d, nn.Conv2d, nn.BatchNorm2d, nn.GroupNorm, nn.MultiheadAttention)
+
+
 def _is_weight_leaf(module: nn.Module) -> bool:
-    """A module that itself holds a weight matrix or kernel (conv, linear, attention in-proj)."""
-    return any(p.dim() >= 2 for p in module.parameters(recurse=False)) or isinstance(module, nn.LayerNorm)
+    """A layer whose input tells the layout: a conv or 2-D norm reads (N, C, H, W), a linear
+    or layer norm reads the last dimension."""
+    return isinstance(module, _LAYOUT_LEAVES)
 
 
 def weight_layers(module: nn.Module) -> int:
