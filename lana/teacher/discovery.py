@@ -69,13 +69,21 @@ class Recorder:
         if shape_in[0] != shape_out[0]:
             return None
         if len(shape_in) == 3:
-            return NLD
-        leaf = self.first_leaf.get(name)
-        channels_last = isinstance(leaf, nn.Linear) or (
-            isinstance(leaf, nn.LayerNorm) and not type(leaf).__name__.lower().endswith("2d")
-            and tuple(leaf.normalized_shape) == (shape_in[-1],)
-        )
-        return NHWC if channels_last else NCHW
+            layout, sizes = NLD, slice(1, 2)
+        else:
+            leaf = self.first_leaf.get(name)
+            channels_last = isinstance(leaf, nn.Linear) or (
+                isinstance(leaf, nn.LayerNorm) and not type(leaf).__name__.lower().endswith("2d")
+                and tuple(leaf.normalized_shape) == (shape_in[-1],)
+            )
+            layout, sizes = (NHWC, slice(1, 3)) if channels_last else (NCHW, slice(2, 4))
+        # Every spatial (or token) dimension must shrink by one stride: a block that turns
+        # (N, H, W, C) into (N, C, H, W) passes no other test, and no op could replace it.
+        size_in, size_out = shape_in[sizes], shape_out[sizes]
+        stride = -(-size_in[0] // max(size_out[0], 1))
+        if any(-(-i // stride) != o for i, o in zip(size_in, size_out)):
+            return None
+        return layout
 
     def why_not(self, name: str) -> str | None:
         """None when the module qualifies as a block, else the reason it does not."""
