@@ -12,13 +12,14 @@ from op_zoo._spec import BlockSpec
 from op_zoo._tokens import LinearMixer, ZeroMixer, find_attention, find_mlp, fresh_copy, prune_heads
 
 TOKEN_LAYOUTS = ("nld", "nhwc")
+HEAD_KEEPS = [25, 50, 75]
 
 
 @register_grid("attn_heads{keep}", family="attention",
                description="the teacher block with its {keep} % most important attention heads "
                            "(value-path norm), weights copied",
                source="head pruning (Michel 2019, 'Are Sixteen Heads Really Better than One?'; NViT, Yang 2023)",
-               grid={"keep": [25, 50, 75]}, layouts=TOKEN_LAYOUTS)
+               grid={"keep": HEAD_KEEPS}, layouts=TOKEN_LAYOUTS)
 def fewer_heads(spec: BlockSpec, keep: int) -> nn.Module | None:
     """The teacher block keeping ``keep`` % of its heads (at least one, fewer than all).
 
@@ -27,8 +28,8 @@ def fewer_heads(spec: BlockSpec, keep: int) -> nn.Module | None:
         keep: percentage of heads to keep.
 
     Returns:
-        The block copy, or None when there is no recognised attention or the percentage
-        keeps all heads or none.
+        The block copy, or None when there is no recognised attention, the percentage
+        keeps all heads or none, or it keeps as many as the next smaller percentage.
     """
     attn = find_attention(spec.module)
     if attn is None or not spec.same_shape:
@@ -36,6 +37,8 @@ def fewer_heads(spec: BlockSpec, keep: int) -> nn.Module | None:
     heads = round(attn.num_heads * keep / 100)
     if heads < 1 or heads >= attn.num_heads:
         return None
+    if keep > HEAD_KEEPS[0] and heads == round(attn.num_heads * HEAD_KEEPS[HEAD_KEEPS.index(keep) - 1] / 100):
+        return None  # e.g. 3 heads: 50 % and 75 % both keep 2; the smaller percentage builds it
     block = fresh_copy(spec.module)
     block.attn = prune_heads(block.attn, heads)
     return block
