@@ -64,3 +64,8 @@ class SolverUnavailableError(LanaError):
 
 class ExportError(LanaError):
     """The exported model does not reload or does not match the eager model."""
+
+
+class TeacherOutputError(LanaError):
+    """A teacher's output is not a tensor, or a tuple / list / dict of tensors; or a
+    student's output does not have the teacher's structure."""

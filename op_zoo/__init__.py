@@ -36,6 +36,9 @@ from op_zoo import (  # noqa: E402,F401  isort: skip
     fewer_act,
     pruned,
     low_rank,
+    attention,
+    mlp,
+    token_mixer,
 )
 
 __all__ = [

@@ -23,7 +23,7 @@ from torch import nn
 
 from lana.errors import ConfigError, UnknownOpError
 from lana.names import TEACHER_OP
-from op_zoo._spec import BlockSpec
+from op_zoo._spec import LAYOUTS, BlockSpec
 
 Builder = Callable[[BlockSpec], Union[nn.Module, None]]
 
@@ -43,6 +43,8 @@ class OpDef:
         builder: ``builder(spec) -> nn.Module | None``; ``None`` means the op declines
             a block whose shapes it cannot reproduce.
         params: the grid parameters the builder was bound to (empty for single ops).
+        layouts: the block layouts the op builds for (``"nchw"`` feature maps by default;
+            ``"nld"`` tokens, ``"nhwc"`` channels-last maps); other blocks are declined.
     """
 
     name: str
@@ -51,6 +53,7 @@ class OpDef:
     source: str
     builder: Builder = field(repr=False)
     params: Mapping[str, Any] = field(default_factory=dict)
+    layouts: tuple[str, ...] = ("nchw",)
 
     def build(self, spec: BlockSpec) -> nn.Module | None:
         """Build this op for one block.
@@ -59,8 +62,11 @@ class OpDef:
             spec: the block to replace.
 
         Returns:
-            The candidate module, or ``None`` when the op declines the block.
+            The candidate module, or ``None`` when the op declines the block (its layout
+            is not one the op builds for, or its shapes cannot be reproduced).
         """
+        if getattr(spec, "layout", "nchw") not in self.layouts:
+            return None
         return self.builder(spec)
 
 
@@ -78,7 +84,9 @@ def _add(op: OpDef) -> None:
     _REGISTRY[op.name] = op
 
 
-def register_op(name: str, *, family: str, description: str, source: str) -> Callable[[Builder], Builder]:
+def register_op(
+    name: str, *, family: str, description: str, source: str, layouts: Sequence[str] = ("nchw",)
+) -> Callable[[Builder], Builder]:
     """Decorator registering one op builder under ``name``.
 
     Args:
@@ -86,13 +94,14 @@ def register_op(name: str, *, family: str, description: str, source: str) -> Cal
         family: family name (groups ops in ``lana ops`` and docs).
         description: one line saying what the op builds.
         source: the paper or codebase the op comes from.
+        layouts: block layouts the op builds for (``BlockSpec.layout``); default feature maps.
 
     Returns:
         The decorator; it returns the builder unchanged.
     """
 
     def decorate(builder: Builder) -> Builder:
-        _add(OpDef(name, family, description, source, builder))
+        _add(OpDef(name, family, description, source, builder, layouts=_layouts(layouts)))
         return builder
 
     return decorate
@@ -105,6 +114,7 @@ def register_grid(
     description: str | Callable[..., str],
     source: str,
     grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
+    layouts: Sequence[str] = ("nchw",),
 ) -> Callable[[Callable[..., nn.Module | None]], Callable[..., nn.Module | None]]:
     """Decorator registering one op per point of a parameter grid.
 
@@ -118,6 +128,7 @@ def register_grid(
         source: the paper or codebase the ops come from.
         grid: either a mapping ``{param: [values]}`` (every combination is registered)
             or an explicit list of parameter dicts.
+        layouts: block layouts the ops build for (``BlockSpec.layout``); default feature maps.
 
     Returns:
         The decorator; it returns the builder unchanged.
@@ -136,10 +147,18 @@ def register_grid(
             bound = partial(builder, **params)
             bound.__module__ = builder.__module__  # type: ignore[attr-defined]
             _add(OpDef(render(name, params), family, render(description, params), source,
-                       bound, dict(params)))
+                       bound, dict(params), _layouts(layouts)))
         return builder
 
     return decorate
+
+
+def _layouts(layouts: Sequence[str]) -> tuple[str, ...]:
+    layouts = (layouts,) if isinstance(layouts, str) else tuple(layouts)
+    unknown = [x for x in layouts if x not in LAYOUTS]
+    if unknown or not layouts:
+        raise ConfigError(f"op layouts must be some of {', '.join(LAYOUTS)}, got {list(layouts)}")
+    return layouts
 
 
 def list_ops(pattern: str = "*") -> list[OpDef]:

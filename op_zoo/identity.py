@@ -5,12 +5,12 @@ from torch import nn
 
 from op_zoo._layers import ConvBnAct, geometry_ok
 from op_zoo._registry import register_op
-from op_zoo._spec import BlockSpec
+from op_zoo._spec import LAYOUTS, BlockSpec
 
 
 @register_op("identity", family="identity",
              description="skip the block (output = input); same-shape blocks only",
-             source="skip op of DNA / LANA (Li 2020; Molchanov 2022)")
+             source="skip op of DNA / LANA (Li 2020; Molchanov 2022)", layouts=LAYOUTS)
 def identity(spec: BlockSpec) -> nn.Module | None:
     """``nn.Identity`` for a same-shape block.
 

@@ -193,7 +193,7 @@ def _check_swappable_small(model, specs, shape):
 
 
 def test_nothing_found():
-    with pytest.raises(BlockDiscoveryError, match=r"no replaceable blocks found in PlainNet \(module classes seen: .*Conv2d.*\); name the block modules: teacher.blocks"):
+    with pytest.raises(BlockDiscoveryError, match=r"no replaceable blocks found in PlainNet: no repeated submodule holds two or more weight layers \(module classes seen: .*Conv2d.*\); name the block modules: teacher.blocks"):
         discover_blocks(PlainNet(), (1, 3, 16, 16))
 
 
@@ -204,7 +204,7 @@ def test_nothing_found():
         (["layers.9"], "no module named 'layers.9'"),
         (["layers.0", "layers.0"], "twice"),
         (["layers", "layers.1"], "inside 'layers'"),
-        (["head"], "input is not a single 4-D tensor"),
+        (["head"], "input is not a single 4-D (N, C, H, W) or 3-D (N, L, D) tensor"),
         (["unused"], "does not run"),
     ],
 )
@@ -300,6 +300,7 @@ def test_describe_blocks_is_json_able():
     assert rows[1] == {
         "name": "layers.1",
         "class": "BasicBlock",
+        "layout": "nchw",
         "in_shape": [8, 32, 32],
         "out_shape": [16, 16, 16],
         "stride": 2,

@@ -14,6 +14,8 @@ from functools import partial
 import pytest
 import torch
 from timm.models._efficientnet_blocks import InvertedResidual, SqueezeExcite
+from timm.models.swin_transformer import SwinTransformerBlock
+from timm.models.vision_transformer import Block as VitBlock
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
@@ -27,7 +29,7 @@ from op_zoo import (
     fuse_for_export,
 )
 
-SPEC_IDS = ("same", "down", "odd")
+SPEC_IDS = ("same", "down", "odd", "tokens", "windows")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,9 +37,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @functools.cache
 def make_spec(kind: str) -> BlockSpec:
-    """Tiny blocks with real teachers: ResNet basic (same shape; strided 8->16) and a timm
-    SiLU MBConv with SE on an odd size (7x7 -> 4x4)."""
+    """Tiny blocks with real teachers: ResNet basic (same shape; strided 8->16), a timm
+    SiLU MBConv with SE on an odd size (7x7 -> 4x4), a ViT block on 1 class + 16 patch
+    tokens (N, L, D), and a shifted-window Swin block on an (N, H, W, C) map."""
     torch.manual_seed(0)
+    if kind == "tokens":
+        block = VitBlock(32, num_heads=4, init_values=0.1)
+        return BlockSpec("blocks.1", 32, 32, (17,), (17,), 1, block.eval(), "gelu", layout="nld")
+    if kind == "windows":
+        block = SwinTransformerBlock(16, (8, 8), num_heads=4, window_size=4, shift_size=2)
+        return BlockSpec("layers.0.blocks.1", 16, 16, (8, 8), (8, 8), 1, block.eval(), "gelu", layout="nhwc")
     if kind == "same":
         return BlockSpec("layer1.0", 64, 64, (8, 8), (8, 8), 1, BasicBlock(64, 64).eval(), "relu")
     if kind == "down":
@@ -83,9 +92,9 @@ ALL_OPS = [op.name for op in op_zoo.list_ops()]
 def test_shape_and_backward(op_name: str, kind: str) -> None:
     spec = make_spec(kind)
     module = build_or_skip(op_name, kind).train()
-    x = torch.randn(2, spec.in_channels, *spec.in_size, requires_grad=True)
+    x = torch.randn(2, *spec.in_shape, requires_grad=True)
     out = module(x)
-    assert tuple(out.shape) == (2, spec.out_channels, *spec.out_size)
+    assert tuple(out.shape) == (2, *spec.out_shape)
     out.square().mean().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     params = [p for p in module.parameters() if p.requires_grad]
@@ -100,7 +109,7 @@ def test_counts_and_deterministic_structure(op_name: str, kind: str) -> None:
     spec = make_spec(kind)
     module = build_or_skip(op_name, kind)
     assert count_params(module) == sum(p.numel() for p in module.parameters())
-    macs = count_macs(module, (spec.in_channels, *spec.in_size))
+    macs = count_macs(module, spec.in_shape)
     has_layers = any(isinstance(m, (nn.Conv2d, nn.Linear)) for m in module.modules())
     assert (macs > 0) == has_layers
     again = op_zoo.get_op(op_name).build(spec)
@@ -116,7 +125,7 @@ def test_every_op_is_exercised(op_name: str) -> None:
 def eval_input(module: nn.Module, spec: BlockSpec) -> torch.Tensor:
     randomise_bn(module)
     module.eval()
-    return torch.randn(2, spec.in_channels, *spec.in_size, generator=torch.Generator().manual_seed(2))
+    return torch.randn(2, *spec.in_shape, generator=torch.Generator().manual_seed(2))
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
@@ -153,7 +162,7 @@ def test_export_fusion_matches_branched(op_name: str) -> None:
             torch.testing.assert_close(torch.jit.script(fused)(x), branched, rtol=1e-4, atol=1e-4)
 
 
-_FOLLOWS_TEACHER_MODULE = {"teacher", "pruned", "low_rank"}
+_FOLLOWS_TEACHER_MODULE = {"teacher", "pruned", "low_rank", "attention", "mlp", "token_mixer"}
 _ACT_TYPES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.Mish)
 
 

@@ -50,7 +50,7 @@ def build_block_candidates(spec: BlockSpec, ops: OpsConfig) -> dict[str, Candida
         Candidates by op name; ``teacher`` (the block itself) is always among them.
     """
     modules = op_zoo.build_candidates(spec, include=tuple(ops.include), exclude=tuple(ops.exclude))
-    shape = (1, spec.in_channels, *spec.in_size)
+    shape = spec.in_shape  # one sample, in the block's layout
     out: dict[str, Candidate] = {}
     for name, module in modules.items():
         family = TEACHER_OP if name == TEACHER_OP else op_zoo.get_op(name).family

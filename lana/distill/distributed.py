@@ -321,7 +321,7 @@ def plan_groups(teacher: nn.Module, specs: list[BlockSpec], candidates: dict[str
     keys = [(b, n) for b, cs in candidates.items() for n in cs if n != TEACHER_OP]
     if budget is None:
         return [keys] if keys else [], 0
-    shapes = {s.name: (s.in_channels, *s.in_size) for s in specs}
+    shapes = {s.name: s.in_shape for s in specs}
     features = sum(s.in_channels * math.prod(s.in_size) + s.out_channels * math.prod(s.out_size) for s in specs)
     fixed = FLOAT * (sum(p.numel() for p in teacher.parameters()) + batch * (3 * max(_leaf_outputs(teacher, input_shape)) + features))
     room = budget - fixed

@@ -134,7 +134,8 @@ def _measuring(cfg: LatencyConfig):
 def example_input(input_shape: tuple[int, ...], cfg: LatencyConfig) -> torch.Tensor:
     """A random batch ``(batch_size, *input_shape)`` on the device, in the dtype and memory format."""
     example = torch.randn(cfg.batch_size, *input_shape, device=check_settings(cfg), dtype=DTYPES[cfg.dtype])
-    return example.contiguous(memory_format=torch.channels_last) if cfg.channels_last else example
+    # channels_last is a 4-D memory format: token inputs (N, L, D) stay as they are
+    return example.contiguous(memory_format=torch.channels_last) if cfg.channels_last and example.dim() == 4 else example
 
 
 def _knobs(cfg: LatencyConfig) -> dict:
@@ -353,7 +354,7 @@ def measure_in_context(teacher: nn.Module, specs, candidates: dict, input_shape:
     from tqdm.auto import tqdm
 
     device = resolve_device(cfg.device)
-    shapes = {s.name: (s.in_channels, *s.in_size) for s in specs}
+    shapes = {s.name: s.in_shape for s in specs}
     modules = {b: {n: getattr(c, "module", c) for n, c in cands.items()} for b, cands in candidates.items()}
     partial = partial or PartialTimings(None, "")
     reference = {s.name: TEACHER_OP for s in specs}

@@ -63,7 +63,7 @@ def profile_latency(teacher: nn.Module, specs, candidates: dict, input_shape: tu
         The profile record; each candidate also carries ``share``, its figure as a share of
         the teacher timed in the same window (what a ``50%`` budget is measured against).
     """
-    shapes = {s.name: (s.in_channels, *s.in_size) for s in specs}
+    shapes = {s.name: s.in_shape for s in specs}
     method = cfg.method
     if method == "context" and (cfg.runtime not in CLOCKABLE or (cfg.cuda_graphs and cfg.device.startswith("cuda"))):
         why = "CUDA graphs replay whole" if cfg.runtime in CLOCKABLE else f"{cfg.runtime} compiles the whole graph"

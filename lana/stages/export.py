@@ -65,7 +65,7 @@ def _blame(name: str, student: nn.Module, ctx: Context, choice: dict[str, str]) 
         op = choice.get(spec.name, TEACHER_OP)
         if op == TEACHER_OP:
             continue
-        example = torch.randn(2, spec.in_channels, *spec.in_size)
+        example = torch.randn(2, *spec.in_shape)
         try:
             if name == "torchscript":
                 to_torchscript(student.get_submodule(spec.name), example)

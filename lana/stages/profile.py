@@ -113,7 +113,7 @@ def write_bundle(run, out, networks: int = 6, overrides: list[str] | None = None
         entries.append({**entry, "file": file, "input_shape": list(shape)})
 
     for spec in ctx.specs:
-        shape = (spec.in_channels, *spec.in_size)
+        shape = spec.in_shape
         for name, cand in candidates[spec.name].items():
             save(cand.module, shape, f"modules/{_safe(spec.name)}__{_safe(name)}.pt", kind="candidate", block=spec.name, candidate=name)
     save(ctx.teacher, ctx.input_shape, "teacher.pt", kind="teacher", name="teacher")

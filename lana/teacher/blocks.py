@@ -1,10 +1,11 @@
-"""Find the replaceable blocks of a teacher network.
+"""Block specs and swapping: describe the replaceable blocks of a teacher, and put candidates in.
 
-A *block* is a submodule that takes one 4-D tensor and returns one 4-D tensor, and that lana
-may swap for a cheaper op with the same input and output shapes. Blocks are found by class
-name (so timm, torchvision and a user's own ``BasicBlock`` all match) or listed by module
-name in the config (``teacher.blocks``). One forward pass with hooks records each block's
-real shapes and the order in which blocks run.
+A *block* is a submodule that takes one tensor and returns one tensor of the same layout
+((N, C, H, W), (N, H, W, C) or (N, L, D) tokens), and that lana may swap for a cheaper op
+with the same input and output shapes. Blocks are found from the model's structure
+(``lana.teacher.discovery``) and by known block class names, or listed by module name in
+the config (``teacher.blocks``). One forward pass with hooks records each block's real
+shapes and the order in which blocks run.
 """
 from __future__ import annotations
 
@@ -16,6 +17,17 @@ import torch
 from torch import nn
 
 from lana.errors import BlockDiscoveryError
+from lana.teacher.discovery import (
+    NHWC,
+    NLD,
+    Recorder,
+    feature_info_stages,
+    innermost,
+    outermost,
+    record_forward,
+    structural_candidates,
+    why_none_found,
+)
 from op_zoo._spec import BlockSpec
 
 # Class names of residual / inverted-residual blocks, mapped to an extra test the module
@@ -176,61 +188,9 @@ def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent._modules[leaf] = module
 
 
-class _Recorder:
-    """Forward hooks that note call order and input/output shapes of watched modules."""
-
-    def __init__(self) -> None:
-        self.order: dict[str, int] = {}
-        self.calls: Counter[str] = Counter()
-        self.in_shape: dict[str, tuple[int, ...] | None] = {}
-        self.out_shape: dict[str, tuple[int, ...] | None] = {}
-
-    def watch(self, name: str, module: nn.Module) -> list:
-        def pre(_mod, args, kwargs):
-            self.calls[name] += 1
-            self.order.setdefault(name, len(self.order))
-            single = (
-                len(args) == 1
-                and isinstance(args[0], torch.Tensor)
-                and args[0].dim() == 4
-                and not any(isinstance(v, torch.Tensor) for v in kwargs.values())
-            )
-            self.in_shape[name] = tuple(args[0].shape) if single else None
-
-        def post(_mod, _args, _kwargs, output):
-            ok = isinstance(output, torch.Tensor) and output.dim() == 4
-            self.out_shape[name] = tuple(output.shape) if ok else None
-
-        return [
-            module.register_forward_pre_hook(pre, with_kwargs=True),
-            module.register_forward_hook(post, with_kwargs=True),
-        ]
-
-    def why_not(self, name: str) -> str | None:
-        """None when the module qualifies as a block, else the reason it does not."""
-        if self.calls[name] == 0:
-            return "it does not run in the forward pass"
-        if self.calls[name] > 1:
-            return f"it runs {self.calls[name]} times per forward (shared weights)"
-        if self.in_shape.get(name) is None:
-            return "its input is not a single 4-D tensor"
-        if self.out_shape.get(name) is None:
-            return "its output is not a single 4-D tensor"
-        return None
-
-
-def _run_forward(model: nn.Module, input_shape: tuple[int, ...], rec: _Recorder, watched) -> None:
-    param = next((p for p in model.parameters() if p.is_floating_point()), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None else torch.float32
-    x = torch.zeros(tuple(input_shape), device=device, dtype=dtype)
-    handles = [h for name, mod in watched for h in rec.watch(name, mod)]
-    was_training = model.training
-    # eval(): batch-norm with batch 1 and 1x1 maps refuses to run in training mode.
-    model.eval()
+def _run_forward(model: nn.Module, input_shape: tuple[int, ...], watched) -> Recorder:
     try:
-        with torch.no_grad():
-            model(x)
+        return record_forward(model, input_shape, watched)
     except Exception as exc:  # the teacher's own error, reported as one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise BlockDiscoveryError(
@@ -238,27 +198,33 @@ def _run_forward(model: nn.Module, input_shape: tuple[int, ...], rec: _Recorder,
             f"({type(exc).__name__}: {first}); check the data input shape and teacher.kwargs "
             f"(e.g. in_chans)"
         ) from exc
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
 
 
-def _make_spec(model: nn.Module, name: str, rec: _Recorder, fallback_act: str) -> BlockSpec:
+def _make_spec(model: nn.Module, name: str, rec: Recorder, fallback_act: str) -> BlockSpec:
     module = get_submodule(model, name)
-    _, c_in, h_in, w_in = rec.in_shape[name]
-    _, c_out, h_out, w_out = rec.out_shape[name]
+    layout = rec.layout(name)
+    shape_in, shape_out = rec.in_shape[name][1:], rec.out_shape[name][1:]
+    if layout == NLD:  # (L, D): channels are the token width, the "size" the token count
+        (l_in, c_in), (l_out, c_out) = shape_in, shape_out
+        size_in, size_out = (l_in,), (l_out,)
+    elif layout == NHWC:
+        *size_in, c_in = shape_in
+        *size_out, c_out = shape_out
+    else:
+        c_in, *size_in = shape_in
+        c_out, *size_out = shape_out
     # Ceil division: a stride-2 conv maps 7 -> 4, and 7 / 4 rounds up to 2.
-    stride = max(1, -(-h_in // max(h_out, 1)))
+    stride = max(1, -(-size_in[0] // max(size_out[0], 1)))
     return BlockSpec(
         name=name,
         in_channels=c_in,
         out_channels=c_out,
-        in_size=(h_in, w_in),
-        out_size=(h_out, w_out),
+        in_size=tuple(size_in),
+        out_size=tuple(size_out),
         stride=stride,
         module=module,
         act=_first_activation(module) or fallback_act,
+        layout=layout,
     )
 
 
@@ -289,20 +255,24 @@ def discover_blocks(
     """Find the replaceable blocks of a teacher and describe each one.
 
     Runs one forward pass with zeros of ``input_shape`` (under ``no_grad``, in eval mode;
-    the model's mode is restored) with hooks on the candidate modules.
+    the model's mode is restored) with hooks on the modules. Without ``names``, blocks are
+    the outermost modules of a known block class (``BLOCK_CLASS_NAMES``) plus, outside
+    them, what the model's structure shows (``lana.teacher.discovery``): the innermost
+    repeated children of containers that hold two or more weight layers and take and give
+    one tensor of one layout (feature map, channels-last map or tokens).
 
     Args:
         model: the teacher network.
         input_shape: shape of one input batch, e.g. ``(1, 3, 224, 224)``.
         names: module names to use as blocks (``teacher.blocks`` in the config); None to
-            find residual / inverted-residual blocks by class name, outermost ones only.
+            find them automatically.
 
     Returns:
         One ``BlockSpec`` per block, in the order blocks run in the forward pass.
 
     Raises:
         BlockDiscoveryError: a listed name does not exist or is not a one-tensor-in,
-            one-tensor-out 4-D block; nothing was found; or the forward pass failed.
+            one-tensor-out block; nothing was found; or the forward pass failed.
     """
     if len(tuple(input_shape)) != 4:
         raise BlockDiscoveryError(
@@ -311,14 +281,7 @@ def discover_blocks(
     if names is not None:
         names = list(names)
         _check_listed(model, names)
-        watched = [(n, get_submodule(model, n)) for n in names]
-    else:
-        watched = [(n, m) for n, m in model.named_modules() if n and _block_class_match(m)]
-    rec = _Recorder()
-    _run_forward(model, input_shape, rec, watched)
-    fallback_act = _model_activation(model)
-
-    if names is not None:
+        rec = _run_forward(model, input_shape, [(n, m) for n, m in model.named_modules()])
         for name in names:
             reason = rec.why_not(name)
             if reason is not None:
@@ -328,20 +291,23 @@ def discover_blocks(
                 )
         chosen = names
     else:
-        qualified = [n for n, _ in watched if rec.why_not(n) is None]
-        # Outermost only: named_modules() lists parents before children.
-        chosen = []
-        for name in qualified:
-            if not any(name.startswith(outer + ".") for outer in chosen):
-                chosen.append(name)
+        rec = _run_forward(model, input_shape, [(n, m) for n, m in model.named_modules()])
+        known = [n for n, m in model.named_modules() if n and _block_class_match(m) and rec.why_not(n) is None]
+        known = outermost(known)
+        tried = [n for n, _ in structural_candidates(model, feature_info_stages(model))]
+        found = innermost([n for n in tried if rec.why_not(n) is None])
+        # Known blocks win over structural ones that hold them or sit inside them.
+        found = [n for n in found if not any(n.startswith(k + ".") or k.startswith(n + ".") or n == k for k in known)]
+        chosen = known + found
         if not chosen:
             seen = sorted({type(m).__name__ for n, m in model.named_modules() if n})
             raise BlockDiscoveryError(
-                f"no replaceable blocks found in {type(model).__name__} (module classes seen: {', '.join(seen[:20])}"
-                f"{', ...' if len(seen) > 20 else ''}); name the block modules: teacher.blocks in the config, "
-                f"or blocks=[...] in Python"
+                f"no replaceable blocks found in {type(model).__name__}: {why_none_found(model, rec, tried)} "
+                f"(module classes seen: {', '.join(seen[:20])}{', ...' if len(seen) > 20 else ''}); "
+                f"name the block modules: teacher.blocks in the config, or blocks=[...] in Python"
             )
     chosen = sorted(chosen, key=lambda n: rec.order[n])
+    fallback_act = _model_activation(model)
     return [_make_spec(model, n, rec, fallback_act) for n in chosen]
 
 
@@ -352,7 +318,8 @@ def describe_blocks(specs: list[BlockSpec]) -> list[dict]:
         specs: blocks as returned by :func:`discover_blocks`.
 
     Returns:
-        One dict per block: name, class, in_shape / out_shape as ``[C, H, W]``, stride, act,
+        One dict per block: name, class, layout, in_shape / out_shape per sample (``[C, H, W]``,
+        ``[H, W, C]`` or ``[L, D]`` by layout), stride, act,
         params (parameter count of the teacher block).
     """
     rows = []
@@ -362,8 +329,9 @@ def describe_blocks(specs: list[BlockSpec]) -> list[dict]:
             {
                 "name": spec.name,
                 "class": type(module).__name__ if module is not None else None,
-                "in_shape": [spec.in_channels, *spec.in_size],
-                "out_shape": [spec.out_channels, *spec.out_size],
+                "layout": spec.layout,
+                "in_shape": list(spec.in_shape),
+                "out_shape": list(spec.out_shape),
                 "stride": spec.stride,
                 "act": spec.act,
                 "params": sum(p.numel() for p in module.parameters()) if module is not None else 0,

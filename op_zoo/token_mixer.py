@@ -1,0 +1,34 @@
+"""Cheap token mixers in place of attention: PoolFormer's pooling over the token grid."""
+from __future__ import annotations
+
+from torch import nn
+
+from op_zoo._registry import register_op
+from op_zoo._spec import BlockSpec
+from op_zoo._tokens import PoolMixer, attention_tokens, find_attention, fresh_copy, token_grid
+
+
+@register_op("token_pool", family="token_mixer",
+             description="attention replaced by 3x3 average pooling over the token grid minus the input "
+                         "(class/distillation tokens: mean of all tokens)",
+             source="PoolFormer / MetaFormer (Yu 2022)", layouts=("nld", "nhwc"))
+def token_pool(spec: BlockSpec) -> nn.Module | None:
+    """The teacher block with its attention replaced by :class:`PoolMixer`.
+
+    Args:
+        spec: a token block with timm-style attention whose tokens (or windows) form a
+            square grid after at most 8 prefix tokens.
+
+    Returns:
+        The block copy, or None otherwise.
+    """
+    attn = find_attention(spec.module)
+    if attn is None or not spec.same_shape:
+        return None
+    tokens = attention_tokens(spec, attn)
+    grid = token_grid(tokens) if tokens else None
+    if grid is None:
+        return None
+    block = fresh_copy(spec.module)
+    block.attn = PoolMixer(*grid)
+    return block
