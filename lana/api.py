@@ -198,8 +198,8 @@ def new_run(teacher: nn.Module | str, train, val, test=None, *, run_dir: str | P
     gpu = device == "auto" and torch.cuda.is_available()
     tree.setdefault("device", device)
     _merge(tree, "latency", {"device": "cuda" if gpu else ("cpu" if device == "auto" else device)})
-    if is_loader(train) and train.batch_size:
-        _merge(tree, "data", {"batch_size": train.batch_size})
+    if is_loader(train) and train.batch_size:  # the loader's batch size is the one used (and recorded)
+        tree.setdefault("data", {})["batch_size"] = train.batch_size
     tree.setdefault("data", {})["kind"] = "python"
     fn = load_batch_fn(batch_fn if batch_fn is not None else tree["data"].get("batch_fn"))
     if batch_fn is not None:

@@ -134,6 +134,12 @@ def batches_per_epoch(data, batch_size: int) -> int:
     return math.ceil(len(data) / batch_size)
 
 
+def epoch_steps(data, batch_size: int) -> float:
+    """Steps in one pass, for step counts: ``len(loader)`` for a DataLoader, else ``len / batch_size``
+    (unrounded, so ``epochs × this`` rounds once)."""
+    return float(batches_per_epoch(data, batch_size)) if is_loader(data) else len(data) / batch_size
+
+
 def num_images(data) -> int:
     """Images in a split (a DataLoader: its dataset's length, else batches × batch size)."""
     if is_loader(data):

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lana.config import LanaConfig
-from lana.data import DataSplits, batches_per_epoch, is_loader, num_images
+from lana.data import DataSplits, is_loader, num_images
 from lana.device import Placement, distill_device_name
 from lana.distill.candidates import TEACHER_OP, Candidate, weights_file
 from lana.distill.distributed import (
@@ -167,7 +167,7 @@ class _Distiller:
         check_world(self.batch, dist)
         self.local_batch = math.ceil(self.batch / dist.world)
         n_train = num_images(splits.train)
-        self.steps = total_steps(config, n_train, batches_per_epoch(splits.train, self.batch))
+        self.steps = total_steps(config, n_train, len(splits.train) if is_loader(splits.train) else None)
         self.late = int(self.steps * 0.75)  # the reported loss averages the last quarter of training
         self.batches = GlobalBatches(splits.train, self.batch, config.seed, dist, splits.num_workers, splits.batch_fn,
                                      self.place.pin_memory)

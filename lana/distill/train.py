@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from lana.config import FinetuneConfig
-from lana.data import NO_LABEL, BatchFn, DataSplits, batches_per_epoch, is_loader, iterate, make_loader, to_pair
+from lana.data import NO_LABEL, BatchFn, DataSplits, epoch_steps, is_loader, iterate, make_loader, to_pair
 from lana.device import Placement, module_device
 
 log = logging.getLogger("lana")
@@ -73,7 +73,7 @@ def fit(
     """
     place = place or Placement()
     train = splits.train if train is None else train
-    steps = max(1, math.ceil(epochs * batches_per_epoch(train, batch_size)))
+    steps = max(1, math.ceil(epochs * epoch_steps(train, batch_size)))
     place.model(model)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = one_cycle(optimiser, lr, steps)
