@@ -74,7 +74,10 @@ class Run:
         Returns:
             The candidates table (also ``RUN/candidates.parquet``).
         """
-        table = distill_stage(self.config, self.folder, force=force, teacher=self.teacher, splits=self.splits)
+        try:
+            table = distill_stage(self.config, self.folder, force=force, teacher=self.teacher, splits=self.splits)
+        finally:
+            self.give_back_teacher()
         if table is None:
             raise ConfigError("this process is a torchrun rank other than 0; only rank 0 returns the table")
         return table
@@ -103,21 +106,31 @@ class Run:
     def student(self, selection: dict | None = None, finetuned: bool = True) -> nn.Module:
         """The selection's student in eval mode (fine-tuned weights when they belong to it), on
         the device the teacher was given on (the CPU for a teacher loaded by name)."""
-        student = load_student(self.context(), selection or self.selection(), finetuned)[0]
+        try:
+            student = load_student(self.context(), selection or self.selection(), finetuned)[0]
+        finally:
+            self.give_back_teacher()
         return move_to(student, self.home or "cpu")
 
     def give_back_teacher(self) -> None:
-        """Move the user's teacher back to the device it was given on (stages move it to the compute device)."""
+        """Move the user's teacher back to the device it was given on (each stage moves it to the
+        compute device for its work; every :class:`Run` method gives it back)."""
         if self.teacher is not None and self.home is not None:
             move_to(self.teacher, self.home)
 
     def finetune(self, selection: dict | None = None) -> dict:
         """Fine-tune the selection's student by distillation (``lana finetune``); saves ``RUN/student.pt``."""
-        return finetune_stage(self.context(), selection or self.selection())
+        try:
+            return finetune_stage(self.context(), selection or self.selection())
+        finally:
+            self.give_back_teacher()
 
     def export(self, selection: dict | None = None, finetuned: bool = True) -> dict:
         """Export, reload, check and time the student (``lana export``); returns ``report.json``'s figures."""
-        return export_stage(self.context(), selection or self.selection(), finetuned)
+        try:
+            return export_stage(self.context(), selection or self.selection(), finetuned)
+        finally:
+            self.give_back_teacher()
 
 
 @dataclass
@@ -338,13 +351,9 @@ def accelerate(teacher: nn.Module | str, train, val, budget: str | None = "50%",
     if budget is not None:
         parse_budget(budget, 1.0)  # a typo is said now, not after distillation
     run = new_run(teacher, train, val, test, run_dir=run_dir, device=device, config=config, blocks=blocks, batch_fn=batch_fn)
-    try:
-        report = run_pipeline(run, budget)
-        selection = run.selection()
-        student = run.student(selection)  # on the teacher's device
-    finally:
-        run.give_back_teacher()
-    return Result(student, dict(selection["choice"]), run.table, report, run)
+    report = run_pipeline(run, budget)
+    selection = run.selection()
+    return Result(run.student(selection), dict(selection["choice"]), run.table, report, run)  # on the teacher's device
 
 
 # -- the stages as functions (each also a Run method) -------------------------------------

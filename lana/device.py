@@ -124,10 +124,17 @@ class Placement:
             tensor = tensor.contiguous(memory_format=torch.channels_last)
         return tensor
 
-    def autocast(self):
-        """The training forward's context: CUDA autocast in :attr:`amp_dtype`, else nothing."""
+    def autocast(self, fp16: bool = True):
+        """The training forward's context: CUDA autocast in :attr:`amp_dtype`, else nothing.
+
+        Args:
+            fp16: whether fp16 may be used where bf16 is not supported (a loop without
+                :meth:`grad_scaler` passes False and then runs in float32 there).
+        """
         dtype = self.amp_dtype
-        return torch.autocast("cuda", dtype=dtype) if dtype is not None else nullcontext()
+        if dtype is None or (dtype == torch.float16 and not fp16):
+            return nullcontext()
+        return torch.autocast("cuda", dtype=dtype)
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         """Loss scaling, enabled for fp16 alone (bf16 and float32 need none)."""

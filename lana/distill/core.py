@@ -389,7 +389,7 @@ class _Distiller:
             live = [k for k in members if k[0] == block and not self.stats[k]["status"].startswith("dropped")]
             local = []
             for key in live:
-                with torch.set_grad_enabled(self._cand(key).trainable), self.place.autocast():
+                with torch.set_grad_enabled(self._cand(key).trainable), self.place.autocast(fp16=False):
                     local.append(normalised_mse(self._module(key)(x), y, var, count))
             if not local:
                 continue

@@ -9,6 +9,7 @@ from torch import nn
 
 from lana.config import LanaConfig
 from lana.data import DataSplits, load_batch_fn, load_data
+from lana.device import move_to
 from lana.run.folder import RunFolder, setup_logging
 from lana.teacher.blocks import discover_blocks
 from lana.teacher.load import load_teacher, teacher_fingerprint
@@ -57,7 +58,7 @@ def prepare(config: LanaConfig, run: RunFolder, writes: bool = True, teacher: nn
             splits.deterministic = config.data.deterministic
     if teacher is None:
         teacher = load_teacher(config.teacher.model, config.teacher.checkpoint, config.teacher.kwargs)
-    teacher.eval()
+    move_to(teacher, "cpu").eval()  # the teacher rests on the CPU; each stage moves it to the compute device for its work
     specs = discover_blocks(teacher, (1, *splits.input_shape), config.teacher.blocks)
     if writes:
         run.check_fingerprint(teacher_fingerprint(teacher), config)
