@@ -66,12 +66,12 @@ def fit(
         desc: progress bar label.
         train: what to train on instead of ``splits.train``, e.g. :class:`TeacherLogits`
             (its extra fields are passed on to ``loss_fn``).
-        place: the compute device and its mixed precision (default: the CPU).
+        place: the compute device and its mixed precision (default: where ``model`` is).
 
     Returns:
         The mean loss over the last 50 steps.
     """
-    place = place or Placement()
+    place = place or Placement(module_device(model))
     train = splits.train if train is None else train
     steps = max(1, math.ceil(epochs * epoch_steps(train, batch_size)))
     place.model(model)
@@ -170,20 +170,22 @@ def distil_into(
             one epoch, the train split is deterministic (``splits.deterministic``: the
             same images every epoch) and they fit in memory. Otherwise the teacher runs
             beside the student on every batch; the log says which.
-        place: the compute device (teacher and student are moved there; default the CPU).
+        place: the compute device (teacher and student are moved there; default: where ``student`` is).
 
     Returns:
         The mean loss over the last 50 steps.
     """
-    place = place or Placement()
+    place = place or Placement(module_device(student))
     epochs = cfg.epochs if epochs is None else epochs
     place.model(teacher).eval()
-    if targets is None and epochs > 1:
-        if splits.deterministic:
+    if targets is None:
+        why = ("one epoch or less: nothing to reuse" if epochs <= 1 else
+               "the train split may augment at random or is iterated as given" if not splits.deterministic else "")
+        if not why:
             targets = TeacherLogits.if_it_fits(teacher, splits, batch_size, place)
-        log.info("%s: teacher logits %s", desc, "cached once (the train split is deterministic)" if targets is not None else
-                 "computed beside the student every step (" + ("the train split may augment at random or is iterated as given"
-                                                             if not splits.deterministic else "they would not fit in memory") + ")")
+            why = "" if targets is not None else "they would not fit in memory"
+        log.info("%s: teacher logits %s", desc, f"computed beside the student every step ({why})" if why
+                 else "cached once (the train split is deterministic)")
     return fit(student, splits, distillation_loss(teacher, cfg.temperature, cfg.alpha), epochs,
                cfg.lr if lr is None else lr, cfg.weight_decay, batch_size, seed, desc, train=targets, place=place)
 
