@@ -83,7 +83,7 @@ class Placement:
     amp: bool = True  # asked for; in force on CUDA only
 
     @classmethod
-    def for_config(cls, config: LanaConfig, local_rank: int = 0) -> "Placement":
+    def for_config(cls, config: LanaConfig, local_rank: int = 0) -> Placement:
         """The compute device of ``config`` (``device``), with its ``amp`` setting."""
         return cls(resolve_compute_device(config.device, local_rank), config.amp)
 

@@ -82,7 +82,7 @@ def test_distillation_iterates_the_loader_with_its_batch_size_and_resumes():
     loader = DataLoader(data, batch_size=10, sampler=SubsetRandomSampler(list(range(50)), generator=torch.Generator().manual_seed(3)))
     batches = GlobalBatches(loader, 32, seed=0, dist=Dist(), workers=0)
     assert batches.per_epoch == 5
-    full = list(batches.images(range(0, 12)))  # 2.4 epochs
+    full = list(batches.images(range(12)))  # 2.4 epochs
     assert len(full) == 12 and all(len(x) == 10 for x in full) and batches.global_size(7) == 10
     assert all(x.shape[1:] == (1, 16, 16) for x in full)
     # each epoch covers the sampler's 50 images once
@@ -91,7 +91,7 @@ def test_distillation_iterates_the_loader_with_its_batch_size_and_resumes():
     # resuming at step 7 reads and drops the 2 batches of that epoch already done: with a
     # loader whose order is fixed, the resumed steps are exactly the uninterrupted ones
     steady = DataLoader(data, batch_size=10, sampler=list(range(50)))
-    whole = list(GlobalBatches(steady, 10, 0, Dist(), 0).images(range(0, 12)))
+    whole = list(GlobalBatches(steady, 10, 0, Dist(), 0).images(range(12)))
     resumed = list(GlobalBatches(steady, 10, 0, Dist(), 0).images(range(7, 12)))
     assert len(resumed) == 5 and all(torch.equal(a, b) for a, b in zip(resumed, whole[7:]))
     # two ranks split each global batch
@@ -206,7 +206,7 @@ def test_logits_are_cached_only_for_deterministic_data(caplog):
         torch.manual_seed(0)
         teacher, student = Net(8, 1), Net(8, 1)
         calls = []
-        teacher.register_forward_hook(lambda *_: calls.append(1))
+        teacher.register_forward_hook(lambda *_, seen=calls: seen.append(1))
         with caplog.at_level(logging.INFO, logger="lana"):
             caplog.clear()
             distil_into(student, teacher, splits, cfg, batch_size=16, seed=0)

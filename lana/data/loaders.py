@@ -286,7 +286,7 @@ def user_splits(train, val, test=None, num_classes: int = 0, batch_fn: BatchFn |
     if len(set(shapes.values())) > 1:
         raise DataError(f"the splits' images differ in shape ({shapes}); give every split the same (C, H, W)")
     channels, *size = shapes["train"]
-    steady, why = deterministic_train(train, deterministic)
+    steady, _why = deterministic_train(train, deterministic)
     return DataSplits(train=train, val=val, test=test, num_classes=num_classes, channels=channels, image_size=tuple(size),
                       source="python", labelled=all(lab for _, lab in found.values()), batch_fn=batch_fn,
                       num_workers=num_workers, deterministic=steady)

@@ -27,9 +27,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lana.config import DistillConfig
 from lana.data import BatchFn, batches_per_epoch, is_loader, to_pair
+from lana.device import resolve_compute_device
 from lana.distill.candidates import TEACHER_OP, Candidate
 from lana.errors import ConfigError, LanaError
-from lana.device import resolve_compute_device
 from op_zoo import BlockSpec
 
 log = logging.getLogger("lana")

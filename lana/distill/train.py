@@ -150,7 +150,7 @@ def distil_into(
     desc: str = "finetune",
     epochs: float | None = None,
     lr: float | None = None,
-    targets: "TeacherLogits | None" = None,
+    targets: TeacherLogits | None = None,
     place: Placement | None = None,
 ) -> float:
     """Train ``student`` end to end by logit distillation from ``teacher`` (``finetune`` settings).
@@ -226,7 +226,7 @@ class TeacherLogits(Dataset):
 
     @classmethod
     def if_it_fits(cls, teacher: nn.Module, splits: DataSplits, batch_size: int,
-                   place: Placement | None = None) -> "TeacherLogits | None":
+                   place: Placement | None = None) -> TeacherLogits | None:
         """The logits over ``splits.train``, or None (the teacher runs per step) when they would not fit
         or the train split is a DataLoader (iterated as given, it cannot be indexed)."""
         if is_loader(splits.train) or not cls.fits(splits.train, splits.num_classes):

@@ -19,8 +19,8 @@ from rich.console import Console
 
 from lana.config import LanaConfig, build_config
 from lana.data import fashion_mnist_available, load_data
-from lana.device import Placement
 from lana.api import Run, run_pipeline
+from lana.device import Placement
 from lana.distill.train import fit, label_loss
 from lana.run.folder import RunFolder, save_tensors, setup_logging
 from lana.teacher.load import build_model
