@@ -7,7 +7,11 @@ module is recorded in the folder as ``teacher.pt`` (its weights) and
 ``teacher.model: python:<module>.<Class>`` in ``config.yaml``; a module's code cannot be
 rebuilt from a name, so resuming such a run takes the same module again
 (``lana.open_run(RUN, teacher=model)``), and the folder's fingerprint refuses another one.
-Data passed from Python are not copied into the folder either (``data.kind: python``).
+Data passed from Python are not copied into the folder either (``data.kind: python``): a
+DataLoader is used as given (sampler, collate_fn, workers, batch size), and ``batch_fn``
+maps its batches (dicts, ...) to ``(images, labels or None)``. A teacher on any device is
+accepted; work runs on the compute device (``device``) and the student comes back on the
+teacher's device.
 """
 from __future__ import annotations
 
@@ -21,10 +25,10 @@ from typing import Any, Callable
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from lana.config import LanaConfig, build_config
-from lana.data import DataSplits, user_splits
+from lana.data import BatchFn, DataSplits, batch_fn_name, is_loader, load_batch_fn, take_tensors, user_splits
+from lana.device import Placement, module_device, move_to
 from lana.errors import ConfigError, DataError
 from lana.names import DEFAULT_SOLVER
 from lana.run.context import Context, prepare
@@ -51,6 +55,7 @@ class Run:
     def __init__(self, folder: RunFolder, config: LanaConfig, teacher: nn.Module | None = None,
                  splits: DataSplits | None = None) -> None:
         self.folder, self.config, self.teacher, self.splits = folder, config, teacher, splits
+        self.home = module_device(teacher) if teacher is not None else None  # where the user's teacher lives
         self._context: Context | None = None
 
     @property
@@ -70,7 +75,10 @@ class Run:
         Returns:
             The candidates table (also ``RUN/candidates.parquet``).
         """
-        table = distill_stage(self.config, self.folder, force=force, teacher=self.teacher, splits=self.splits)
+        try:
+            table = distill_stage(self.config, self.folder, force=force, teacher=self.teacher, splits=self.splits)
+        finally:
+            self.give_back_teacher()
         if table is None:
             raise ConfigError("this process is a torchrun rank other than 0; only rank 0 returns the table")
         return table
@@ -97,16 +105,33 @@ class Run:
         return load_selection(self.folder)
 
     def student(self, selection: dict | None = None, finetuned: bool = True) -> nn.Module:
-        """The selection's student in eval mode (fine-tuned weights when they belong to it)."""
-        return load_student(self.context(), selection or self.selection(), finetuned)[0]
+        """The selection's student in eval mode (fine-tuned weights when they belong to it), on
+        the device the teacher was given on (the CPU for a teacher loaded by name)."""
+        try:
+            student = load_student(self.context(), selection or self.selection(), finetuned)[0]
+        finally:
+            self.give_back_teacher()
+        return move_to(student, self.home or "cpu")
+
+    def give_back_teacher(self) -> None:
+        """Move the user's teacher back to the device it was given on (each stage moves it to the
+        compute device for its work; every :class:`Run` method gives it back)."""
+        if self.teacher is not None and self.home is not None:
+            move_to(self.teacher, self.home)
 
     def finetune(self, selection: dict | None = None) -> dict:
         """Fine-tune the selection's student by distillation (``lana finetune``); saves ``RUN/student.pt``."""
-        return finetune_stage(self.context(), selection or self.selection())
+        try:
+            return finetune_stage(self.context(), selection or self.selection())
+        finally:
+            self.give_back_teacher()
 
     def export(self, selection: dict | None = None, finetuned: bool = True) -> dict:
         """Export, reload, check and time the student (``lana export``); returns ``report.json``'s figures."""
-        return export_stage(self.context(), selection or self.selection(), finetuned)
+        try:
+            return export_stage(self.context(), selection or self.selection(), finetuned)
+        finally:
+            self.give_back_teacher()
 
 
 @dataclass
@@ -128,7 +153,8 @@ def _merge(tree: dict, key: str, values: dict) -> None:
 
 
 def _num_classes(teacher: nn.Module, splits: DataSplits) -> int:
-    image = splits.train[0][0].unsqueeze(0)
+    image = take_tensors(splits.train, 1, 1, splits.batch_fn)[0]
+    image = Placement(module_device(teacher)).batch(image)  # the teacher may be on any device
     try:
         with torch.no_grad():
             out = teacher.eval()(image)
@@ -142,20 +168,28 @@ def _num_classes(teacher: nn.Module, splits: DataSplits) -> int:
 
 
 def new_run(teacher: nn.Module | str, train, val, test=None, *, run_dir: str | Path | None = None,
-            device: str = "auto", config: dict | None = None, blocks: list[str] | None = None) -> Run:
+            device: str = "auto", config: dict | None = None, blocks: list[str] | None = None,
+            batch_fn: BatchFn | str | None = None) -> Run:
     """Set up a run from a teacher and data in memory; runs no stage yet.
 
     Args:
-        teacher: a trained ``nn.Module``, or a model string as in the config
+        teacher: a trained ``nn.Module`` on any device, or a model string as in the config
             (``timm:NAME``, ``torchvision:NAME``, ``pkg.module:factory``).
-        train: Dataset or DataLoader of images ``(C, H, W)`` or ``(image, label)``.
+        train: a DataLoader (iterated as given: its sampler, collate_fn, workers, transforms
+            and batch size) or a Dataset (lana's loader, ``data.batch_size`` and
+            ``data.num_workers``) of images, ``(images, labels)`` or dicts.
         val: held-out data of the same form, for the swap-one scores.
         test: data for the report's figures; None uses ``val``.
         run_dir: the run folder; None makes a temporary one.
-        device: ``auto`` (a GPU when there is one), ``cpu`` or ``cuda[:N]``: where candidates
-            are distilled and latency is measured (the config's sections win where set).
+        device: ``auto`` (a GPU when there is one), ``cpu`` or ``cuda[:N]``: the compute
+            device (distillation, scoring, fine-tuning, evaluation) and, unless the config
+            sets ``latency.device``, the latency target. The config's ``device`` wins where set.
         config: the YAML's keys as a dict, e.g. ``{"distill": {"epochs": 1}}``.
         blocks: module names to replace; None finds them automatically.
+        batch_fn: ``batch_fn(batch) -> (images, labels or None)`` for batches of another
+            shape (e.g. ``lambda b: (b["img"], b["cls"])``), or ``"pkg.module:function"``;
+            labels may be torch, numpy or Python integers. An importable function is
+            recorded as ``data.batch_fn`` so :func:`open_run` finds it again.
 
     Returns:
         The :class:`Run`.
@@ -176,12 +210,17 @@ def new_run(teacher: nn.Module | str, train, val, test=None, *, run_dir: str | P
     if blocks is not None:
         tree["teacher"]["blocks"] = list(blocks)
     gpu = device == "auto" and torch.cuda.is_available()
-    _merge(tree, "distill", {"device": device})
+    tree.setdefault("device", device)
     _merge(tree, "latency", {"device": "cuda" if gpu else ("cpu" if device == "auto" else device)})
-    if isinstance(train, DataLoader) and train.batch_size:
-        _merge(tree, "data", {"batch_size": train.batch_size})
+    if is_loader(train) and train.batch_size:  # the loader's batch size is the one used (and recorded)
+        tree.setdefault("data", {})["batch_size"] = train.batch_size
     tree.setdefault("data", {})["kind"] = "python"
-    splits = user_splits(train, val, test)
+    fn = load_batch_fn(batch_fn if batch_fn is not None else tree["data"].get("batch_fn"))
+    if batch_fn is not None:
+        tree["data"]["batch_fn"] = batch_fn if isinstance(batch_fn, str) else batch_fn_name(batch_fn)
+    early = build_config(tree)  # bad keys are said before the data are read
+    splits = user_splits(train, val, test, batch_fn=fn, deterministic=early.data.deterministic,
+                         num_workers=early.data.num_workers)
     splits.num_classes = _num_classes(teacher, splits)
     discover_blocks(teacher, (1, *splits.input_shape), tree["teacher"].get("blocks"))  # said before anything is written
 
@@ -196,7 +235,8 @@ def new_run(teacher: nn.Module | str, train, val, test=None, *, run_dir: str | P
     return Run(folder, cfg, teacher.eval(), splits)
 
 
-def open_run(run_dir: str | Path, teacher: nn.Module | None = None, train=None, val=None, test=None) -> Run:
+def open_run(run_dir: str | Path, teacher: nn.Module | None = None, train=None, val=None, test=None,
+             batch_fn: BatchFn | str | None = None) -> Run:
     """Open an existing run folder to re-solve, fine-tune or export from Python.
 
     Args:
@@ -205,6 +245,7 @@ def open_run(run_dir: str | Path, teacher: nn.Module | None = None, train=None, 
             fingerprint refuses any other.
         train, val, test: the data, needed where they were passed from Python (for the
             student, fine-tuning and export; solving needs none).
+        batch_fn: as for :func:`new_run`; None uses the folder's ``data.batch_fn``.
 
     Returns:
         The :class:`Run` with the folder's ``config.yaml``.
@@ -215,7 +256,9 @@ def open_run(run_dir: str | Path, teacher: nn.Module | None = None, train=None, 
     if train is not None or val is not None:
         if train is None or val is None:
             raise DataError("open_run got only one of train= and val=; pass both (or neither)")
-        splits = user_splits(train, val, test)
+        fn = load_batch_fn(batch_fn if batch_fn is not None else config.data.batch_fn)
+        splits = user_splits(train, val, test, batch_fn=fn, deterministic=config.data.deterministic,
+                             num_workers=config.data.num_workers)
         if teacher is not None:
             splits.num_classes = _num_classes(teacher, splits)
     return Run(folder, config, teacher, splits)
@@ -273,11 +316,11 @@ def run_pipeline(run: Run, budget: str | None = None, announce: Announce | None 
 
 def accelerate(teacher: nn.Module | str, train, val, budget: str | None = "50%", *, test=None,
                run_dir: str | Path | None = None, device: str = "auto", config: dict | None = None,
-               blocks: list[str] | None = None) -> Result:
+               blocks: list[str] | None = None, batch_fn: BatchFn | str | None = None) -> Result:
     """Make ``teacher`` faster under ``budget``: distil, solve, fine-tune, export, measure.
 
     Args:
-        teacher, train, val, test, run_dir, device, config, blocks: as for :func:`new_run`.
+        teacher, train, val, test, run_dir, device, config, blocks, batch_fn: as for :func:`new_run`.
         budget: ``"50%"`` of the teacher's measured latency, ``"5ms"``, ``"800us"``, ...
             (the CLI's parser); None = the config's ``solve.budget``.
 
@@ -290,10 +333,10 @@ def accelerate(teacher: nn.Module | str, train, val, budget: str | None = "50%",
     """
     if budget is not None:
         parse_budget(budget, 1.0)  # a typo is said now, not after distillation
-    run = new_run(teacher, train, val, test, run_dir=run_dir, device=device, config=config, blocks=blocks)
+    run = new_run(teacher, train, val, test, run_dir=run_dir, device=device, config=config, blocks=blocks, batch_fn=batch_fn)
     report = run_pipeline(run, budget)
     selection = run.selection()
-    return Result(run.student(selection), dict(selection["choice"]), run.table, report, run)
+    return Result(run.student(selection), dict(selection["choice"]), run.table, report, run)  # on the teacher's device
 
 
 # -- the stages as functions (each also a Run method) -------------------------------------

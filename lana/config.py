@@ -43,8 +43,10 @@ class DataConfig(_Section):
     train_limit: int | None = None  # use only the first N training images (after the val split)
     test_limit: int | None = None
     batch_size: int = 128
-    num_workers: int = 0
+    num_workers: int = 0  # lana's loader's workers, every stage (a DataLoader passed from Python keeps its own)
     seed: int = 0
+    batch_fn: str | None = None  # "pkg.module:function" mapping one batch to (images, labels or None), e.g. dict batches
+    deterministic: bool | None = None  # train images the same every epoch (teacher logits cached); None = decide (docs/api.md)
 
 
 class OpsConfig(_Section):
@@ -74,7 +76,7 @@ class DistillConfig(_Section):
     checkpoint_every: int = Field(50, ge=1)  # steps between resumable checkpoints
     max_memory: str | int = "auto"  # per device, e.g. 8GB; auto = what the device has free; none = one group
     feature_cache: str | int = "auto"  # teacher features kept for blocks split over groups, e.g. 2GB; none = recompute
-    device: str = "auto"  # auto = this rank's GPU if any, else cpu
+    device: str | None = None  # None = the top-level `device`; set, it wins for distillation alone
 
 
 class ScoreConfig(_Section):
@@ -143,6 +145,9 @@ class LanaConfig(_Section):
 
     name: str = "run"
     seed: int = 0
+    # the compute device: distillation, scoring, fine-tuning, evaluation (latency.device is the target)
+    device: str = "auto"  # auto = this rank's GPU if any, else cpu
+    amp: bool = True  # on CUDA: mixed precision for training (bf16 where supported, else fp16 with loss scaling)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     ops: OpsConfig = Field(default_factory=OpsConfig)

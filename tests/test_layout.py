@@ -15,7 +15,7 @@ LAYERS = [
     ("lana.cli",),
     ("lana.stages", "lana.api"),
     ("lana.distill", "lana.latency", "lana.export", "lana.selection", "op_zoo", "solvers"),
-    ("lana.run", "lana.teacher", "lana.data", "lana.config"),
+    ("lana.run", "lana.teacher", "lana.data", "lana.device", "lana.config"),
     ("lana.errors", "lana.names", "op_zoo._spec"),
 ]
 

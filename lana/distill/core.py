@@ -31,7 +31,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lana.config import LanaConfig
-from lana.data import DataSplits
+from lana.data import DataSplits, is_loader, num_images
+from lana.device import Placement, distill_device_name
 from lana.distill.candidates import TEACHER_OP, Candidate, weights_file
 from lana.distill.distributed import (
     FLOAT,
@@ -121,10 +122,11 @@ def normalised_mse(
     return F.mse_loss(prediction, target, reduction="sum") / (count * var)
 
 
-def total_steps(config: LanaConfig, n_train: int) -> int:
-    """Optimisation steps distillation will take (per group)."""
+def total_steps(config: LanaConfig, n_train: int, per_epoch: int | None = None) -> int:
+    """Optimisation steps distillation will take (per group): epochs × batches per epoch
+    (``per_epoch``, e.g. ``len(loader)`` of a user's DataLoader; default ``n_train / batch``)."""
     batch = config.distill.batch_size or config.data.batch_size
-    steps = math.ceil(config.distill.epochs * n_train / batch)
+    steps = math.ceil(config.distill.epochs * (per_epoch if per_epoch is not None else n_train / batch))
     return max(1, min(steps, config.distill.max_steps or steps))
 
 
@@ -157,16 +159,22 @@ class _Distiller:
         self.teacher, self.specs, self.candidates, self.config, self.run, self.dist = teacher, specs, candidates, config, run, dist
         self.cfg = config.distill
         self.device = dist.device
+        self.place = Placement(dist.device, config.amp)
         self.batch = self.cfg.batch_size or config.data.batch_size
+        if is_loader(splits.train) and splits.train.batch_size and splits.train.batch_size != self.batch:
+            log.info("distill: the train DataLoader's batch size %d is used, not %d", splits.train.batch_size, self.batch)
+            self.batch = splits.train.batch_size
         check_world(self.batch, dist)
         self.local_batch = math.ceil(self.batch / dist.world)
-        self.steps = total_steps(config, len(splits.train))
+        n_train = num_images(splits.train)
+        self.steps = total_steps(config, n_train, len(splits.train) if is_loader(splits.train) else None)
         self.late = int(self.steps * 0.75)  # the reported loss averages the last quarter of training
-        self.batches = GlobalBatches(splits.train, self.batch, config.seed, dist, config.data.num_workers)
+        self.batches = GlobalBatches(splits.train, self.batch, config.seed, dist, splits.num_workers, splits.batch_fn,
+                                     self.place.pin_memory)
         self.input_shape = splits.input_shape
         self.keys = [(b, n) for b, cs in candidates.items() for n in cs]
         self.stats = {k: {"loss_sum": 0.0, "loss_n": 0, "status": "ok"} for k in self.keys}
-        self.settings = _settings_hash(config, self.steps, len(splits.train), self.keys)
+        self.settings = _settings_hash(config, self.steps, n_train, self.keys)
         self.profile = profile if profile is not None else {}
         self.profile.update({k: 0.0 for k in ("teacher_s", "candidates_s", "data_s")}, teacher_passes=0, cached_steps=0, steps=0, images=0)
         self.state_path = run.file(STATE_FILE)
@@ -226,7 +234,7 @@ class _Distiller:
             groups, first, start = self._plan(), 0, 0
         self.cache_blocks = self._cache_plan(groups, first, start)
         self.cache: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
-        self.teacher.to(self.device).eval()
+        self.place.model(self.teacher).eval()
         tap = FeatureTap(self.teacher, [s.name for s in self.specs])
         bar = tqdm(total=len(groups) * self.steps, initial=first * self.steps + start, desc="distill", unit="step",
                    dynamic_ncols=True, **({} if self.dist.is_main else {"disable": True}))  # TQDM_DISABLE still applies
@@ -241,7 +249,7 @@ class _Distiller:
         finally:
             bar.close()
             tap.close()
-            self.teacher.cpu()
+            self.place.offload(self.teacher)
         self.profile["wall_s"] = time.time() - started
         self.profile["groups"] = len(groups)
         if self.dist.is_main:
@@ -293,7 +301,7 @@ class _Distiller:
         later = {b for g in groups[index + 1 :] for b, _ in g}
         blocks = list(dict.fromkeys(b for b, _ in members))
         for key in members:
-            self._module(key).to(self.device).train(self._cand(key).trainable)
+            self.place.model(self._module(key)).train(self._cand(key).trainable)
         trainable = [k for k in members if self._cand(k).trainable]
         params = [p for k in trainable for p in self._module(k).parameters()]
         optimiser = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay) if params else None
@@ -334,7 +342,7 @@ class _Distiller:
             save_tensors(self._group_file(index), {_join(k): self._module(k).state_dict() for k in trainable})
             self._save_state(groups, index + 1, 0, [], None, None)
         for key in members:
-            self._module(key).cpu()
+            self.place.offload(self._module(key))
 
     def _sync(self) -> None:
         if self.device.type == "cuda" and self.profile.get("synchronise"):
@@ -344,13 +352,13 @@ class _Distiller:
         tick = time.perf_counter()
         batch = next(images) if images is not None else None
         self.profile["data_s"] += time.perf_counter() - tick
-        self.profile["images"] += self.batches.indices(step)[1]
+        self.profile["images"] += self.batches.global_size(step)
         entry = self.cache.get(step, {})
         if all(b in entry for b in blocks):
             self.profile["cached_steps"] += 1
             return entry
         tick = time.perf_counter()
-        feats = tap.features(self.teacher, batch.to(self.device, non_blocking=True), blocks)
+        feats = tap.features(self.teacher, self.place.batch(batch), blocks)
         self._sync()
         self.profile["teacher_s"] += time.perf_counter() - tick
         self.profile["teacher_passes"] += 1
@@ -381,7 +389,7 @@ class _Distiller:
             live = [k for k in members if k[0] == block and not self.stats[k]["status"].startswith("dropped")]
             local = []
             for key in live:
-                with torch.set_grad_enabled(self._cand(key).trainable):
+                with torch.set_grad_enabled(self._cand(key).trainable), self.place.autocast(fp16=False):
                     local.append(normalised_mse(self._module(key)(x), y, var, count))
             if not local:
                 continue
@@ -436,7 +444,8 @@ def distill_candidates(
         splits: the dataset splits (``train`` is used).
         config: the run config (``distill`` section: steps, optimiser, memory, checkpoints).
         run: the run folder (weights and resumable state land here; rank 0 alone writes).
-        dist: rank, world size and device (default: this process alone, ``distill.device``).
+        dist: rank, world size and device (default: this process alone, ``distill.device``
+            or else the config's ``device``).
         profile: if given, filled with seconds in teacher/candidates/data, steps, images,
             teacher passes, cached steps and groups (``{"synchronise": True}`` makes the
             GPU split exact at some cost).
@@ -445,5 +454,5 @@ def distill_candidates(
         Per (block, op): ``distill_loss`` (mean normalised MSE over the last quarter of
         steps) and ``status`` (``ok``, ``fixed`` for untrained ops, or ``dropped: ...``).
     """
-    dist = dist or init_distributed(config.distill.device)
+    dist = dist or init_distributed(*distill_device_name(config))
     return _Distiller(teacher, specs, candidates, splits, config, run, dist, profile).run_all()

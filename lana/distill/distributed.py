@@ -23,12 +23,13 @@ from datetime import timedelta
 import torch
 import torch.distributed as tdist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from lana.config import DistillConfig
+from lana.data import BatchFn, batches_per_epoch, is_loader, to_pair
+from lana.device import resolve_compute_device
 from lana.distill.candidates import TEACHER_OP, Candidate
-from lana.errors import ConfigError, DeviceError, LanaError
-from lana.latency.measure import resolve_device
+from lana.errors import ConfigError, LanaError
 from op_zoo import BlockSpec
 
 log = logging.getLogger("lana")
@@ -63,17 +64,9 @@ def free_memory(device: torch.device) -> int:
             return 2**62  # unknown: assume it fits
 
 
-def resolve_train_device(name: str, local_rank: int = 0) -> torch.device:
+def resolve_train_device(name: str, local_rank: int = 0, key: str = "distill.device") -> torch.device:
     """The device distillation trains on: ``auto`` is this rank's GPU if there is one, else the CPU."""
-
-    if name == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceError(f"distill.device '{name}' asked for but CUDA is not available here; set distill.device: auto or cpu")
-    device = resolve_device(name)
-    if device.type == "cuda" and device.index is None:
-        device = resolve_device(f"cuda:{local_rank}")
-    return device
+    return resolve_compute_device(name, local_rank, key)
 
 
 @dataclass
@@ -136,18 +129,20 @@ class Dist:
             self.owns_group = False
 
 
-def init_distributed(device_name: str = "auto") -> Dist:
+def init_distributed(device_name: str = "auto", key: str = "distill.device") -> Dist:
     """Join ``torchrun``'s process group (``WORLD_SIZE`` > 1) or describe the single process.
 
     Args:
-        device_name: ``distill.device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
+        device_name: the compute device (``auto``, ``cpu``, ``cuda``, ``cuda:N``;
+            :func:`lana.device.distill_device_name` picks it from the config).
+        key: the config key it came from, for error messages.
 
     Returns:
         Rank, world size and the device this rank trains on (NCCL on GPUs, gloo on CPUs).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_train_device(device_name, local_rank)
+    device = resolve_train_device(device_name, local_rank, key)
     if world == 1:
         return Dist(0, 1, device)
     if device.type == "cuda":
@@ -348,15 +343,25 @@ def plan_groups(teacher: nn.Module, specs: list[BlockSpec], candidates: dict[str
 
 
 class GlobalBatches:
-    """The seeded global batch of every step (same order for every group and rank count)."""
+    """The global batch of every step, and this rank's slice of it.
 
-    def __init__(self, dataset: Dataset, batch: int, seed: int, dist: Dist, workers: int) -> None:
-        self.dataset, self.batch, self.seed, self.dist, self.workers = dataset, batch, seed, dist, workers
-        self.per_epoch = math.ceil(len(dataset) / batch)
+    A Dataset: seeded permutations, the same order for every group and rank count, so a
+    run resumes at any step with the same batches. A user's DataLoader: iterated as given,
+    epoch after epoch (``len(loader)`` steps per epoch), each global batch split over the
+    ranks; resuming at a step reads and drops the batches of its epoch before it, so the
+    batches match an uninterrupted run only where the loader's order is seeded.
+    """
+
+    def __init__(self, data, batch: int, seed: int, dist: Dist, workers: int, batch_fn: BatchFn | None = None,
+                 pin_memory: bool = False) -> None:
+        self.dataset, self.batch, self.seed, self.dist, self.workers = data, batch, seed, dist, workers
+        self.batch_fn, self.pin_memory = batch_fn, pin_memory
+        self.per_epoch = batches_per_epoch(data, batch)
+        self.sizes: dict[int, int] = {}  # a DataLoader's global batch size per step, as read
         self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
 
     def indices(self, step: int) -> tuple[torch.Tensor, int]:
-        """This rank's dataset indices at ``step`` and the global batch size."""
+        """This rank's dataset indices at ``step`` and the global batch size (a Dataset only)."""
         epoch, index = divmod(step, self.per_epoch)
         if epoch != self._epoch:
             gen = torch.Generator().manual_seed(self.seed + epoch)
@@ -364,14 +369,38 @@ class GlobalBatches:
         chunk = self._order[index * self.batch : (index + 1) * self.batch]
         return torch.tensor_split(chunk, self.dist.world)[self.dist.rank], len(chunk)
 
+    def global_size(self, step: int) -> int:
+        """Images in the global batch of ``step``."""
+        if is_loader(self.dataset):
+            return self.sizes.get(step, self.batch)
+        return self.indices(step)[1]
+
     def images(self, steps: range):
         """This rank's images for each step of ``steps``, in order."""
-        if isinstance(self.dataset, TensorDataset):
+        if is_loader(self.dataset):
+            yield from self._loader_images(steps)
+            return
+        if isinstance(self.dataset, TensorDataset) and self.batch_fn is None:
             for step in steps:
                 yield self.dataset.tensors[0][self.indices(step)[0]]
             return
         sampler = [self.indices(step)[0].tolist() for step in steps]
-        yield from (x for x, _ in DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.workers))
+        loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.workers, pin_memory=self.pin_memory)
+        yield from (to_pair(batch, self.batch_fn, "train")[0] for batch in loader)
+
+    def _loader_images(self, steps: range):
+        epoch, skip = divmod(steps.start, self.per_epoch)
+        while epoch * self.per_epoch < steps.stop:
+            for index, batch in enumerate(self.dataset):
+                step = epoch * self.per_epoch + index
+                if index >= self.per_epoch or step >= steps.stop:
+                    break
+                if index < skip:  # resuming: the batches of this epoch already done
+                    continue
+                images = to_pair(batch, self.batch_fn, "train")[0]
+                self.sizes[step] = len(images)
+                yield torch.tensor_split(images, self.dist.world)[self.dist.rank]
+            epoch, skip = epoch + 1, 0
 
 
 @contextmanager

@@ -15,13 +15,17 @@ teacher (``score_kind`` ``teacher_agreement`` instead of ``labels``).
 from __future__ import annotations
 
 import logging
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from lana.data import NO_LABEL
+from lana.device import Placement, module_device
 from lana.distill.candidates import Candidate
+from lana.errors import DataError
 from lana.teacher.blocks import get_submodule, set_submodule
 
 log = logging.getLogger("lana")
@@ -54,42 +58,96 @@ def _loss_hits(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor
 
 @torch.no_grad()
 def teacher_targets(teacher: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """The teacher's logits on ``images``: the targets where the data has no labels."""
+    """The teacher's logits on ``images`` (on the teacher's device, batch by batch; returned
+    on the CPU): the targets where the data has no labels."""
     teacher.eval()
-    return torch.cat([teacher(images[start : start + batch_size]) for start in range(0, len(images), batch_size)])
+    place = Placement(module_device(teacher))
+    return torch.cat([teacher(place.batch(images[start : start + batch_size])).float().cpu()
+                      for start in range(0, len(images), batch_size)])
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, batch_size: int = 500) -> tuple[float, float]:
     """Mean loss and top-1 (percent) of ``model``: cross-entropy and accuracy against labels,
-    or KL and agreement against the teacher's logits (see :func:`teacher_targets`)."""
+    or KL and agreement against the teacher's logits (see :func:`teacher_targets`).
+    Batches go to the model's device; for a split too large to hold, see :func:`evaluate_stream`."""
     model.eval()
+    place = Placement(module_device(model))
     loss, correct = 0.0, 0
     for start in range(0, len(images), batch_size):
-        per_image, hits = _loss_hits(model(images[start : start + batch_size]), targets[start : start + batch_size])
+        target = place.batch(targets[start : start + batch_size])
+        per_image, hits = _loss_hits(model(place.batch(images[start : start + batch_size])).float(), target)
         loss += per_image.sum().item()
         correct += hits.sum().item()
     return loss / len(images), 100.0 * correct / len(images)
 
 
 @torch.no_grad()
+def evaluate_stream(models: dict[str, nn.Module], batches: Iterable[tuple[torch.Tensor, torch.Tensor]], teacher: nn.Module,
+                    place: Placement, limit: int | None = None) -> dict[str, dict[str, float]]:
+    """Figures of each model over streamed batches, holding one batch at a time.
+
+    Args:
+        models: name -> network (the teacher may be one of them; it then runs once per batch).
+        batches: ``(images, labels)`` batches (labels ``NO_LABEL`` where there are none).
+        teacher: the reference for agreement, and the target where a batch has no labels.
+        place: the compute device (models are expected there; batches are moved).
+        limit: images to evaluate at most (None: all of them).
+
+    Returns:
+        Per model: ``loss`` and ``acc`` (cross-entropy and top-1 against labels; without
+        labels, KL and top-1 agreement with the teacher), ``agreement`` (top-1 agreement with
+        the teacher, percent), and ``images``; the counts are over the whole stream, never a
+        concatenated split.
+    """
+    for model in (teacher, *models.values()):
+        model.eval()
+    sums = {name: torch.zeros(3, dtype=torch.float64) for name in models}  # loss, hits, agreement hits
+    count = 0
+    for images, labels in batches:
+        if limit is not None:
+            images, labels = images[: limit - count], labels[: limit - count]
+        if len(images) == 0:
+            break
+        x = place.batch(images)
+        reference = teacher(x).float()
+        labelled = bool((labels != NO_LABEL).all())
+        target = place.batch(labels) if labelled else reference
+        for name, model in models.items():
+            logits = reference if model is teacher else model(x).float()
+            per_image, hits = _loss_hits(logits, target)
+            agree = logits.argmax(-1) == reference.argmax(-1)
+            sums[name] += torch.stack([per_image.sum(), hits.sum(), agree.sum()]).double().cpu()
+        count += len(images)
+        if limit is not None and count >= limit:
+            break
+    if count == 0:
+        raise DataError("evaluation got no images; pass a non-empty split")
+    return {name: {"loss": s[0].item() / count, "acc": 100.0 * s[1].item() / count, "agreement": 100.0 * s[2].item() / count,
+                   "images": count} for name, s in sums.items()}
+
+
+@torch.no_grad()
 def _evaluate_group(teacher, block, modules, images, labels, batch_size):
-    """Loss and accuracy of each module in ``modules`` swapped into ``block`` (stacked)."""
+    """Loss and accuracy of each module in ``modules`` swapped into ``block`` (stacked), on the teacher's device."""
     original = get_submodule(teacher, block)
-    set_submodule(teacher, block, _Stacked(modules).eval())
+    place = Placement(module_device(teacher))
+    stacked = place.model(_Stacked(modules).eval())
+    set_submodule(teacher, block, stacked)
     k = len(modules)
-    loss, correct = torch.zeros(k), torch.zeros(k)
+    loss, correct = torch.zeros(k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
     try:
         for start in range(0, len(images), batch_size):
-            x, y = images[start : start + batch_size], labels[start : start + batch_size]
-            logits = teacher(x)
+            x, y = place.batch(images[start : start + batch_size]), place.batch(labels[start : start + batch_size])
+            logits = teacher(x).float()
             if logits.shape[0] != k * len(x):
                 raise RuntimeError("stacked outputs did not reach the logits")
             per_image, hits = _loss_hits(logits.view(k, len(x), -1), y)
-            loss += per_image.sum(1)
-            correct += hits.sum(1).float()
+            loss += per_image.sum(1).double().cpu()
+            correct += hits.sum(1).double().cpu()
     finally:
         set_submodule(teacher, block, original)
+        place.offload(stacked)
     return (loss / len(images)).tolist(), (100.0 * correct / len(images)).tolist()
 
 
@@ -104,7 +162,8 @@ def score_candidates(
     """Score every candidate by swapping it alone into the teacher.
 
     Args:
-        teacher: the teacher network (restored after every swap).
+        teacher: the teacher network (restored after every swap), on the compute device:
+            each group of candidates moves there while it is scored, then back.
         candidates: candidates by block and op name.
         images, labels: the held-out split used for scoring; ``labels`` None scores by
             agreement with the teacher's outputs (KL and top-1 agreement).
@@ -139,12 +198,14 @@ def score_candidates(
             if metrics is None:
                 metrics = ([], [])
                 original = get_submodule(teacher, block)
+                place = Placement(module_device(teacher))
                 for module in modules:
-                    set_submodule(teacher, block, module)
+                    set_submodule(teacher, block, place.model(module))
                     try:
                         loss, acc = evaluate(teacher, images, labels, batch_size)
                     finally:
                         set_submodule(teacher, block, original)
+                        place.offload(module)
                     metrics[0].append(loss)
                     metrics[1].append(acc)
             for name, loss, acc in zip(group, *metrics):

@@ -1,6 +1,10 @@
-"""End-to-end training loops: the demo teacher from labels, the student by distillation."""
+"""End-to-end training loops: the demo teacher from labels, the student by distillation.
+
+Both run on the compute device (:class:`lana.device.Placement`: mixed precision on CUDA),
+over the train split as given (a user's DataLoader is iterated as it is)."""
 from __future__ import annotations
 
+import logging
 import math
 from typing import Callable
 
@@ -11,10 +15,24 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from lana.config import FinetuneConfig
-from lana.data import NO_LABEL, DataSplits, make_loader
+from lana.data import NO_LABEL, BatchFn, DataSplits, epoch_steps, is_loader, iterate, make_loader, to_pair
+from lana.device import Placement, module_device
+
+log = logging.getLogger("lana")
 
 LossFn = Callable[..., torch.Tensor]  # loss_fn(model, images, labels[, teacher_logits]) -> scalar
 CACHE_LIMIT_BYTES = 256 * 2**20  # teacher logits kept in memory up to this size, else recomputed per step
+
+
+def _batches(data, splits: DataSplits, batch_size: int, shuffle: bool, seed: int, place: Placement):
+    """``(images, labels[, teacher_logits])`` batches of ``data`` (a split, or :class:`TeacherLogits` over one)."""
+    if isinstance(data, TeacherLogits):
+        loader = make_loader(data, batch_size, shuffle, seed, splits.num_workers, place.pin_memory)
+        for *head, logits in loader:  # the item's own fields, then the logits
+            yield (*to_pair(head if len(head) > 1 else head[0], splits.batch_fn, "train"), logits)
+        return
+    yield from iterate(data, batch_size, batch_fn=splits.batch_fn, shuffle=shuffle, seed=seed,
+                       num_workers=splits.num_workers, pin_memory=place.pin_memory, name="train")
 
 
 def fit(
@@ -28,43 +46,54 @@ def fit(
     seed: int,
     desc: str,
     train: Dataset | None = None,
+    place: Placement | None = None,
 ) -> float:
     """Train ``model`` on the train split with AdamW and a one-cycle schedule.
 
+    A Dataset is read through lana's loader (shuffled, seeded by ``seed`` + epoch); a user's
+    DataLoader is iterated as given (its own sampler and batch size; ``batch_size`` and
+    ``seed`` do not apply to it).
+
     Args:
-        model: the network to train (left in eval mode afterwards).
-        splits: dataset splits (``train`` is used).
+        model: the network to train (left in eval mode afterwards, on ``place``'s device).
+        splits: dataset splits (``train`` is used, with its ``batch_fn`` and workers).
         loss_fn: ``loss_fn(model, images, labels)`` returning a scalar loss.
         epochs: passes over the train split (fractions allowed).
         lr: peak learning rate.
         weight_decay: AdamW weight decay.
-        batch_size: images per step.
+        batch_size: images per step (lana's loader).
         seed: shuffling seed.
         desc: progress bar label.
         train: what to train on instead of ``splits.train``, e.g. :class:`TeacherLogits`
             (its extra fields are passed on to ``loss_fn``).
+        place: the compute device and its mixed precision (default: where ``model`` is).
 
     Returns:
         The mean loss over the last 50 steps.
     """
+    place = place or Placement(module_device(model))
     train = splits.train if train is None else train
-    steps = max(1, math.ceil(epochs * len(train) / batch_size))
+    steps = max(1, math.ceil(epochs * epoch_steps(train, batch_size)))
+    place.model(model)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = one_cycle(optimiser, lr, steps)
+    scaler = place.grad_scaler()
     model.train()
     recent: list[float] = []
     step, epoch = 0, 0
     with tqdm(total=steps, desc=desc, unit="step", dynamic_ncols=True) as bar:
         while step < steps:
-            for images, *rest in make_loader(train, batch_size, shuffle=True, seed=seed + epoch):
+            for batch in _batches(train, splits, batch_size, True, seed + epoch, place):
                 if step >= steps:
                     break
-                loss = loss_fn(model, images, *rest)
+                with place.autocast():
+                    loss = loss_fn(model, *(place.batch(t) for t in batch))
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower the learning rate")
                 optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimiser)
+                scaler.update()
                 schedule.step()
                 recent = (recent + [loss.item()])[-50:]
                 step += 1
@@ -101,8 +130,8 @@ def distillation_loss(teacher: nn.Module, temperature: float, alpha: float) -> L
         if teacher_logits is None:
             with torch.no_grad():
                 teacher_logits = teacher(images)
-        target = F.log_softmax(teacher_logits / temperature, dim=1)
-        logits = student(images)
+        target = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+        logits = student(images).float()
         kl = F.kl_div(F.log_softmax(logits / temperature, dim=1), target, log_target=True, reduction="batchmean")
         if bool((labels == NO_LABEL).any()):
             return temperature**2 * kl
@@ -121,7 +150,8 @@ def distil_into(
     desc: str = "finetune",
     epochs: float | None = None,
     lr: float | None = None,
-    targets: "TeacherLogits | None" = None,
+    targets: TeacherLogits | None = None,
+    place: Placement | None = None,
 ) -> float:
     """Train ``student`` end to end by logit distillation from ``teacher`` (``finetune`` settings).
 
@@ -137,42 +167,57 @@ def distil_into(
         lr: instead of ``cfg.lr``.
         targets: the teacher's logits over ``splits.train``, to share between several
             students; without it they are computed once here when there is more than
-            one epoch and they fit in memory.
+            one epoch, the train split is deterministic (``splits.deterministic``: the
+            same images every epoch) and they fit in memory. Otherwise the teacher runs
+            beside the student on every batch; the log says which.
+        place: the compute device (teacher and student are moved there; default: where ``student`` is).
 
     Returns:
         The mean loss over the last 50 steps.
     """
+    place = place or Placement(module_device(student))
     epochs = cfg.epochs if epochs is None else epochs
-    if targets is None and epochs > 1:
-        targets = TeacherLogits.if_it_fits(teacher, splits, batch_size)
+    place.model(teacher).eval()
+    if targets is None:
+        why = ("one epoch or less: nothing to reuse" if epochs <= 1 else
+               "the train split may augment at random or is iterated as given" if not splits.deterministic else "")
+        if not why:
+            targets = TeacherLogits.if_it_fits(teacher, splits, batch_size, place)
+            why = "" if targets is not None else "they would not fit in memory"
+        log.info("%s: teacher logits %s", desc, f"computed beside the student every step ({why})" if why
+                 else "cached once (the train split is deterministic)")
     return fit(student, splits, distillation_loss(teacher, cfg.temperature, cfg.alpha), epochs,
-               cfg.lr if lr is None else lr, cfg.weight_decay, batch_size, seed, desc, train=targets)
+               cfg.lr if lr is None else lr, cfg.weight_decay, batch_size, seed, desc, train=targets, place=place)
 
 
 class TeacherLogits(Dataset):
-    """A dataset with the teacher's logits for each item: ``(image, label, logits)``.
+    """A dataset with the teacher's logits for each item: ``(*item, logits)`` (``(item, logits)`` for a non-tuple item).
 
-    The teacher runs once over the data instead of once per step of every epoch; with the
-    deterministic transforms lana uses, the targets are the same. Keeps the images as they
-    come (lazy datasets stay lazy) and only the logits in memory.
+    The teacher runs once over the data instead of once per step of every epoch; only
+    right where the data give the same images every epoch (``splits.deterministic``: lana's
+    own datasets, or a user's Dataset said or found to be; never a DataLoader, which is
+    iterated as given). Keeps the items as they come (lazy datasets stay lazy; each batch
+    goes through ``batch_fn`` later) and only the logits in memory, on the CPU.
     """
 
-    def __init__(self, teacher: nn.Module, dataset: Dataset, batch_size: int, desc: str = "teacher logits") -> None:
+    def __init__(self, teacher: nn.Module, dataset: Dataset, batch_size: int, desc: str = "teacher logits",
+                 batch_fn: BatchFn | None = None, place: Placement | None = None, num_workers: int = 0) -> None:
         self.dataset = dataset
+        place = place or Placement(module_device(teacher))
         teacher.eval()
         chunks = []
-        loader = make_loader(dataset, batch_size, shuffle=False)
         with torch.no_grad():
-            for images, _ in tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True):
-                chunks.append(teacher(images))
+            batches = iterate(dataset, batch_size, batch_fn=batch_fn, num_workers=num_workers, pin_memory=place.pin_memory)
+            for images, _ in tqdm(batches, desc=desc, unit="batch", dynamic_ncols=True):
+                chunks.append(teacher(place.batch(images)).float().cpu())
         self.logits = torch.cat(chunks)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        image, label = self.dataset[index]
-        return image, label, self.logits[index]
+        item = self.dataset[index]
+        return (*item, self.logits[index]) if isinstance(item, (tuple, list)) else (item, self.logits[index])
 
     @staticmethod
     def fits(dataset: Dataset, num_classes: int) -> bool:
@@ -180,6 +225,10 @@ class TeacherLogits(Dataset):
         return len(dataset) * num_classes * 4 <= CACHE_LIMIT_BYTES
 
     @classmethod
-    def if_it_fits(cls, teacher: nn.Module, splits: DataSplits, batch_size: int) -> "TeacherLogits | None":
-        """The logits over ``splits.train``, or None (the teacher runs per step) when they would not fit."""
-        return cls(teacher, splits.train, batch_size) if cls.fits(splits.train, splits.num_classes) else None
+    def if_it_fits(cls, teacher: nn.Module, splits: DataSplits, batch_size: int,
+                   place: Placement | None = None) -> TeacherLogits | None:
+        """The logits over ``splits.train``, or None (the teacher runs per step) when they would not fit
+        or the train split is a DataLoader (iterated as given, it cannot be indexed)."""
+        if is_loader(splits.train) or not cls.fits(splits.train, splits.num_classes):
+            return None
+        return cls(teacher, splits.train, batch_size, batch_fn=splits.batch_fn, place=place, num_workers=splits.num_workers)

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from lana.config import LanaConfig
-from lana.data import DataSplits, load_data
+from lana.data import DataSplits, load_batch_fn, load_data
+from lana.device import move_to
 from lana.run.folder import RunFolder, setup_logging
 from lana.teacher.blocks import discover_blocks
 from lana.teacher.load import load_teacher, teacher_fingerprint
@@ -41,7 +42,8 @@ def prepare(config: LanaConfig, run: RunFolder, writes: bool = True, teacher: nn
         run: the run folder.
         writes: log to the folder and check (or record) its teacher fingerprint.
         teacher: a teacher already in memory (the Python API) instead of ``config.teacher``.
-        splits: data already in memory (the Python API) instead of ``config.data``.
+        splits: data already in memory (the Python API) instead of ``config.data``
+            (with ``data.batch_fn`` and ``data.deterministic`` applied when loaded here).
 
     Returns:
         The context every stage takes.
@@ -49,10 +51,14 @@ def prepare(config: LanaConfig, run: RunFolder, writes: bool = True, teacher: nn
     if writes:
         setup_logging(run)
     torch.manual_seed(config.seed)
-    splits = splits if splits is not None else load_data(config.data)
+    if splits is None:
+        splits = load_data(config.data)
+        splits.batch_fn = load_batch_fn(config.data.batch_fn)
+        if config.data.deterministic is not None:
+            splits.deterministic = config.data.deterministic
     if teacher is None:
         teacher = load_teacher(config.teacher.model, config.teacher.checkpoint, config.teacher.kwargs)
-    teacher.eval()
+    move_to(teacher, "cpu").eval()  # the teacher rests on the CPU; each stage moves it to the compute device for its work
     specs = discover_blocks(teacher, (1, *splits.input_shape), config.teacher.blocks)
     if writes:
         run.check_fingerprint(teacher_fingerprint(teacher), config)

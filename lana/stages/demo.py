@@ -20,6 +20,7 @@ from rich.console import Console
 from lana.config import LanaConfig, build_config
 from lana.data import fashion_mnist_available, load_data
 from lana.api import Run, run_pipeline
+from lana.device import Placement
 from lana.distill.train import fit, label_loss
 from lana.run.folder import RunFolder, save_tensors, setup_logging
 from lana.teacher.load import build_model
@@ -79,8 +80,9 @@ def train_teacher(config: LanaConfig, run: RunFolder) -> float:
     splits = load_data(config.data)
     model = build_model(config.teacher.model, config.teacher.kwargs)
     cfg = config.teacher_training
-    fit(model, splits, label_loss, cfg.epochs, cfg.lr, cfg.weight_decay, config.data.batch_size, config.seed, "teacher")
-    save_tensors(path, model.state_dict())
+    place = Placement.for_config(config)  # the compute device, mixed precision on CUDA
+    fit(model, splits, label_loss, cfg.epochs, cfg.lr, cfg.weight_decay, config.data.batch_size, config.seed, "teacher", place=place)
+    save_tensors(path, {k: v.cpu() for k, v in model.state_dict().items()})
     return time.time() - start
 
 

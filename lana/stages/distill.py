@@ -14,6 +14,7 @@ from torch import nn
 
 from lana.config import LanaConfig
 from lana.data import DataSplits, take_tensors
+from lana.device import Placement, distill_device_name
 from lana.distill.candidates import build_all_candidates, weights_file
 from lana.distill.core import clear_state, distill_candidates, memory_limits
 from lana.distill.distributed import init_distributed
@@ -55,7 +56,7 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
     """
     resolve_device(config.latency.device)  # a missing GPU is said now, not after distillation
     memory_limits(config.distill)
-    dist = init_distributed(config.distill.device)
+    dist = init_distributed(*distill_device_name(config))
     config = type(config).model_validate(dist.broadcast_json(config.model_dump(mode="json")))  # every rank uses rank 0's
     ctx = prepare(config, run, writes=False, teacher=teacher, splits=splits)
     torch.manual_seed(config.seed)
@@ -101,10 +102,17 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
     score_file = run.file("scores.json")
     tick = time.time()
     if force or not score_file.is_file():
-        images, labels = take_tensors(ctx.splits.val, config.score.val_images)
+        # score.val_images images, read from the val split batch by batch (bounded), scored on the compute device
+        images, labels = take_tensors(ctx.splits.val, config.score.val_images, config.score.batch_size,
+                                      ctx.splits.batch_fn, ctx.splits.num_workers)
         labels = labels if ctx.splits.labelled else None  # scores by agreement with the teacher
         live = {b: {n: c for n, c in cs.items() if not distilled[(b, n)]["status"].startswith("dropped")} for b, cs in candidates.items()}
-        scores, base = score_candidates(ctx.teacher, live, images, labels, config.score.batch_size)
+        place = Placement.for_config(config)
+        place.model(ctx.teacher)
+        try:
+            scores, base = score_candidates(ctx.teacher, live, images, labels, config.score.batch_size)
+        finally:
+            place.offload(ctx.teacher)
         _keyed(score_file, scores)
         write_json(run.file("teacher_val.json"), base)
     scores = _unkeyed(score_file)

@@ -21,7 +21,7 @@ from torch import nn
 
 from lana.config import LatencyConfig
 from lana.data import take_tensors
-from lana.distill.score import evaluate, teacher_targets
+from lana.device import Placement
 from lana.errors import ExportError
 from lana.export.pt2 import export_program
 from lana.export.torchscript import to_torchscript
@@ -41,7 +41,7 @@ from lana.names import TEACHER_OP
 from lana.run.context import Context, prepare
 from lana.run.folder import RunFolder, read_json, write_json
 from lana.stages.budget import report_budget
-from lana.stages.finetune import load_selection, load_student, score_kind
+from lana.stages.finetune import load_selection, load_student, score_kind, split_figures
 
 log = logging.getLogger("lana")
 
@@ -217,20 +217,30 @@ def export_stage(ctx: Context, selection: dict, finetuned: bool = True, out: Pat
     cfg = ctx.config
     chosen = resolve_formats(formats, cfg.export.formats, cfg.latency.runtime)
     student, was_finetuned = load_student(ctx, selection, finetuned)
-    test_x, test_y = take_tensors(ctx.splits.test, cfg.data.test_limit)
-    images = test_x[: cfg.export.check_images]
+    # Test figures on the compute device, streamed: the test split is never held in memory.
+    place = Placement.for_config(cfg)
+    place.model(student)
+    place.model(ctx.teacher).eval()
+    figures = split_figures(ctx, {"teacher": ctx.teacher, "student": student}, place, "test", cfg.data.test_limit)
+    agreement = figures["student"]["agreement"]
+    if ctx.splits.labelled:
+        teacher_loss, teacher_acc = figures["teacher"]["loss"], figures["teacher"]["acc"]
+        student_loss, student_acc = figures["student"]["loss"], figures["student"]["acc"]
+    else:  # no labels: no accuracy to quote, only agreement with the teacher
+        teacher_loss = teacher_acc = student_loss = student_acc = None
+    # Artefacts are written and checked on the CPU in float32: the reload check reads only
+    # export.check_images test images.
+    place.offload(student)
+    place.offload(ctx.teacher)
+    images, _ = take_tensors(ctx.splits.test, min(cfg.export.check_images, cfg.data.test_limit or cfg.export.check_images),
+                             cfg.score.batch_size, ctx.splits.batch_fn, ctx.splits.num_workers)
+    images = images.cpu().contiguous()
     rows = export_formats(ctx, student, chosen, images, selection["choice"], {"torchscript": out} if out else None)
     by_format = {row["format"]: row for row in rows}
     ts = by_format.get("torchscript") or {}
     export = {"path": ts["file"], "method": ts["method"], "max_abs_diff": ts["max_abs_diff"], "images": ts["images"]} if ts.get("file") else {}
     write_json(ctx.run.file("student.json"), {**export, "exports": rows, "choice": selection["choice"]})
 
-    agreement = evaluate(student, test_x, teacher_targets(ctx.teacher, test_x))[1]
-    if ctx.splits.labelled:
-        teacher_loss, teacher_acc = evaluate(ctx.teacher, test_x, test_y)
-        student_loss, student_acc = evaluate(student, test_x, test_y)
-    else:  # no labels: no accuracy to quote, only agreement with the teacher
-        teacher_loss = teacher_acc = student_loss = student_acc = None
     # Time the deployed student against the teacher in the profile's settings, interleaved
     # (the saved TorchScript file itself when that is the runtime).
     deployed = torch.jit.load(ts["file"], map_location="cpu") if cfg.latency.runtime == "torchscript" and ts.get("file") else student
@@ -256,7 +266,8 @@ def export_stage(ctx: Context, selection: dict, finetuned: bool = True, out: Pat
         "score_kind": score_kind(ctx),
         "teacher_test_loss": teacher_loss,
         "student_test_loss": student_loss,
-        "test_images": len(test_x),
+        "test_images": figures["student"]["images"],
+        "compute_device": str(place.device),
         "teacher_latency_ms": teacher_latency,
         "student_latency_ms": student_latency,
         "predicted_student_latency_ms": predicted,

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import logging
 
-import torch
 from torch import nn
 
-from lana.data import take_tensors
+from lana.data import split_batches
+from lana.device import Placement, module_device, move_to
 from lana.distill.candidates import assemble_student
-from lana.distill.score import evaluate, teacher_targets
+from lana.distill.score import evaluate_stream
 from lana.distill.train import distil_into
 from lana.errors import RunFolderError
 from lana.run.context import Context, prepare
@@ -25,10 +25,12 @@ def score_kind(ctx: Context) -> str:
     return "labels" if ctx.splits.labelled else "teacher_agreement"
 
 
-def val_targets(ctx: Context, dataset, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and what a student is measured against: labels, or the teacher's logits without them."""
-    images, labels = take_tensors(dataset, limit)
-    return images, (labels if ctx.splits.labelled else teacher_targets(ctx.teacher, images))
+def split_figures(ctx: Context, models: dict[str, nn.Module], place: Placement, split: str = "val",
+                  limit: int | None = None) -> dict[str, dict[str, float]]:
+    """Loss, top-1 and agreement with the teacher of ``models`` over a split, streamed batch by
+    batch on ``place`` (labels where the data have them, else the teacher's logits)."""
+    batches = split_batches(ctx.splits, split, ctx.config.score.batch_size, pin_memory=place.pin_memory)
+    return evaluate_stream(models, batches, ctx.teacher, place, limit)
 
 
 def load_selection(run: RunFolder, path=None) -> dict:
@@ -46,9 +48,9 @@ def load_student(ctx: Context, selection: dict, finetuned: bool = True) -> tuple
     """Assemble the selection's student, with fine-tuned weights when they match it.
 
     Returns:
-        The student and whether fine-tuned weights were loaded.
+        The student (on the teacher's device) and whether fine-tuned weights were loaded.
     """
-    student = assemble_student(ctx.teacher, ctx.specs, selection["choice"], ctx.run.weights_dir)
+    student = move_to(assemble_student(ctx.teacher, ctx.specs, selection["choice"], ctx.run.weights_dir), module_device(ctx.teacher))
     path = ctx.run.file(STUDENT_WEIGHTS)
     if finetuned and path.is_file():
         stored = load_tensors(path)
@@ -70,20 +72,28 @@ def finetune_stage(ctx: Context, selection: dict) -> dict:
         Validation loss and accuracy of the student before and after, and the final train loss.
     """
     cfg = ctx.config.finetune
+    place = Placement.for_config(ctx.config)
+    log.info("finetune on %s", place.describe())
     student, _ = load_student(ctx, selection, finetuned=False)
-    images, targets = val_targets(ctx, ctx.splits.val, ctx.config.score.val_images)
-    before = evaluate(student, images, targets)
-    loss = distil_into(student, ctx.teacher, ctx.splits, cfg, ctx.config.data.batch_size, ctx.config.seed)
-    after = evaluate(student, images, targets)
-    save_tensors(ctx.run.file(STUDENT_WEIGHTS), {"choice": selection["choice"], "state_dict": student.state_dict()})
+    place.model(student)
+    place.model(ctx.teacher).eval()
+    limit = ctx.config.score.val_images
+    before = split_figures(ctx, {"student": student}, place, limit=limit)["student"]
+    loss = distil_into(student, ctx.teacher, ctx.splits, cfg, ctx.config.data.batch_size, ctx.config.seed, place=place)
+    after = split_figures(ctx, {"student": student}, place, limit=limit)["student"]
+    save_tensors(ctx.run.file(STUDENT_WEIGHTS), {"choice": selection["choice"],
+                                                 "state_dict": {k: v.cpu() for k, v in student.state_dict().items()}})
+    place.offload(ctx.teacher)
     result = {
-        "val_loss_before": before[0],
-        "val_acc_before": before[1],
-        "val_loss_after": after[0],
-        "val_acc_after": after[1],
+        "val_loss_before": before["loss"],
+        "val_acc_before": before["acc"],
+        "val_loss_after": after["loss"],
+        "val_acc_after": after["acc"],
         "train_loss": loss,
         "epochs": cfg.epochs,
         "score_kind": score_kind(ctx),
+        "val_images": after["images"],
+        "device": str(place.device),
     }
     write_json(ctx.run.file("finetune.json"), result)
     return result

@@ -1,22 +1,23 @@
-"""Datasets: Fashion-MNIST idx files, ImageFolder trees, scikit-learn digits, synthetic.
+"""lana's own datasets: Fashion-MNIST idx files, ImageFolder trees, scikit-learn digits, synthetic.
 
 Small datasets are held in memory as normalised tensors (fast on a CPU); ImageFolder trees
-are read lazily with the usual torchvision transforms. Every kind yields the same three
-splits: ``train`` (for distillation and fine-tuning), ``val`` (held out from train, for
-scoring candidates) and ``test`` (for the accuracy that reports quote). A user's own
-``Dataset``/``DataLoader`` (the Python API) becomes the same splits through
-:func:`user_splits`; data without labels carries :data:`NO_LABEL` in their place.
+are read lazily with the usual torchvision transforms (deterministic: resize and centre
+crop). Every kind yields the same three splits: ``train`` (for distillation and
+fine-tuning), ``val`` (held out from train, for scoring candidates) and ``test`` (for the
+accuracy that reports quote). A user's own ``Dataset``/``DataLoader`` (the Python API)
+becomes the same :class:`DataSplits` through :func:`lana.data.loaders.user_splits`.
 """
 from __future__ import annotations
 
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from lana.config import DataConfig
 from lana.errors import DataError
@@ -30,16 +31,25 @@ FASHION_FILES = {
 
 @dataclass
 class DataSplits:
-    """Train/val/test datasets of ``(image, label)`` pairs plus their shape."""
+    """Train/val/test data plus their shape and how their batches are read.
 
-    train: Dataset
-    val: Dataset
-    test: Dataset
+    Each split is a ``Dataset`` (read through lana's loader, ``data.batch_size`` and
+    ``data.num_workers``) or a user's ``DataLoader`` (iterated as given: its sampler,
+    collate_fn, workers and batch size). ``batch_fn`` maps one batch to
+    ``(images, labels or None)``; see :mod:`lana.data.loaders`.
+    """
+
+    train: Dataset | DataLoader
+    val: Dataset | DataLoader
+    test: Dataset | DataLoader
     num_classes: int
     channels: int
     image_size: tuple[int, int]
     source: str
     labelled: bool = True  # False: labels are NO_LABEL; scores and fine-tuning follow the teacher's outputs
+    batch_fn: Callable[[Any], tuple] | None = None  # None: (images, labels), images alone, or a dict (pixel_values/labels)
+    num_workers: int = 0  # lana's loader's worker processes (a user's DataLoader keeps its own)
+    deterministic: bool = True  # the train split gives the same images every epoch (the teacher's logits may be cached)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -208,134 +218,12 @@ def load_data(cfg: DataConfig) -> DataSplits:
         raise DataError("this run's data were passed from Python (data.kind: python); "
                         "pass them again: lana.open_run(RUN, teacher=..., train=..., val=...)")
     if cfg.kind == "imagefolder":
-        return _image_folder(cfg)
-    if cfg.kind == "fashion_mnist":
-        return _to_tensor_splits(cfg, _fashion_mnist(cfg), f"fashion_mnist:{cfg.root}")
-    if cfg.kind == "digits":
-        return _to_tensor_splits(cfg, _digits(cfg), "sklearn digits")
-    return _to_tensor_splits(cfg, _synthetic(cfg), "synthetic")
-
-
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0) -> DataLoader:
-    """A DataLoader with a seeded shuffle (same seed, same batches)."""
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=num_workers, drop_last=False)
-
-
-def take_tensors(dataset: Dataset, limit: int | None = None, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``limit`` images and labels of a dataset as two tensors."""
-    if isinstance(dataset, TensorDataset):
-        x, y = dataset.tensors
-        return x[:limit], y[:limit]
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    xs, ys = [], []
-    for x, y in DataLoader(Subset(dataset, range(n)), batch_size=batch_size):
-        xs.append(x)
-        ys.append(y)
-    return torch.cat(xs), torch.cat(ys)
-
-
-# -- a user's own data (the Python API) ------------------------------------------------
-class _Pairs(Dataset):
-    """A user's map-style dataset as ``(image, label)`` pairs (``NO_LABEL`` where it has none)."""
-
-    def __init__(self, dataset: Dataset, labelled: bool) -> None:
-        self.dataset, self.labelled = dataset, labelled
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        item = self.dataset[index]
-        image = item[0] if isinstance(item, (tuple, list)) else item
-        return image, (int(item[1]) if self.labelled else NO_LABEL)
-
-
-def _describe(item) -> str:
-    if isinstance(item, torch.Tensor):
-        return f"a {item.dtype} tensor of shape {tuple(item.shape)}"
-    if isinstance(item, (tuple, list)):
-        return f"a {type(item).__name__} of ({', '.join(_describe(i) for i in item)})"
-    return f"a {type(item).__name__}"
-
-
-def _inspect(item, name: str) -> tuple[tuple[int, ...], bool]:
-    """``(C, H, W)`` of one item and whether it carries a label; DataError when it is neither form."""
-    image, label = (item[0], item[1] if len(item) > 1 else None) if isinstance(item, (tuple, list)) and item else (item, None)
-    labelled = label is not None and (isinstance(label, int) or (isinstance(label, torch.Tensor) and label.numel() == 1
-                                                                  and not label.is_floating_point()))
-    ok = isinstance(image, torch.Tensor) and image.ndim == 3 and image.is_floating_point()
-    if not ok or (label is not None and not labelled) or (isinstance(item, (tuple, list)) and len(item) > 2):
-        raise DataError(f"{name} yields {_describe(item)}; expected a float image tensor (C, H, W) or "
-                        "(image, integer label); convert the images with e.g. torchvision's ToTensor()")
-    return tuple(image.shape), labelled
-
-
-def _as_dataset(data, name: str) -> Dataset:
-    """A map-style dataset from a Dataset or a DataLoader (an iterable loader is read once into memory)."""
-    if isinstance(data, DataLoader):
-        if not isinstance(data.dataset, IterableDataset):
-            return data.dataset
-        batches = list(data)
-        if not batches:
-            raise DataError(f"{name} yielded no batches; pass a non-empty DataLoader")
-        first = batches[0]
-        if isinstance(first, torch.Tensor):
-            return TensorDataset(torch.cat(batches))
-        if isinstance(first, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in first):
-            return TensorDataset(*(torch.cat(parts) for parts in zip(*batches)))
-        raise DataError(f"{name} yields batches of {_describe(first)}; expected image tensors (N, C, H, W) or (images, labels)")
-    if isinstance(data, Dataset) and hasattr(data, "__len__") and not isinstance(data, IterableDataset):
-        return data
-    raise DataError(f"{name} is a {type(data).__name__}; expected a torch Dataset or DataLoader of images or (images, labels)")
-
-
-def _split(data, name: str) -> tuple[Dataset, tuple[int, ...], bool]:
-    dataset = _as_dataset(data, name)
-    if len(dataset) == 0:
-        raise DataError(f"{name} is empty; pass at least one image")
-    shape, labelled = _inspect(dataset[0], name)
-    return dataset, shape, labelled
-
-
-def _pairs(dataset: Dataset, labelled: bool) -> Dataset:
-    """``(image, label)`` pairs; tensor datasets stay tensor datasets (the fast paths take them whole)."""
-    if isinstance(dataset, TensorDataset):
-        x = dataset.tensors[0]
-        y = dataset.tensors[1].long() if labelled else torch.full((len(x),), NO_LABEL, dtype=torch.long)
-        return TensorDataset(x, y)
-    return _Pairs(dataset, labelled)
-
-
-def user_splits(train, val, test=None, num_classes: int = 0) -> DataSplits:
-    """A user's own data as lana's splits.
-
-    Args:
-        train: Dataset or DataLoader yielding images ``(C, H, W)`` or ``(image, label)``.
-        val: the same, held out: swap-one scores are measured on it.
-        test: the same, for the report's figures; None uses ``val``.
-        num_classes: the teacher's output width.
-
-    Returns:
-        The splits; ``labelled`` is False unless every split has labels (then scores are
-        agreement with the teacher, and fine-tuning uses the teacher's logits alone).
-
-    Raises:
-        DataError: not a Dataset/DataLoader, empty, or items of another form or shape.
-    """
-    found = {name: _split(data, name) for name, data in (("train", train), ("val", val), ("test", val if test is None else test))}
-    shapes = {name: shape for name, (_, shape, _) in found.items()}
-    if len(set(shapes.values())) > 1:
-        raise DataError(f"the splits' images differ in shape ({shapes}); give every split the same (C, H, W)")
-    labelled = all(lab for _, _, lab in found.values())
-    channels, *size = shapes["train"]
-    return DataSplits(
-        train=_pairs(found["train"][0], labelled),
-        val=_pairs(found["val"][0], labelled),
-        test=_pairs(found["test"][0], labelled),
-        num_classes=num_classes,
-        channels=channels,
-        image_size=tuple(size),
-        source="python",
-        labelled=labelled,
-    )
+        splits = _image_folder(cfg)
+    elif cfg.kind == "fashion_mnist":
+        splits = _to_tensor_splits(cfg, _fashion_mnist(cfg), f"fashion_mnist:{cfg.root}")
+    elif cfg.kind == "digits":
+        splits = _to_tensor_splits(cfg, _digits(cfg), "sklearn digits")
+    else:
+        splits = _to_tensor_splits(cfg, _synthetic(cfg), "synthetic")
+    splits.num_workers = cfg.num_workers
+    return splits
