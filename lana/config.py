@@ -80,9 +80,14 @@ class DistillConfig(_Section):
 class ScoreConfig(_Section):
     """Swap-one scoring on the held-out split."""
 
-    val_images: int = 2000
-    metric: Literal["loss", "accuracy"] = "loss"
-    batch_size: int = 500
+    val_images: int = Field(2000, ge=1)  # most images scored on (and most images choices are made on)
+    # kl: -KL(teacher outputs || swapped network's), 0 for keep-teacher and never above it;
+    # loss: -change of validation loss; accuracy: change of top-1 (both can rise above 0 by noise)
+    metric: Literal["kl", "loss", "accuracy"] = "kl"
+    # share of the validation split never scored on: later choices (top-k selections,
+    # fine-tuning's early stop, reported validation figures) are made on it
+    holdout: float = Field(0.5, gt=0, lt=1)
+    batch_size: int = Field(500, ge=1)
 
 
 class LatencyConfig(_Section):

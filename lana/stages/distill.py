@@ -17,7 +17,7 @@ from lana.data import DataSplits, take_tensors
 from lana.distill.candidates import build_all_candidates, weights_file
 from lana.distill.core import clear_state, distill_candidates, memory_limits
 from lana.distill.distributed import init_distributed
-from lana.distill.score import score_candidates
+from lana.distill.score import score_candidates, score_column, split_validation
 from lana.errors import CheckpointError
 from lana.latency.checkpoint import PARTIAL_FILE
 from lana.latency.measure import resolve_device
@@ -100,8 +100,8 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
 
     score_file = run.file("scores.json")
     tick = time.time()
-    if force or not score_file.is_file():
-        images, labels = take_tensors(ctx.splits.val, config.score.val_images)
+    if force or not score_file.is_file() or "kl" not in read_json(score_file)[0]:  # tables before the KL score: rescored
+        images, labels = take_tensors(split_validation(ctx.splits.val, config.score)[0])
         labels = labels if ctx.splits.labelled else None  # scores by agreement with the teacher
         live = {b: {n: c for n, c in cs.items() if not distilled[(b, n)]["status"].startswith("dropped")} for b, cs in candidates.items()}
         scores, base = score_candidates(ctx.teacher, live, images, labels, config.score.batch_size)
@@ -135,6 +135,7 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
                     "macs": cand.macs,
                     "distill_loss": d["distill_loss"],
                     "status": d["status"],
+                    "kl": s.get("kl", float("nan")),
                     "val_loss": s.get("val_loss", float("nan")),
                     "val_acc": s.get("val_acc", float("nan")),
                     "val_loss_delta": s.get("val_loss_delta", float("nan")),
@@ -143,7 +144,7 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
             )
 
     table = merge_latency(pd.DataFrame(rows), latency)  # latency columns of every profile in latency.json
-    table["score"] = -table["val_loss_delta"] if config.score.metric == "loss" else table["acc_delta"]
+    table["score"] = score_column(table, config.score.metric)
     run.save_table(table)
     write_json(run.file("distill_timing.json"), seconds)
     log.info("distill stage done: %d candidates over %d blocks (%s)", len(table), len(counts), seconds)

@@ -8,7 +8,7 @@ from torch import nn
 
 from lana.data import take_tensors
 from lana.distill.candidates import assemble_student
-from lana.distill.score import evaluate, teacher_targets
+from lana.distill.score import evaluate, split_validation, teacher_targets
 from lana.distill.train import distil_into
 from lana.errors import RunFolderError
 from lana.run.context import Context, prepare
@@ -71,7 +71,7 @@ def finetune_stage(ctx: Context, selection: dict) -> dict:
     """
     cfg = ctx.config.finetune
     student, _ = load_student(ctx, selection, finetuned=False)
-    images, targets = val_targets(ctx, ctx.splits.val, ctx.config.score.val_images)
+    images, targets = val_targets(ctx, split_validation(ctx.splits.val, ctx.config.score)[1], None)  # the choice images
     before = evaluate(student, images, targets)
     loss = distil_into(student, ctx.teacher, ctx.splits, cfg, ctx.config.data.batch_size, ctx.config.seed)
     after = evaluate(student, images, targets)
