@@ -129,6 +129,7 @@ class FinetuneConfig(_Section):
     """End-to-end distillation of the assembled student."""
 
     epochs: float = 1.0
+    min_steps: int = Field(200, ge=0)  # at least this many steps (more epochs on a small train split)
     lr: float = 1e-3
     weight_decay: float = 0.0
     temperature: float = 4.0

@@ -107,3 +107,14 @@ def test_scoring_and_choice_images_are_disjoint():
     assert list(scored.indices) == [0, 1] and list(chosen.indices) == [8, 9]
     with pytest.raises(DataError, match="at least 2"):
         split_validation(torch.utils.data.Subset(data, [0]), ScoreConfig())
+
+
+def test_finetune_has_a_floor_of_steps_on_small_data():
+    from lana.config import FinetuneConfig
+    from lana.stages.finetune import finetune_epochs
+
+    cfg = FinetuneConfig()  # one epoch, at least 200 steps
+    small = finetune_epochs(cfg, 1077, 128)  # the 10-class ImageFolder: 9 steps an epoch
+    assert small * 1077 / 128 >= 200
+    assert finetune_epochs(cfg, 55000, 128) == 1.0  # a large split keeps its epoch (430 steps)
+    assert finetune_epochs(FinetuneConfig(min_steps=0, epochs=0.5), 1077, 128) == 0.5

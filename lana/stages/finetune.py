@@ -59,6 +59,13 @@ def load_student(ctx: Context, selection: dict, finetuned: bool = True) -> tuple
     return student.eval(), False
 
 
+def finetune_epochs(cfg, n_train: int, batch_size: int) -> float:
+    """``finetune.epochs``, raised where it would give fewer than ``finetune.min_steps`` steps:
+    one epoch of a thousand images is eight steps, too few to mend a student."""
+    floor = cfg.min_steps * batch_size / max(1, n_train)
+    return max(cfg.epochs, floor)
+
+
 def finetune_stage(ctx: Context, selection: dict) -> dict:
     """Fine-tune the selected student end to end by distillation from the teacher.
 
@@ -73,7 +80,8 @@ def finetune_stage(ctx: Context, selection: dict) -> dict:
     student, _ = load_student(ctx, selection, finetuned=False)
     images, targets = val_targets(ctx, split_validation(ctx.splits.val, ctx.config.score)[1], None)  # the choice images
     before = evaluate(student, images, targets)
-    loss = distil_into(student, ctx.teacher, ctx.splits, cfg, ctx.config.data.batch_size, ctx.config.seed)
+    epochs = finetune_epochs(cfg, len(ctx.splits.train), ctx.config.data.batch_size)
+    loss = distil_into(student, ctx.teacher, ctx.splits, cfg, ctx.config.data.batch_size, ctx.config.seed, epochs=epochs)
     after = evaluate(student, images, targets)
     save_tensors(ctx.run.file(STUDENT_WEIGHTS), {"choice": selection["choice"], "state_dict": student.state_dict()})
     result = {
@@ -82,7 +90,7 @@ def finetune_stage(ctx: Context, selection: dict) -> dict:
         "val_loss_after": after[0],
         "val_acc_after": after[1],
         "train_loss": loss,
-        "epochs": cfg.epochs,
+        "epochs": epochs,
         "score_kind": score_kind(ctx),
     }
     write_json(ctx.run.file("finetune.json"), result)
