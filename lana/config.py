@@ -123,6 +123,9 @@ class SolveConfig(_Section):
 
     budget: str = "50%"
     solver: str = DEFAULT_SOLVER
+    # the solver's k best selections are assembled and compared on held-out images (the
+    # validation images no score came from); the best is kept (lana.accelerate, demo, Run.solve)
+    top_k: int = Field(3, ge=1)
 
 
 class FinetuneConfig(_Section):

@@ -118,3 +118,22 @@ def test_finetune_has_a_floor_of_steps_on_small_data():
     assert small * 1077 / 128 >= 200
     assert finetune_epochs(cfg, 55000, 128) == 1.0  # a large split keeps its epoch (430 steps)
     assert finetune_epochs(FinetuneConfig(min_steps=0, epochs=0.5), 1077, 128) == 0.5
+
+
+def test_top_k_selections_are_compared_on_held_out_images_and_the_best_kept(trained_run):
+    import json
+
+    from lana.run.context import prepare
+    from lana.stages.choose import measure_selections, solve_and_choose
+
+    run, config, table = trained_run
+    config = config.model_copy(update={"solve": config.solve.model_copy(update={"top_k": 3})})
+    ctx = prepare(config, run, writes=False)
+    record = solve_and_choose(ctx, "70%")
+    assert len(record["top_k"]) == 3 and len({json.dumps(a["choice"], sort_keys=True) for a in record["top_k"]}) == 3
+    kls = [a["choice_kl"] for a in record["top_k"]]
+    assert record["kept"] == kls.index(min(kls)) and record["choice"] == record["top_k"][record["kept"]]["choice"]
+    assert json.loads(run.file("selection.json").read_text())["choice"] == record["choice"]
+    assert record["top_k"][0]["objective"] >= record["top_k"][2]["objective"]  # the solver's order is kept in the record
+    keep_all = measure_selections(ctx, [{"choice": {}}])[0]  # the teacher itself: nothing changes
+    assert keep_all["choice_kl"] == 0 and keep_all["choice_images"] == 100  # half of the 200 validation images

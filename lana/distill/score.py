@@ -63,6 +63,14 @@ def _loss_hits(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor
     return loss.view(logits.shape[:-1]), logits.argmax(-1) == labels
 
 
+def output_figures(logits: torch.Tensor, reference: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """Mean KL from the teacher's outputs ``reference``, mean loss and top-1 (percent) against
+    ``targets`` (labels, or the teacher's logits) of a model's ``logits`` on the same images."""
+    loss, hits = _loss_hits(logits, targets)
+    kl = _loss_hits(logits, reference)[0].clamp_min(0)
+    return {"kl": kl.mean().item(), "loss": loss.mean().item(), "acc": 100.0 * hits.float().mean().item()}
+
+
 @torch.no_grad()
 def teacher_targets(teacher: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """The teacher's logits on ``images``: the targets where the data has no labels."""
