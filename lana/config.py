@@ -75,6 +75,10 @@ class DistillConfig(_Section):
     max_memory: str | int = "auto"  # per device, e.g. 8GB; auto = what the device has free; none = one group
     feature_cache: str | int = "auto"  # teacher features kept for blocks split over groups, e.g. 2GB; none = recompute
     device: str = "auto"  # auto = this rank's GPU if any, else cpu
+    # successive halving: after halving_warmup of the steps (and each time the steps double),
+    # candidates another of their block beats on distillation loss and MACs stop training
+    halving: bool = False
+    halving_warmup: float = Field(0.25, gt=0, lt=1)
 
 
 class ScoreConfig(_Section):

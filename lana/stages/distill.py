@@ -103,7 +103,8 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
     if force or not score_file.is_file() or "kl" not in read_json(score_file)[0]:  # tables before the KL score: rescored
         images, labels = take_tensors(split_validation(ctx.splits.val, config.score)[0])
         labels = labels if ctx.splits.labelled else None  # scores by agreement with the teacher
-        live = {b: {n: c for n, c in cs.items() if not distilled[(b, n)]["status"].startswith("dropped")} for b, cs in candidates.items()}
+        # dropped (NaN) and stopped (dominated under successive halving) candidates are not scored
+        live = {b: {n: c for n, c in cs.items() if not distilled[(b, n)]["status"].startswith(("dropped", "stopped"))} for b, cs in candidates.items()}
         scores, base = score_candidates(ctx.teacher, live, images, labels, config.score.batch_size)
         _keyed(score_file, scores)
         write_json(run.file("teacher_val.json"), base)
@@ -135,6 +136,7 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
                     "macs": cand.macs,
                     "distill_loss": d["distill_loss"],
                     "status": d["status"],
+                    "distill_steps": d.get("steps", float("nan")),
                     "kl": s.get("kl", float("nan")),
                     "val_loss": s.get("val_loss", float("nan")),
                     "val_acc": s.get("val_acc", float("nan")),
