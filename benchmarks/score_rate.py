@@ -6,8 +6,10 @@
 The issue-24 case: timm ``mobilenetv3_large_100`` (10 classes, random init: the rate does
 not depend on the weights) on 32x32 images, every block, ``--per-block`` candidates per
 block drawn from the whole zoo with a fixed seed (plus keep-teacher), ``--images`` scoring
-images. Prints candidates/s of :func:`lana.distill.score.score_candidates` and, with
-``--profile``, torch's profiler table of the run.
+images. Prints candidates/s of :func:`lana.distill.score.score_candidates` by wall clock and
+by the process's CPU time (run it with ``OMP_NUM_THREADS=1``: one thread's CPU time does not
+grow when other jobs share the machine, its wall time does) and, with ``--profile``,
+torch's profiler table of the run.
 """
 from __future__ import annotations
 
@@ -59,10 +61,11 @@ def main() -> None:
             seconds = time.perf_counter() - tick
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     else:
-        tick = time.perf_counter()
+        tick, cpu = time.perf_counter(), time.process_time()
         score_candidates(teacher, candidates, images, labels)
-        seconds = time.perf_counter() - tick
-    print(f"scored {count} candidates in {seconds:.1f} s: {count / seconds:.2f} candidates/s")
+        seconds, cpu = time.perf_counter() - tick, time.process_time() - cpu
+        print(f"CPU time {cpu:.1f} s: {count / cpu:.2f} candidates per CPU-second")
+    print(f"scored {count} candidates in {seconds:.1f} s wall: {count / seconds:.2f} candidates/s")
 
 
 if __name__ == "__main__":
