@@ -34,6 +34,7 @@ from lana.stages.distill import distill_stage
 from lana.stages.export import export_stage
 from lana.stages.finetune import finetune_stage, load_selection, load_student
 from lana.stages.choose import solve_and_choose
+from lana.stages.solve import solve_run
 from lana.teacher.blocks import discover_blocks
 from lana.teacher.load import PYTHON_TEACHER, load_teacher, teacher_fingerprint
 
@@ -90,8 +91,10 @@ class Run:
         Returns:
             The selection record: ``choice`` (block → op), ``predicted_latency_ms``, ...
         """
-        return solve_and_choose(self.context(), budget or self.config.solve.budget, solver or self.config.solve.solver,
-                                time_limit, max_params, max_macs)
+        budget, solver = budget or self.config.solve.budget, solver or self.config.solve.solver
+        if self.config.solve.top_k == 1:  # nothing to compare: no teacher or data needed
+            return solve_run(self.folder, budget, solver, time_limit, max_params, max_macs)
+        return solve_and_choose(self.context(), budget, solver, time_limit, max_params, max_macs)
 
     def selection(self) -> dict:
         """The last selection written by :meth:`solve`."""
