@@ -228,7 +228,7 @@ def score_candidates(
     targets = labels if labels is not None else reference
     base = _loss_hits(reference, targets)
     base_loss, base_acc = base[0].mean().item(), 100.0 * base[1].float().mean().item()
-    scorer = _BlockScorer(teacher, images, targets, reference, batch_size, max(1, max_stack // min(batch_size, len(images))))
+    scorer = _BlockScorer(teacher, images, targets, reference, batch_size, max(1, max_stack // batch_size))
     replay = True
     results: dict[tuple[str, str], dict] = {}
     bar = tqdm(total=sum(len(c) for c in candidates.values()), desc="score", unit="cand", dynamic_ncols=True)
