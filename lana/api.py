@@ -30,10 +30,10 @@ from lana.names import DEFAULT_SOLVER
 from lana.run.context import Context, prepare
 from lana.run.folder import RunFolder, read_json, save_tensors, write_json
 from lana.selection import SolveInputs, build_problem, parse_budget, solve_inputs
+from lana.stages.choose import solve_and_choose
 from lana.stages.distill import distill_stage
 from lana.stages.export import export_stage
 from lana.stages.finetune import finetune_stage, load_selection, load_student
-from lana.stages.choose import solve_and_choose
 from lana.stages.solve import solve_run
 from lana.teacher.blocks import discover_blocks
 from lana.teacher.load import PYTHON_TEACHER, load_teacher, teacher_fingerprint

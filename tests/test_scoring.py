@@ -72,7 +72,7 @@ def test_kl_score_is_zero_for_keep_teacher_and_never_above_it():
     # without labels the loss is the KL itself and the top-1 is agreement with the teacher
     free, base = score_candidates(net, _candidates(net), x, None, batch_size=16)
     assert base["score_kind"] == "teacher_agreement" and base["val_acc"] == 100.0
-    for key, row in free.items():
+    for row in free.values():
         assert row["val_loss"] == pytest.approx(row["kl"], rel=1e-4, abs=1e-6)
 
 
@@ -126,7 +126,7 @@ def test_top_k_selections_are_compared_on_held_out_images_and_the_best_kept(trai
     from lana.run.context import prepare
     from lana.stages.choose import measure_selections, solve_and_choose
 
-    run, config, table = trained_run
+    run, config, _ = trained_run
     config = config.model_copy(update={"solve": config.solve.model_copy(update={"top_k": 3})})
     ctx = prepare(config, run, writes=False)
     record = solve_and_choose(ctx, "70%")

@@ -12,14 +12,14 @@ candidate trained and why it stopped.
 """
 from __future__ import annotations
 
-from typing import Hashable
+from collections.abc import Hashable
 
 
 def cut_steps(steps: int, warmup: float) -> list[int]:
     """Steps (counted from 0) after which the cuts happen: ``warmup``, ``2·warmup``, ... of ``steps``, before the end."""
     cuts, share = [], warmup
     while share < 1.0:
-        step = int(round(steps * share))
+        step = round(steps * share)
         if 0 < step < steps and step not in cuts:
             cuts.append(step)
         share *= 2
