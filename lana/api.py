@@ -35,6 +35,7 @@ from lana.run.context import Context, prepare
 from lana.run.folder import RunFolder, read_json, save_tensors, write_json
 from lana.selection import SolveInputs, build_problem, parse_budget, solve_inputs
 from lana.stages.budget import hold_budget
+from lana.stages.choose import solve_and_choose
 from lana.stages.distill import distill_stage
 from lana.stages.export import export_stage
 from lana.stages.finetune import finetune_stage, load_selection, load_student
@@ -90,15 +91,19 @@ class Run:
 
     def solve(self, budget: str | None = None, solver: str | None = None, time_limit: float | None = None,
               max_params: str | None = None, max_macs: str | None = None) -> dict:
-        """Select one op per block under the limits (``lana solve``); writes ``RUN/selection.json``.
+        """Select one op per block under the limits; writes ``RUN/selection.json``.
 
-        Call it again with another budget to re-solve without re-distilling.
+        The solver's ``solve.top_k`` best selections are compared on held-out validation
+        images and the best is kept (``lana solve`` on the command line keeps the solver's
+        first). Call it again with another budget to re-solve without re-distilling.
 
         Returns:
             The selection record: ``choice`` (block → op), ``predicted_latency_ms``, ...
         """
-        return solve_run(self.folder, budget or self.config.solve.budget, solver or self.config.solve.solver,
-                         time_limit, max_params, max_macs)
+        budget, solver = budget or self.config.solve.budget, solver or self.config.solve.solver
+        if self.config.solve.top_k == 1:  # nothing to compare: no teacher or data needed
+            return solve_run(self.folder, budget, solver, time_limit, max_params, max_macs)
+        return solve_and_choose(self.context(), budget, solver, time_limit, max_params, max_macs)
 
     def selection(self) -> dict:
         """The last selection written by :meth:`solve`."""

@@ -77,14 +77,23 @@ class DistillConfig(_Section):
     max_memory: str | int = "auto"  # per device, e.g. 8GB; auto = what the device has free; none = one group
     feature_cache: str | int = "auto"  # teacher features kept for blocks split over groups, e.g. 2GB; none = recompute
     device: str | None = None  # None = the top-level `device`; set, it wins for distillation alone
+    # successive halving: after halving_warmup of the steps (and each time the steps double),
+    # candidates another of their block beats on distillation loss and MACs stop training
+    halving: bool = False
+    halving_warmup: float = Field(0.25, gt=0, lt=1)
 
 
 class ScoreConfig(_Section):
     """Swap-one scoring on the held-out split."""
 
-    val_images: int = 2000
-    metric: Literal["loss", "accuracy"] = "loss"
-    batch_size: int = 500
+    val_images: int = Field(2000, ge=1)  # most images scored on (and most images choices are made on)
+    # kl: -KL(teacher outputs || swapped network's), 0 for keep-teacher and never above it;
+    # loss: -change of validation loss; accuracy: change of top-1 (both can rise above 0 by noise)
+    metric: Literal["kl", "loss", "accuracy"] = "kl"
+    # share of the validation split never scored on: later choices (top-k selections,
+    # fine-tuning's early stop, reported validation figures) are made on it
+    holdout: float = Field(0.5, gt=0, lt=1)
+    batch_size: int = Field(500, ge=1)
 
 
 class LatencyConfig(_Section):
@@ -120,12 +129,16 @@ class SolveConfig(_Section):
 
     budget: str = "50%"
     solver: str = DEFAULT_SOLVER
+    # the solver's k best selections are assembled and compared on held-out images (the
+    # validation images no score came from); the best is kept (lana.accelerate, demo, Run.solve)
+    top_k: int = Field(3, ge=1)
 
 
 class FinetuneConfig(_Section):
     """End-to-end distillation of the assembled student."""
 
     epochs: float = 1.0
+    min_steps: int = Field(200, ge=0)  # at least this many steps (more epochs on a small train split)
     lr: float = 1e-3
     weight_decay: float = 0.0
     temperature: float = 4.0

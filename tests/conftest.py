@@ -31,7 +31,7 @@ def tiny_tree(**sections) -> dict:
         "distill": {"epochs": 1, "max_steps": 12},
         "score": {"val_images": 200},
         "latency": {"batch_size": 4, "warmup": 1, "repeats": 3, "threads": 1, "time_cap_s": 0.5},
-        "finetune": {"epochs": 0.5},
+        "finetune": {"epochs": 0.5, "min_steps": 0},
         "teacher_training": {"epochs": 2},
     }
     for key, value in sections.items():

@@ -47,7 +47,7 @@ FAST = {
     "distill": {"max_steps": 4},
     "score": {"val_images": 48},
     "latency": {"batch_size": 8, "warmup": 1, "repeats": 3, "threads": 1, "time_cap_s": 0.3, "context_rounds": 1},
-    "finetune": {"epochs": 0.5},
+    "finetune": {"epochs": 0.5, "min_steps": 0},
     "export": {"check_images": 8},
     "data": {"batch_size": 32},
 }

@@ -77,7 +77,7 @@ def test_distillation_pairs_each_block_with_its_own_output(tmp_path, frozen_copy
     cands = build_all_candidates(specs, OpsConfig(**ops))
     results = distill_candidates(teacher, specs, cands, splits, config, RunFolder(tmp_path / "run"))
     for block in BLOCKS:
-        assert results[(block, frozen_copy_op)] == {"distill_loss": 0.0, "status": "fixed"}, block
+        assert results[(block, frozen_copy_op)] == {"distill_loss": 0.0, "status": "fixed", "steps": 0}, block
         trained = results[(block, "conv_k3")]["distill_loss"]
         assert math.isfinite(trained) and trained > 0.0, block
     # the same copy fed another block's input scores far from zero: the check above can fail

@@ -118,7 +118,7 @@ def family_tree(model: str, blocks: list[str] | None, name: str = "family") -> d
         "score": {"val_images": 16},
         # only the knobs this version of LatencyConfig has (max_repeats, ci, time_cap_s are new)
         "latency": {k: v for k, v in FAST_LATENCY.items() if k in LatencyConfig.model_fields},
-        "finetune": {"epochs": 0.5},
+        "finetune": {"epochs": 0.5, "min_steps": 0},
         # torch.export of student and teacher takes most of a run: two families check it here
         # (tests/test_export_*.py cover every format), the others TorchScript only
         "export": {"check_images": 4, "formats": ["torchscript", "pt2"] if model in PT2_FAMILIES else ["torchscript"]},

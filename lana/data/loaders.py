@@ -141,13 +141,43 @@ def epoch_steps(data, batch_size: int) -> float:
 
 
 def num_images(data) -> int:
-    """Images in a split (a DataLoader: its dataset's length, else batches × batch size)."""
+    """Images in a split (a DataLoader: what its sampler draws, else its dataset's length, else
+    batches × batch size)."""
+    if isinstance(data, Window):
+        return data.count
     if is_loader(data):
+        if data.batch_size is not None and not data.drop_last:
+            try:
+                return len(data.sampler)
+            except TypeError:
+                pass
         try:
-            return len(data.dataset)
+            return min(len(data.dataset), len(data) * (data.batch_size or len(data.dataset)))
         except TypeError:
             return len(data) * (data.batch_size or 1)
     return len(data)
+
+
+class Window:
+    """Images ``start .. start + count`` of a split in its own order.
+
+    A user's DataLoader cannot be indexed: it is read in order and the window sliced out
+    (its images are disjoint from another window's only where the loader's order is fixed).
+    A Dataset is indexed directly (:func:`window`).
+    """
+
+    def __init__(self, data, start: int, count: int) -> None:
+        self.data, self.start, self.count = data, start, count
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def window(data, start: int, count: int):
+    """Images ``start .. start + count`` of a split: a ``Subset`` of a Dataset, a :class:`Window` of a DataLoader."""
+    if is_loader(data):
+        return Window(data, start, count)
+    return Subset(data, range(start, start + count))
 
 
 def iterate(data, batch_size: int, *, batch_fn: BatchFn | None = None, shuffle: bool = False, seed: int = 0,
@@ -164,6 +194,16 @@ def iterate(data, batch_size: int, *, batch_fn: BatchFn | None = None, shuffle: 
     Yields:
         Images ``(N, C, H, W)`` and long labels ``(N,)`` (``NO_LABEL`` without labels).
     """
+    if isinstance(data, Window):
+        seen = 0
+        for images, labels in iterate(data.data, batch_size, batch_fn=batch_fn, num_workers=num_workers, name=name):
+            lo, hi = max(0, data.start - seen), min(len(images), data.start + data.count - seen)
+            seen += len(images)
+            if hi > lo:
+                yield images[lo:hi], labels[lo:hi]
+            if seen >= data.start + data.count:
+                return
+        return
     if isinstance(data, TensorDataset) and batch_fn is None and not shuffle:  # in memory: slices, no collation
         images, *rest = data.tensors
         for start in range(0, len(images), batch_size):
@@ -181,7 +221,7 @@ def take_tensors(data, limit: int | None = None, batch_size: int = 512, batch_fn
     if isinstance(data, TensorDataset) and batch_fn is None:
         x, *rest = data.tensors
         return x[:limit], as_labels(rest[0][:limit] if rest else None, len(x[:limit]))
-    if limit is not None and not is_loader(data) and not isinstance(data, IterableDataset):
+    if limit is not None and not is_loader(data) and not isinstance(data, (IterableDataset, Window)):
         data = Subset(data, range(min(limit, len(data))))
     xs, ys, count = [], [], 0
     for x, y in iterate(data, batch_size, batch_fn=batch_fn, num_workers=num_workers):

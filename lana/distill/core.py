@@ -49,6 +49,7 @@ from lana.distill.distributed import (
     plan_groups,
     synced_batchnorm,
 )
+from lana.distill.halving import cut_steps, dominated
 from lana.errors import BlockDiscoveryError, CheckpointError, RunFolderError
 from lana.run.folder import RunFolder, load_tensors, save_tensors
 from lana.teacher.blocks import get_submodule
@@ -140,6 +141,8 @@ def _settings_hash(config: LanaConfig, steps: int, n_train: int, keys: list[Key]
     cfg = config.distill
     what = [STATE_FORMAT, cfg.epochs, cfg.max_steps, cfg.lr, cfg.weight_decay, cfg.batch_size or config.data.batch_size,
             config.seed, steps, n_train, sorted("\t".join(k) for k in keys)]
+    if cfg.halving:
+        what.append(["halving", cfg.halving_warmup])
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
 
 
@@ -173,7 +176,8 @@ class _Distiller:
                                      self.place.pin_memory)
         self.input_shape = splits.input_shape
         self.keys = [(b, n) for b, cs in candidates.items() for n in cs]
-        self.stats = {k: {"loss_sum": 0.0, "loss_n": 0, "status": "ok"} for k in self.keys}
+        self.stats = {k: {"loss_sum": 0.0, "loss_n": 0, "status": "ok", "steps": 0, "win_sum": 0.0, "win_n": 0} for k in self.keys}
+        self.cuts = set(cut_steps(self.steps, self.cfg.halving_warmup)) if self.cfg.halving else set()
         self.settings = _settings_hash(config, self.steps, n_train, self.keys)
         self.profile = profile if profile is not None else {}
         self.profile.update({k: 0.0 for k in ("teacher_s", "candidates_s", "data_s")}, teacher_passes=0, cached_steps=0, steps=0, images=0)
@@ -222,7 +226,7 @@ class _Distiller:
         if state is not None:
             groups = [[_split(k) for k in g] for g in state["groups"]]
             first, start = int(state["group"]), int(state["step"])
-            self.stats.update({_split(k): dict(v) for k, v in state["stats"].items()})
+            self.stats.update({_split(k): {**self.stats[_split(k)], **v} for k, v in state["stats"].items()})
             torch.set_rng_state(state["rng"])
             if self.dist.is_main:
                 for index in range(first):
@@ -327,10 +331,16 @@ class _Distiller:
                 self._sync()
                 self.profile["candidates_s"] += time.perf_counter() - tick
                 self.profile["steps"] += 1
-                if step >= self.late:
-                    for key, value in step_losses.items():
-                        self.stats[key]["loss_sum"] += value
-                        self.stats[key]["loss_n"] += 1
+                for key, value in step_losses.items():
+                    record = self.stats[key]
+                    record["steps"] += self._cand(key).trainable
+                    record["win_sum"] += value
+                    record["win_n"] += 1
+                    if step >= self.late:
+                        record["loss_sum"] += value
+                        record["loss_n"] += 1
+                if step + 1 in self.cuts:
+                    self._cut(members, step + 1)
                 bar.update(1)
                 if (step + 1) % self.cfg.checkpoint_every == 0 and step + 1 < steps:
                     self._save_state(groups, index, step + 1, members, optimiser, scheduler)
@@ -343,6 +353,28 @@ class _Distiller:
             self._save_state(groups, index + 1, 0, [], None, None)
         for key in members:
             self.place.offload(self._module(key))
+
+    def _cut(self, members: list[Key], done: int) -> None:
+        """Successive halving: stop the trainable candidates another of their block dominates."""
+        blocks: dict[str, dict[Key, tuple[float, float]]] = {}
+        for key in members:
+            record = self.stats[key]
+            if record["status"] == "ok" and record["win_n"]:
+                blocks.setdefault(key[0], {})[key] = (record["win_sum"] / record["win_n"], float(self._cand(key).macs))
+        stopped = 0
+        for entries in blocks.values():
+            for key in dominated(entries):
+                record = self.stats[key]
+                if not self._cand(key).trainable:
+                    continue  # fixed ops cost nothing to keep
+                record["status"] = f"stopped: dominated at step {done}"
+                if not record["loss_n"]:  # the loss it had when it stopped
+                    record["loss_sum"], record["loss_n"] = record["win_sum"], record["win_n"]
+                stopped += 1
+        for key in members:
+            self.stats[key]["win_sum"], self.stats[key]["win_n"] = 0.0, 0
+        live = sum(self.stats[k]["status"] == "ok" and self._cand(k).trainable for k in members)
+        log.info("distill: step %d, %d dominated candidates stop; %d train on", done, stopped, live)
 
     def _sync(self) -> None:
         if self.device.type == "cuda" and self.profile.get("synchronise"):
@@ -386,7 +418,7 @@ class _Distiller:
         losses: dict[Key, float] = {}
         for block in blocks:
             (x, y), (var, count) = feats[block], scales[block]
-            live = [k for k in members if k[0] == block and not self.stats[k]["status"].startswith("dropped")]
+            live = [k for k in members if k[0] == block and not self.stats[k]["status"].startswith(("dropped", "stopped"))]
             local = []
             for key in live:
                 with torch.set_grad_enabled(self._cand(key).trainable), self.place.autocast(fp16=False):
@@ -421,7 +453,7 @@ class _Distiller:
             status = record["status"]
             if status == "ok" and not cand.trainable:
                 status = "fixed"
-            results[key] = {"distill_loss": loss, "status": status}
+            results[key] = {"distill_loss": loss, "status": status, "steps": int(record.get("steps", 0))}
         return results
 
 

@@ -1,16 +1,22 @@
 """Swap-one scoring: each candidate alone replaces its block in the teacher.
 
-LANA's accuracy estimate: the change of validation loss and top-1 accuracy when one block
-is swapped, assumed additive across blocks. The keep-teacher candidate scores 0. To avoid
-recomputing the network before the block for every candidate, the candidates of a block
-run side by side on the batch: the block is replaced by a module that stacks their
-outputs along the batch axis, so the prefix runs once and the suffix sees all of them.
-Models whose later layers reuse earlier activations (where stacking cannot work) fall
-back to one candidate at a time.
+LANA's accuracy estimate, assumed additive across blocks. The score the solver trusts by
+default is ``-kl``: the mean KL divergence of the swapped network's outputs from the
+teacher's (Puzzle's block score, and what the label-free mode measures). It is zero for
+the keep-teacher candidate and never positive for any other: a candidate cannot look
+better than the teacher's own block by noise, so the solver does not spend a budget's
+slack on noise. The change of validation loss and of top-1 (against labels, or against
+the teacher where the data has none: ``score_kind``) are recorded too and stay selectable
+(``score.metric``).
 
-Labels are optional: without them the target of every candidate is the teacher's own
-output, the loss is KL(teacher ‖ candidate) and the accuracy is top-1 agreement with the
-teacher (``score_kind`` ``teacher_agreement`` instead of ``labels``).
+The network before a block runs once per block and batch (:mod:`lana.distill.swap`
+replays it); the candidates of a block then run side by side: the block is replaced by a
+module that stacks their outputs along the batch axis, so the rest of the network sees all
+of them at once. Models whose later layers reuse earlier activations (where stacking
+cannot work) fall back to one candidate at a time.
+
+The images scored on are disjoint from those the later choices are made on
+(:func:`split_validation`).
 """
 from __future__ import annotations
 
@@ -22,9 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from lana.data import NO_LABEL
+from lana.config import ScoreConfig
+from lana.data import NO_LABEL, DataSplits, num_images, take_tensors, window
 from lana.device import Placement, module_device
 from lana.distill.candidates import Candidate
+from lana.distill.swap import Prefix, replayed
 from lana.errors import DataError
 from lana.teacher.blocks import get_submodule, set_submodule
 
@@ -54,6 +62,14 @@ def _loss_hits(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor
     labels = target.expand(logits.shape[:-1])
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none")
     return loss.view(logits.shape[:-1]), logits.argmax(-1) == labels
+
+
+def output_figures(logits: torch.Tensor, reference: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """Mean KL from the teacher's outputs ``reference``, mean loss and top-1 (percent) against
+    ``targets`` (labels, or the teacher's logits) of a model's ``logits`` on the same images."""
+    loss, hits = _loss_hits(logits, targets)
+    kl = _loss_hits(logits, reference)[0].clamp_min(0)
+    return {"kl": kl.mean().item(), "loss": loss.mean().item(), "acc": 100.0 * hits.float().mean().item()}
 
 
 @torch.no_grad()
@@ -127,28 +143,127 @@ def evaluate_stream(models: dict[str, nn.Module], batches: Iterable[tuple[torch.
                    "images": count} for name, s in sums.items()}
 
 
-@torch.no_grad()
-def _evaluate_group(teacher, block, modules, images, labels, batch_size):
-    """Loss and accuracy of each module in ``modules`` swapped into ``block`` (stacked), on the teacher's device."""
+def split_validation(data, cfg: ScoreConfig):
+    """The validation split in two disjoint parts: images to score on, and images to choose on.
+
+    Swap-one scores come from the first part; whatever is chosen later by accuracy (which
+    of the solver's top selections is kept, the fine-tuning figures) is measured on the
+    second, so no choice rewards the scores' own noise.
+
+    Args:
+        data: the validation split (a Dataset, or a user's DataLoader: its stream in its own
+            order, so the parts are disjoint where that order is fixed).
+        cfg: ``score.holdout`` (share kept for choices) and ``score.val_images`` (most
+            images in either part).
+
+    Returns:
+        (scoring images, choice images): the first ``min(val_images, n - held)`` images and
+        the last ``min(val_images, held)``, where ``held = round(holdout * n)``.
+    """
+    n = num_images(data)
+    if n < 2:
+        raise DataError(f"the validation split has {n} image(s); lana needs at least 2 (scores and choices use disjoint images)")
+    held = min(n - 1, max(1, round(cfg.holdout * n)))
+    scored = min(cfg.val_images, n - held)
+    chosen = min(cfg.val_images, held)
+    return window(data, 0, scored), window(data, n - chosen, chosen)
+
+
+def validation_tensors(splits: DataSplits, cfg: ScoreConfig, part: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of one part of the validation split (0: scoring, 1: choices; see
+    :func:`split_validation`), read batch by batch with the splits' ``batch_fn`` and workers."""
+    return take_tensors(split_validation(splits.val, cfg)[part], None, cfg.batch_size, splits.batch_fn, splits.num_workers)
+
+
+def choice_tensors(splits: DataSplits, cfg: ScoreConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of the choice part of the validation split (see :func:`split_validation`)."""
+    return validation_tensors(splits, cfg, 1)
+
+
+def score_column(table, metric: str):
+    """The solver's score from a candidates table: ``-kl`` (default), ``-val_loss_delta`` or ``acc_delta``.
+
+    A table written before ``kl`` was recorded has no such column: ask for another metric.
+    """
+    if metric == "kl" and "kl" not in table.columns:
+        raise DataError("this candidates table has no 'kl' column (written by an older lana); "
+                        "rerun `lana distill --force`, or set score.metric=loss")
+    return {"kl": lambda: -table["kl"], "loss": lambda: -table["val_loss_delta"], "accuracy": lambda: table["acc_delta"]}[metric]()
+
+
+class _ReplayMismatch(Exception):
+    """The replayed prefix did not reproduce the teacher's outputs."""
+
+
+def _swapped_logits(teacher, block, modules, x, stack: bool) -> torch.Tensor:
+    """Logits ``(k, n, classes)`` of the teacher with each of ``modules`` in ``block``."""
     original = get_submodule(teacher, block)
-    place = Placement(module_device(teacher))
-    stacked = place.model(_Stacked(modules).eval())
-    set_submodule(teacher, block, stacked)
-    k = len(modules)
-    loss, correct = torch.zeros(k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
     try:
-        for start in range(0, len(images), batch_size):
-            x, y = place.batch(images[start : start + batch_size]), place.batch(labels[start : start + batch_size])
-            logits = teacher(x).float()
-            if logits.shape[0] != k * len(x):
+        if stack and len(modules) > 1:
+            set_submodule(teacher, block, _Stacked(modules).eval())
+            logits = teacher(x)
+            if logits.shape[0] != len(modules) * len(x):
                 raise RuntimeError("stacked outputs did not reach the logits")
-            per_image, hits = _loss_hits(logits.view(k, len(x), -1), y)
-            loss += per_image.sum(1).double().cpu()
-            correct += hits.sum(1).double().cpu()
+            return logits.view(len(modules), len(x), -1)
+        outputs = []
+        for module in modules:
+            set_submodule(teacher, block, module)
+            outputs.append(teacher(x))
+        return torch.stack(outputs)
     finally:
         set_submodule(teacher, block, original)
-        place.offload(stacked)
-    return (loss / len(images)).tolist(), (100.0 * correct / len(images)).tolist()
+
+
+class _BlockScorer:
+    """Sums of KL, loss and hits of every candidate of one block over the scoring images."""
+
+    def __init__(self, teacher, images, targets, reference, batch_size, group_size) -> None:
+        self.teacher, self.images, self.targets, self.reference = teacher, images, targets, reference
+        self.batch_size, self.group_size = batch_size, group_size
+        self.stack = True
+        self.place = Placement(module_device(teacher))  # candidates and batches go where the teacher is
+        self.prefix = Prefix(teacher, self.place.batch(images[:1]))
+
+    @torch.no_grad()
+    def __call__(self, block: str, cands: dict[str, Candidate], replay: bool) -> torch.Tensor:
+        names = list(cands)
+        for cand in cands.values():
+            self.place.model(cand.module)
+        try:
+            return self._sums(block, cands, names, replay)
+        finally:
+            for cand in cands.values():
+                self.place.offload(cand.module)
+
+    def _sums(self, block: str, cands: dict[str, Candidate], names: list[str], replay: bool) -> torch.Tensor:
+        sums = torch.zeros(len(names), 3, dtype=torch.float64)  # kl, loss, hits
+        for start in range(0, len(self.images), self.batch_size):
+            end = start + self.batch_size
+            x, target, reference = (self.place.batch(t[start:end]) for t in (self.images, self.targets, self.reference))
+            recorded = self.prefix.record(block, x) if replay else {}
+            with replayed(self.teacher, recorded):
+                for first in range(0, len(names), self.group_size):
+                    group = names[first : first + self.group_size]
+                    modules = [cands[n].module.eval() for n in group]
+                    try:
+                        logits = _swapped_logits(self.teacher, block, modules, x, self.stack)
+                    except RuntimeError as exc:
+                        if not self.stack:
+                            raise
+                        log.info("score: stacking candidates failed (%s); scoring one at a time", exc)
+                        self.stack = False
+                        logits = _swapped_logits(self.teacher, block, modules, x, False)
+                    if replay and "teacher" in group:
+                        own = logits[group.index("teacher")]
+                        if not torch.allclose(own, reference, rtol=1e-3, atol=1e-3 * float(reference.abs().max()) + 1e-6):
+                            raise _ReplayMismatch(block)
+                    kl = _loss_hits(logits, reference)[0].clamp_min(0)
+                    loss, hits = _loss_hits(logits, target)
+                    rows = slice(first, first + len(group))
+                    sums[rows, 0] += kl.sum(1).double().cpu()
+                    sums[rows, 1] += loss.sum(1).double().cpu()
+                    sums[rows, 2] += hits.sum(1).double().cpu()
+        return sums / len(self.images)
 
 
 def score_candidates(
@@ -165,58 +280,41 @@ def score_candidates(
         teacher: the teacher network (restored after every swap), on the compute device:
             each group of candidates moves there while it is scored, then back.
         candidates: candidates by block and op name.
-        images, labels: the held-out split used for scoring; ``labels`` None scores by
-            agreement with the teacher's outputs (KL and top-1 agreement).
+        images, labels: the scoring images (disjoint from those later choices are made on:
+            :func:`split_validation`); ``labels`` None measures loss and top-1 against the
+            teacher's outputs (KL and top-1 agreement).
         batch_size: images per forward pass.
         max_stack: most candidate-images stacked into one forward pass.
 
     Returns:
-        Per (block, op) ``val_loss``, ``val_acc``, ``val_loss_delta`` and ``acc_delta``
-        (points), and the teacher's own ``{"val_loss", "val_acc", "score_kind"}``.
+        Per (block, op) ``kl`` (mean KL divergence of the swapped network's outputs from
+        the teacher's; 0 for keep-teacher, never negative), ``val_loss``, ``val_acc``,
+        ``val_loss_delta`` and ``acc_delta`` (points); and the teacher's own
+        ``{"val_loss", "val_acc", "score_kind", "score_images"}``.
     """
     teacher.eval()
     kind = "labels" if labels is not None else "teacher_agreement"
-    labels = labels if labels is not None else teacher_targets(teacher, images, batch_size)
-    base_loss, base_acc = evaluate(teacher, images, labels, batch_size)
+    reference = teacher_targets(teacher, images, batch_size)
+    targets = labels if labels is not None else reference
+    base = _loss_hits(reference, targets)
+    base_loss, base_acc = base[0].mean().item(), 100.0 * base[1].float().mean().item()
+    scorer = _BlockScorer(teacher, images, targets, reference, batch_size, max(1, max_stack // batch_size))
+    replay = True
     results: dict[tuple[str, str], dict] = {}
-    total = sum(len(c) for c in candidates.values())
-    bar = tqdm(total=total, desc="score", unit="cand", dynamic_ncols=True)
-    stackable = True
-    group_size = max(1, max_stack // batch_size)
+    bar = tqdm(total=sum(len(c) for c in candidates.values()), desc="score", unit="cand", dynamic_ncols=True)
     for block, cands in candidates.items():
-        names = list(cands)
-        for first in range(0, len(names), group_size):
-            group = names[first : first + group_size]
-            modules = [cands[n].module.eval() for n in group]
-            metrics = None
-            if stackable and len(group) > 1:
-                try:
-                    metrics = _evaluate_group(teacher, block, modules, images, labels, batch_size)
-                except RuntimeError as exc:
-                    log.info("score: stacking candidates failed (%s); scoring one at a time", exc)
-                    stackable = False
-            if metrics is None:
-                metrics = ([], [])
-                original = get_submodule(teacher, block)
-                place = Placement(module_device(teacher))
-                for module in modules:
-                    set_submodule(teacher, block, place.model(module))
-                    try:
-                        loss, acc = evaluate(teacher, images, labels, batch_size)
-                    finally:
-                        set_submodule(teacher, block, original)
-                        place.offload(module)
-                    metrics[0].append(loss)
-                    metrics[1].append(acc)
-            for name, loss, acc in zip(group, *metrics):
-                if name == "teacher":  # by definition: keeping the block changes nothing
-                    loss, acc = base_loss, base_acc
-                results[(block, name)] = {
-                    "val_loss": loss,
-                    "val_acc": acc,
-                    "val_loss_delta": loss - base_loss,
-                    "acc_delta": acc - base_acc,
-                }
-            bar.update(len(group))
+        try:
+            means = scorer(block, cands, replay)
+        except _ReplayMismatch:
+            log.info("score: replaying the network before %s changed the teacher's outputs; running it whole", block)
+            replay = False
+            means = scorer(block, cands, replay)
+        for name, (kl, loss, hits) in zip(cands, means.tolist()):
+            acc = 100.0 * hits
+            if name == "teacher":  # by definition: keeping the block changes nothing
+                kl, loss, acc = 0.0, base_loss, base_acc
+            results[(block, name)] = {"kl": kl, "val_loss": loss, "val_acc": acc,
+                                      "val_loss_delta": loss - base_loss, "acc_delta": acc - base_acc}
+        bar.update(len(cands))
     bar.close()
-    return results, {"val_loss": base_loss, "val_acc": base_acc, "score_kind": kind}
+    return results, {"val_loss": base_loss, "val_acc": base_acc, "score_kind": kind, "score_images": len(images)}

@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 from lana.config import LanaConfig
-from lana.data import DataSplits, take_tensors
+from lana.data import DataSplits
 from lana.device import Placement, distill_device_name
 from lana.distill.candidates import build_all_candidates, weights_file
 from lana.distill.core import clear_state, distill_candidates, memory_limits
 from lana.distill.distributed import init_distributed
-from lana.distill.score import score_candidates
+from lana.distill.score import score_candidates, score_column, validation_tensors
 from lana.errors import CheckpointError
 from lana.latency.checkpoint import PARTIAL_FILE
 from lana.latency.measure import resolve_device
@@ -101,12 +101,12 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
 
     score_file = run.file("scores.json")
     tick = time.time()
-    if force or not score_file.is_file():
-        # score.val_images images, read from the val split batch by batch (bounded), scored on the compute device
-        images, labels = take_tensors(ctx.splits.val, config.score.val_images, config.score.batch_size,
-                                      ctx.splits.batch_fn, ctx.splits.num_workers)
+    if force or not score_file.is_file() or "kl" not in read_json(score_file)[0]:  # tables before the KL score: rescored
+        # the scoring part of the val split (disjoint from the choice images), read batch by batch, scored on the compute device
+        images, labels = validation_tensors(ctx.splits, config.score, 0)
         labels = labels if ctx.splits.labelled else None  # scores by agreement with the teacher
-        live = {b: {n: c for n, c in cs.items() if not distilled[(b, n)]["status"].startswith("dropped")} for b, cs in candidates.items()}
+        # dropped (NaN) and stopped (dominated under successive halving) candidates are not scored
+        live = {b: {n: c for n, c in cs.items() if not distilled[(b, n)]["status"].startswith(("dropped", "stopped"))} for b, cs in candidates.items()}
         place = Placement.for_config(config)
         place.model(ctx.teacher)
         try:
@@ -143,6 +143,8 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
                     "macs": cand.macs,
                     "distill_loss": d["distill_loss"],
                     "status": d["status"],
+                    "distill_steps": d.get("steps", float("nan")),
+                    "kl": s.get("kl", float("nan")),
                     "val_loss": s.get("val_loss", float("nan")),
                     "val_acc": s.get("val_acc", float("nan")),
                     "val_loss_delta": s.get("val_loss_delta", float("nan")),
@@ -151,7 +153,7 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
             )
 
     table = merge_latency(pd.DataFrame(rows), latency)  # latency columns of every profile in latency.json
-    table["score"] = -table["val_loss_delta"] if config.score.metric == "loss" else table["acc_delta"]
+    table["score"] = score_column(table, config.score.metric)
     run.save_table(table)
     write_json(run.file("distill_timing.json"), seconds)
     log.info("distill stage done: %d candidates over %d blocks (%s)", len(table), len(counts), seconds)

@@ -5,10 +5,10 @@ import logging
 
 from torch import nn
 
-from lana.data import split_batches
+from lana.data import epoch_steps, iterate
 from lana.device import Placement, module_device, move_to
 from lana.distill.candidates import assemble_student
-from lana.distill.score import evaluate_stream
+from lana.distill.score import evaluate_stream, split_validation
 from lana.distill.train import distil_into
 from lana.errors import RunFolderError
 from lana.run.context import Context, prepare
@@ -26,10 +26,13 @@ def score_kind(ctx: Context) -> str:
 
 
 def split_figures(ctx: Context, models: dict[str, nn.Module], place: Placement, split: str = "val",
-                  limit: int | None = None) -> dict[str, dict[str, float]]:
-    """Loss, top-1 and agreement with the teacher of ``models`` over a split, streamed batch by
-    batch on ``place`` (labels where the data have them, else the teacher's logits)."""
-    batches = split_batches(ctx.splits, split, ctx.config.score.batch_size, pin_memory=place.pin_memory)
+                  limit: int | None = None, data=None) -> dict[str, dict[str, float]]:
+    """Loss, top-1 and agreement with the teacher of ``models`` over a split (or ``data``, a
+    part of one), streamed batch by batch on ``place`` (labels where the data have them, else
+    the teacher's logits)."""
+    data = getattr(ctx.splits, split) if data is None else data
+    batches = iterate(data, ctx.config.score.batch_size, batch_fn=ctx.splits.batch_fn, num_workers=ctx.splits.num_workers,
+                      pin_memory=place.pin_memory, name=split)
     return evaluate_stream(models, batches, ctx.teacher, place, limit)
 
 
@@ -61,6 +64,13 @@ def load_student(ctx: Context, selection: dict, finetuned: bool = True) -> tuple
     return student.eval(), False
 
 
+def finetune_epochs(cfg, n_train: int, batch_size: int) -> float:
+    """``finetune.epochs``, raised where it would give fewer than ``finetune.min_steps`` steps:
+    one epoch of a thousand images is eight steps, too few to mend a student."""
+    floor = cfg.min_steps * batch_size / max(1, n_train)
+    return max(cfg.epochs, floor)
+
+
 def finetune_stage(ctx: Context, selection: dict) -> dict:
     """Fine-tune the selected student end to end by distillation from the teacher.
 
@@ -77,10 +87,12 @@ def finetune_stage(ctx: Context, selection: dict) -> dict:
     student, _ = load_student(ctx, selection, finetuned=False)
     place.model(student)
     place.model(ctx.teacher).eval()
-    limit = ctx.config.score.val_images
-    before = split_figures(ctx, {"student": student}, place, limit=limit)["student"]
-    loss = distil_into(student, ctx.teacher, ctx.splits, cfg, ctx.config.data.batch_size, ctx.config.seed, place=place)
-    after = split_figures(ctx, {"student": student}, place, limit=limit)["student"]
+    choice = split_validation(ctx.splits.val, ctx.config.score)[1]  # the choice images: no score was measured on them
+    before = split_figures(ctx, {"student": student}, place, "val", data=choice)["student"]
+    batch = ctx.config.data.batch_size
+    epochs = finetune_epochs(cfg, round(epoch_steps(ctx.splits.train, batch) * batch), batch)
+    loss = distil_into(student, ctx.teacher, ctx.splits, cfg, batch, ctx.config.seed, epochs=epochs, place=place)
+    after = split_figures(ctx, {"student": student}, place, "val", data=choice)["student"]
     save_tensors(ctx.run.file(STUDENT_WEIGHTS), {"choice": selection["choice"],
                                                  "state_dict": {k: v.cpu() for k, v in student.state_dict().items()}})
     place.offload(ctx.teacher)
@@ -90,7 +102,7 @@ def finetune_stage(ctx: Context, selection: dict) -> dict:
         "val_loss_after": after["loss"],
         "val_acc_after": after["acc"],
         "train_loss": loss,
-        "epochs": cfg.epochs,
+        "epochs": epochs,
         "score_kind": score_kind(ctx),
         "val_images": after["images"],
         "device": str(place.device),

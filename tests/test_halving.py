@@ -1,0 +1,48 @@
+"""Successive halving: dominated candidates stop training, their steps are recorded, and
+they are not scored; the cut itself follows Pareto dominance within a block."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from lana.data import load_data
+from lana.distill.candidates import build_all_candidates
+from lana.distill.core import distill_candidates
+from lana.distill.halving import cut_steps, dominated
+from lana.run.folder import RunFolder
+from lana.teacher.blocks import discover_blocks
+from lana.teacher.load import build_model
+
+
+def test_cuts_and_dominance():
+    assert cut_steps(100, 0.25) == [25, 50]
+    assert cut_steps(12, 0.2) == [2, 5, 10]
+    assert cut_steps(1, 0.25) == []
+    entries = {"cheap_bad": (0.9, 1.0), "dear_good": (0.1, 9.0), "dear_bad": (0.5, 9.0), "tie": (0.1, 9.0), "nan": (math.nan, 1.0)}
+    assert dominated(entries) == {"dear_bad"}  # equal on both is no domination; NaN is left alone
+
+
+@pytest.mark.parametrize("halving", [False, True])
+def test_halving_stops_dominated_candidates_and_records_steps(tmp_path, halving):
+    torch.set_num_threads(1)
+    config = tiny_config(distill={"max_steps": 8, "halving": halving, "halving_warmup": 0.25})
+    splits = load_data(config.data)
+    torch.manual_seed(0)
+    teacher = build_model(config.teacher.model, config.teacher.kwargs).eval()
+    specs = discover_blocks(teacher, (1, *splits.input_shape))
+    cands = build_all_candidates(specs, config.ops)
+    results = distill_candidates(teacher, specs, cands, splits, config, RunFolder(tmp_path / "run"))
+    stopped = {k: r for k, r in results.items() if r["status"].startswith("stopped")}
+    for key, record in results.items():
+        trainable = cands[key[0]][key[1]].trainable
+        if key in stopped:
+            assert record["steps"] in (2, 4) and record["status"] == f"stopped: dominated at step {record['steps']}"
+            assert math.isfinite(record["distill_loss"])  # the loss it had when it stopped
+            macs = cands[key[0]][key[1]].macs  # something of its block is no dearer
+            assert any(c.macs <= macs for n, c in cands[key[0]].items() if n != key[1])
+        else:
+            assert record["steps"] == (8 if trainable else 0)
+    assert bool(stopped) == halving
