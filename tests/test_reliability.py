@@ -313,8 +313,9 @@ BAD_INPUTS = [
     _case("unknown-op", "distill --run @RUN --set ops.include=[mbconv_k9_nope]", "matches no op"),
     _case("unknown-solver", "solve --run @RUN --solver nope", "unknown solver 'nope'"),
     _case("checkpoint-misfit", "distill --run @RUN --set teacher.checkpoint=@X", "does not fit", setup=_other_arch_checkpoint),
+    _case("no-checkpoint", "distill --run @RUN --set teacher.checkpoint=null", "has no checkpoint"),
     _case("block-not-found", "distill --run @RUN --set teacher.blocks=[nope]", "teacher.blocks"),
-    _case("no-blocks", "distill --run @RUN --set teacher.model=torch.nn:Identity --set teacher.kwargs={} --set teacher.checkpoint=null",
+    _case("no-blocks", "distill --run @RUN --set teacher.model=torch.nn:Identity --set teacher.kwargs={} --set teacher.checkpoint=random",
           "no replaceable blocks"),
     _case("budget-unparseable", "solve --run @RUN --budget fast", "budget 'fast'"),
     _case("budget-infeasible", "solve --run @RUN --budget 0.0001ms", "fastest reachable", code=3),
@@ -347,7 +348,8 @@ def test_bad_input_is_one_line_and_the_run_folder_is_intact(trained_run, tmp_pat
 
 def test_bad_input_on_a_new_run_folder_creates_nothing(trained_run, tmp_path, monkeypatch, capsys):
     run, _, _ = trained_run
-    for extra in (["--set", "teacher.model=timm:resnet_nope"], ["--set", "ops.include=[nope_op]"], ["--set", "latency.device=tpu"]):
+    for extra in (["--set", "teacher.model=timm:resnet_nope"], ["--set", "ops.include=[nope_op]"], ["--set", "latency.device=tpu"],
+                  ["--set", "teacher.checkpoint=null"]):
         code, err = _main(["distill", "--config", run.file("config.yaml"), "--run", tmp_path / "new", *extra], monkeypatch, capsys)
         assert code == 2 and _one_line_error(err)
         assert not (tmp_path / "new").exists()
