@@ -102,7 +102,7 @@ def test_killed_at_random_steps_resumes_to_the_same_table(trained_run, tmp_path)
     folder = tmp_path / "killed"
     folder.mkdir()
     shutil.copy(run.file("latency.json"), folder)  # timings are not compared; reuse them
-    args = ["distill", "--config", run.file("config.yaml"), "--run", folder, "--max-memory", "6MB", "--set", "distill.checkpoint_every=5"]
+    args = ["distill", "--config", run.file("config.yaml"), "--run", folder, "--max-memory", "+6MB", "--set", "distill.checkpoint_every=5"]
     total = 3 * 12  # three memory groups of 12 steps
     rng = random.Random(15)  # seeded: a failure names kill points that reproduce
     first = rng.randint(1, total - 2)
@@ -197,12 +197,12 @@ def test_state_from_other_distill_settings_is_refused(trained_run, tmp_path, mon
 def test_memory_groups_and_feature_cache_change_no_result(trained_run, tmp_path):
     run, config, _ = trained_run
     profile: dict = {}
-    got = distill_candidates(*_fresh(config), _with(config, max_memory="6MB"), RunFolder(tmp_path / "groups"), profile=profile)
+    got = distill_candidates(*_fresh(config), _with(config, max_memory="+6MB"), RunFolder(tmp_path / "groups"), profile=profile)
     _assert_same_losses(_distilled(run.path), got)
     # three groups; the last one's block was kept from the group before, so it needs no teacher pass
     assert (profile["groups"], profile["teacher_passes"], profile["cached_steps"]) == (3, 24, 12)
     profile = {}
-    distill_candidates(*_fresh(config), _with(config, max_memory="6MB", feature_cache="none", max_steps=2), RunFolder(tmp_path / "none"), profile=profile)
+    distill_candidates(*_fresh(config), _with(config, max_memory="+6MB", feature_cache="none", max_steps=2), RunFolder(tmp_path / "none"), profile=profile)
     assert (profile["groups"], profile["teacher_passes"], profile["cached_steps"]) == (3, 6, 0)
 
 
