@@ -34,7 +34,7 @@ def test_help_and_solve_table_import_no_torch(tmp_path):
     table.write_text(TABLE)
     runs = repr((("--help",), ("solve", "--help"), ("solve", "--table", str(table), "--budget", "2ms")))
     code = SCRIPT.format(runs=runs, heavy=HEAVY)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "Commands" in result.stdout and "--budget" in result.stdout and "ghost" in result.stdout
     assert result.stdout.strip().splitlines()[-1] == "HEAVY []"

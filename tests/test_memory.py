@@ -5,8 +5,8 @@ import tempfile
 
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from lana.config import DistillConfig
 from lana.data import load_data
 from lana.distill.candidates import build_all_candidates
