@@ -66,7 +66,7 @@ def run_family(name: str, args) -> dict:
     """Profile one family, measure networks, and return every column's error on the same networks."""
     model, kwargs, shape, batch = FAMILIES[name]
     torch.manual_seed(0)
-    teacher = load_teacher(model, None, kwargs).eval()
+    teacher = load_teacher(model, "random", kwargs).eval()
     specs = discover_blocks(teacher, (1, *shape))
     candidates = build_all_candidates(specs, OpsConfig(include=OPS))
     gpu = args.device.startswith("cuda")

@@ -116,7 +116,7 @@ def mobilenet(networks: int) -> dict:
     """torchvision mobilenet_v2 (width 0.5): error per runtime and rank correlation, random weights."""
     torch.manual_seed(0)
     shape = (3, 32, 32)
-    teacher = load_teacher("torchvision:mobilenet_v2", None, {"num_classes": 10, "width_mult": 0.5}).eval()
+    teacher = load_teacher("torchvision:mobilenet_v2", "random", {"num_classes": 10, "width_mult": 0.5}).eval()
     specs = discover_blocks(teacher, (1, *shape))[::2]
     candidates = build_all_candidates(specs, OpsConfig(include=OPS))
     modules = {b: {n: c.module for n, c in cs.items()} for b, cs in candidates.items()}

@@ -56,7 +56,7 @@ def count_model(model: str, size: int, include: list[str], exclude: list[str]) -
 
     torch.set_num_threads(1)
     begin = time.time()
-    specs = discover_blocks(load_teacher(model, None, {"num_classes": 1000}), (1, 3, size, size))
+    specs = discover_blocks(load_teacher(model, "random", {"num_classes": 1000}), (1, 3, size, size))
     ops = selected_ops(include, exclude)
     counts, changing = [], []
     with torch.no_grad():

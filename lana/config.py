@@ -21,11 +21,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# teacher.checkpoint: random — an untrained teacher on purpose (tests, timing studies); a file
+# named "random" is written ./random
+RANDOM_CHECKPOINT = "random"
+
+
 class TeacherConfig(_Section):
     """Which network to accelerate."""
 
     model: str = "lana.teacher.demo_net:demo_resnet"
-    checkpoint: str | None = None
+    checkpoint: str | None = None  # the trained weights; required (or `random`, see RANDOM_CHECKPOINT)
     kwargs: dict[str, Any] = Field(default_factory=lambda: {"num_classes": 10, "in_chans": 1})
     blocks: list[str] | None = None  # module names; None = discover automatically
 
@@ -217,12 +222,12 @@ def map_paths(tree: dict[str, Any], change: Callable[[str], str]) -> dict[str, A
         change: maps one path to another.
 
     Returns:
-        A copy whose ``teacher.checkpoint``, ``data.root`` and the ``.py`` entries of
+        A copy whose ``teacher.checkpoint`` (unless ``random``), ``data.root`` and the ``.py`` entries of
         ``ops.modules`` went through ``change`` (module names and the rest are kept).
     """
     tree = copy.deepcopy(tree)
     teacher, data, ops = (tree[k] if isinstance(tree.get(k), dict) else {} for k in ("teacher", "data", "ops"))
-    if isinstance(teacher.get("checkpoint"), str):
+    if isinstance(teacher.get("checkpoint"), str) and teacher["checkpoint"] != RANDOM_CHECKPOINT:
         teacher["checkpoint"] = change(teacher["checkpoint"])
     if isinstance(data.get("root"), str):
         data["root"] = change(data["root"])

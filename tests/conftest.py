@@ -25,7 +25,8 @@ def tiny_tree(**sections) -> dict:
     """A config tree for a 2-stage demo ResNet on 16×16 digits, a few steps per stage."""
     tree = {
         "name": "tiny",
-        "teacher": {"kwargs": {"num_classes": 10, "in_chans": 1, "widths": [8, 16], "depth": 1}},
+        # untrained on purpose (tests that need a trained one set teacher.checkpoint)
+        "teacher": {"checkpoint": "random", "kwargs": {"num_classes": 10, "in_chans": 1, "widths": [8, 16], "depth": 1}},
         "data": {"kind": "digits", "image_size": 16, "val_size": 200, "train_limit": 400, "mean": [0.3], "std": [0.42], "batch_size": 32},
         "ops": {"include": TINY_OPS},
         "distill": {"epochs": 1, "max_steps": 12},

@@ -104,7 +104,7 @@ def test_cli_and_api_give_the_same_candidates_table(tmp_path, one_thread, monkey
     assert code in (0, None), err
     config = build_config(tree)
     torch.manual_seed(config.seed)  # as the CLI's prepare does before building the teacher
-    teacher = load_teacher(config.teacher.model, None, config.teacher.kwargs)
+    teacher = load_teacher(config.teacher.model, "random", config.teacher.kwargs)
     splits = load_data(config.data)
     api_table = lana.new_run(teacher, splits.train, splits.val, splits.test, run_dir=tmp_path / "api", device="cpu",
                              config=tree).distill()

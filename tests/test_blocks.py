@@ -76,7 +76,7 @@ def _check_chain(specs) -> None:
 
 @pytest.mark.parametrize("name, count, acts", FAMILIES, ids=[f[0] for f in FAMILIES])
 def test_families(name, count, acts):
-    model = load_teacher(name)
+    model = load_teacher(name, "random")
     specs = discover_blocks(model, INPUT)
     assert len(specs) == count
     assert {s.act for s in specs} == acts
@@ -90,7 +90,7 @@ def test_families(name, count, acts):
 @pytest.mark.parametrize("b", sorted(EFFICIENTNET_DEPTHS))
 def test_efficientnet_b1_b7(b):
     for name in (f"timm:efficientnet_b{b}", f"torchvision:efficientnet_b{b}"):
-        model = load_teacher(name)
+        model = load_teacher(name, "random")
         specs = discover_blocks(model, INPUT)
         assert len(specs) == EFFICIENTNET_DEPTHS[b], name
         _check_chain(specs)
@@ -170,7 +170,7 @@ def test_user_basic_block_found_by_class_name():
 
 def test_demo_teacher_found():
     pytest.importorskip("lana.models")
-    model = load_teacher("lana.teacher.demo_net:demo_resnet")
+    model = load_teacher("lana.teacher.demo_net:demo_resnet", "random")
     specs = discover_blocks(model, (1, 1, 28, 28))
     assert specs and {type(s.module).__name__ for s in specs} == {"BasicBlock"}
 

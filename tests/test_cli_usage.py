@@ -84,7 +84,7 @@ def test_blocks_piped_keeps_long_block_names_whole(tmp_path, monkeypatch) -> Non
         "    return net\n")
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({
-        "teacher": {"model": "long_named_net:build", "kwargs": {}, "blocks": [LONG]},
+        "teacher": {"model": "long_named_net:build", "checkpoint": "random", "kwargs": {}, "blocks": [LONG]},
         "data": {"kind": "synthetic", "channels": 1, "image_size": 16, "val_size": 100},
         "ops": {"include": ["identity", "conv_k1"]},
     }))

@@ -21,7 +21,7 @@ runner = CliRunner()
 SMALL_OPS = ["identity", "conv_k1", "mbconv_k3_e1", "pruned_keep50", "avgpool_conv_k1", "s2d_conv_k1"]
 # The demo ResNet, narrow: one same-shape block and one strided, channel-doubling block.
 DEMO = {
-    "teacher": {"kwargs": {"num_classes": 10, "in_chans": 1, "widths": [16, 32], "depth": 1}},
+    "teacher": {"checkpoint": "random", "kwargs": {"num_classes": 10, "in_chans": 1, "widths": [16, 32], "depth": 1}},
     "data": {"kind": "synthetic", "channels": 1, "image_size": 16, "val_size": 100},
 }
 
@@ -125,13 +125,13 @@ def test_ops_and_blocks_with_user_op_module(tmp_path, monkeypatch):
 
 def test_blocks_prints_names_shapes_and_candidate_counts(tmp_path):
     tree = {
-        "teacher": {"model": "timm:resnet18", "kwargs": {"num_classes": 10}},
+        "teacher": {"model": "timm:resnet18", "checkpoint": "random", "kwargs": {"num_classes": 10}},
         "data": {"kind": "synthetic", "channels": 3, "image_size": 32},
         "ops": {"include": SMALL_OPS},
     }
     output = invoke("blocks", "--config", str(write_config(tmp_path / "r18.yaml", tree)))
     config = build_config(tree)
-    specs = discover_blocks(load_teacher("timm:resnet18", None, {"num_classes": 10}), (1, 3, 32, 32))
+    specs = discover_blocks(load_teacher("timm:resnet18", "random", {"num_classes": 10}), (1, 3, 32, 32))
     counts = {b: len(c) for b, c in build_all_candidates(specs, config.ops).items()}
     assert "8 blocks of timm:resnet18" in output
     expected = [

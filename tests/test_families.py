@@ -108,7 +108,7 @@ def family_tree(model: str, blocks: list[str] | None, name: str = "family") -> d
     """A run config: synthetic 3×32×32 images, 10 classes, a handful of ops, a few steps."""
     return {
         "name": name,
-        "teacher": {"model": model, "kwargs": {"num_classes": 10}, "blocks": blocks},
+        "teacher": {"model": model, "checkpoint": "random", "kwargs": {"num_classes": 10}, "blocks": blocks},
         "data": {
             "kind": "synthetic", "channels": 3, "image_size": SIZE, "mean": [0.5], "std": [0.3],
             "val_size": 16, "train_limit": 32, "test_limit": 8, "batch_size": 16,
@@ -127,7 +127,7 @@ def family_tree(model: str, blocks: list[str] | None, name: str = "family") -> d
 
 def first_blocks(model: str, keep: int) -> list[str]:
     """Names of the first ``keep`` discovered blocks, ending with a shape-changing one."""
-    specs = discover_blocks(load_teacher(model, None, {"num_classes": 10}), (1, 3, SIZE, SIZE))
+    specs = discover_blocks(load_teacher(model, "random", {"num_classes": 10}), (1, 3, SIZE, SIZE))
     changing = next(i for i, s in enumerate(specs) if not s.same_shape)
     chosen = specs[:keep] if changing < keep else [*specs[: keep - 1], specs[changing]]
     return [s.name for s in chosen]
@@ -206,7 +206,7 @@ def test_full_pipeline_user_model_with_listed_blocks(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     model = f"{module}:build"
     with pytest.raises(BlockDiscoveryError, match="teacher.blocks"):
-        discover_blocks(load_teacher(model, None, {"num_classes": 10}), (1, 3, SIZE, SIZE))
+        discover_blocks(load_teacher(model, "random", {"num_classes": 10}), (1, 3, SIZE, SIZE))
     torch.manual_seed(0)
     selection = run_full_pipeline(family_tree(model, ["body.0", "body.1", "body.2"]), tmp_path / "run")
     assert list(selection["choice"]) == ["body.0", "body.1", "body.2"]
@@ -216,7 +216,7 @@ def test_full_pipeline_user_model_with_listed_blocks(tmp_path, monkeypatch):
 def test_blocks_and_candidates_of_every_block(model):
     """EfficientNet B1–B7 and EfficientNetV2-S: every block gets candidates of its shape."""
     torch.manual_seed(0)
-    specs = discover_blocks(load_teacher(model, None, {"num_classes": 10}), (1, 3, SIZE, SIZE))
+    specs = discover_blocks(load_teacher(model, "random", {"num_classes": 10}), (1, 3, SIZE, SIZE))
     tree = family_tree(model, None)
     tree["ops"] = {"include": SHAPES_ONLY_OPS}
     candidates = build_all_candidates(specs, build_config(tree).ops)
@@ -231,7 +231,7 @@ def test_blocks_and_candidates_of_every_block(model):
 @pytest.mark.parametrize("model", FULL_ZOO)
 def test_full_zoo_reproduces_shapes_of_strided_and_same_shape_blocks(model):
     torch.manual_seed(0)
-    specs = discover_blocks(load_teacher(model, None, {"num_classes": 10}), (1, 3, SIZE, SIZE))
+    specs = discover_blocks(load_teacher(model, "random", {"num_classes": 10}), (1, 3, SIZE, SIZE))
     strided = next(s for s in specs if s.stride == 2 and s.in_channels != s.out_channels)
     same = next(s for s in specs if s.same_shape)
     candidates = {s.name: op_zoo.build_candidates(s) for s in (strided, same)}

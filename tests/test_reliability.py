@@ -102,7 +102,7 @@ def test_killed_at_random_steps_resumes_to_the_same_table(trained_run, tmp_path)
     folder = tmp_path / "killed"
     folder.mkdir()
     shutil.copy(run.file("latency.json"), folder)  # timings are not compared; reuse them
-    args = ["distill", "--config", run.file("config.yaml"), "--run", folder, "--max-memory", "6MB", "--set", "distill.checkpoint_every=5"]
+    args = ["distill", "--config", run.file("config.yaml"), "--run", folder, "--max-memory", "+6MB", "--set", "distill.checkpoint_every=5"]
     total = 3 * 12  # three memory groups of 12 steps
     rng = random.Random(15)  # seeded: a failure names kill points that reproduce
     first = rng.randint(1, total - 2)
@@ -197,12 +197,12 @@ def test_state_from_other_distill_settings_is_refused(trained_run, tmp_path, mon
 def test_memory_groups_and_feature_cache_change_no_result(trained_run, tmp_path):
     run, config, _ = trained_run
     profile: dict = {}
-    got = distill_candidates(*_fresh(config), _with(config, max_memory="6MB"), RunFolder(tmp_path / "groups"), profile=profile)
+    got = distill_candidates(*_fresh(config), _with(config, max_memory="+6MB"), RunFolder(tmp_path / "groups"), profile=profile)
     _assert_same_losses(_distilled(run.path), got)
     # three groups; the last one's block was kept from the group before, so it needs no teacher pass
     assert (profile["groups"], profile["teacher_passes"], profile["cached_steps"]) == (3, 24, 12)
     profile = {}
-    distill_candidates(*_fresh(config), _with(config, max_memory="6MB", feature_cache="none", max_steps=2), RunFolder(tmp_path / "none"), profile=profile)
+    distill_candidates(*_fresh(config), _with(config, max_memory="+6MB", feature_cache="none", max_steps=2), RunFolder(tmp_path / "none"), profile=profile)
     assert (profile["groups"], profile["teacher_passes"], profile["cached_steps"]) == (3, 6, 0)
 
 
@@ -313,8 +313,9 @@ BAD_INPUTS = [
     _case("unknown-op", "distill --run @RUN --set ops.include=[mbconv_k9_nope]", "matches no op"),
     _case("unknown-solver", "solve --run @RUN --solver nope", "unknown solver 'nope'"),
     _case("checkpoint-misfit", "distill --run @RUN --set teacher.checkpoint=@X", "does not fit", setup=_other_arch_checkpoint),
+    _case("no-checkpoint", "distill --run @RUN --set teacher.checkpoint=null", "has no checkpoint"),
     _case("block-not-found", "distill --run @RUN --set teacher.blocks=[nope]", "teacher.blocks"),
-    _case("no-blocks", "distill --run @RUN --set teacher.model=torch.nn:Identity --set teacher.kwargs={} --set teacher.checkpoint=null",
+    _case("no-blocks", "distill --run @RUN --set teacher.model=torch.nn:Identity --set teacher.kwargs={} --set teacher.checkpoint=random",
           "no replaceable blocks"),
     _case("budget-unparseable", "solve --run @RUN --budget fast", "budget 'fast'"),
     _case("budget-infeasible", "solve --run @RUN --budget 0.0001ms", "fastest reachable", code=3),
@@ -347,7 +348,8 @@ def test_bad_input_is_one_line_and_the_run_folder_is_intact(trained_run, tmp_pat
 
 def test_bad_input_on_a_new_run_folder_creates_nothing(trained_run, tmp_path, monkeypatch, capsys):
     run, _, _ = trained_run
-    for extra in (["--set", "teacher.model=timm:resnet_nope"], ["--set", "ops.include=[nope_op]"], ["--set", "latency.device=tpu"]):
+    for extra in (["--set", "teacher.model=timm:resnet_nope"], ["--set", "ops.include=[nope_op]"], ["--set", "latency.device=tpu"],
+                  ["--set", "teacher.checkpoint=null"]):
         code, err = _main(["distill", "--config", run.file("config.yaml"), "--run", tmp_path / "new", *extra], monkeypatch, capsys)
         assert code == 2 and _one_line_error(err)
         assert not (tmp_path / "new").exists()

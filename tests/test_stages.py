@@ -204,7 +204,7 @@ def test_rerun_reuses_results_and_refuses_another_teacher(trained_run):
     run, config, table = trained_run
     again = distill_stage(config, run)
     assert again[["block", "candidate", "score"]].equals(table[["block", "candidate", "score"]])
-    other = config.model_copy(update={"teacher": config.teacher.model_copy(update={"checkpoint": None})})
+    other = config.model_copy(update={"teacher": config.teacher.model_copy(update={"checkpoint": "random"})})
     with pytest.raises(RunFolderError, match="another teacher"):
         distill_stage(other, run)
 

@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from lana.cli.app import main
+from lana.config import load_config
 from lana.errors import CheckpointError, ConfigError, UnknownModelError
 from lana.teacher.load import build_model, load_teacher, teacher_fingerprint
 
@@ -71,7 +73,7 @@ def _one_line(exc_info) -> str:
     ],
 )
 def test_name_forms(name, module_prefix):
-    model = load_teacher(name, kwargs={"num_classes": 5})
+    model = load_teacher(name, "random", kwargs={"num_classes": 5})
     assert type(model).__module__.startswith(module_prefix)
     assert not model.training
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 5)
@@ -79,18 +81,18 @@ def test_name_forms(name, module_prefix):
 
 @pytest.mark.parametrize("name", ["timm:resnet18", "torchvision:resnet18", "torchvision:mobilenet_v2"])
 def test_kwargs_in_chans_and_num_classes(name):
-    model = load_teacher(name, kwargs={"num_classes": 10, "in_chans": 1})
+    model = load_teacher(name, "random", kwargs={"num_classes": 10, "in_chans": 1})
     assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 10)
 
 
 def test_torchvision_in_chans_unchanged_is_noop():
-    model = load_teacher("torchvision:resnet18", kwargs={"in_chans": 3, "num_classes": 4})
+    model = load_teacher("torchvision:resnet18", "random", kwargs={"in_chans": 3, "num_classes": 4})
     assert model.conv1.in_channels == 3
 
 
 def test_bad_kwargs_is_config_error():
     with pytest.raises(ConfigError) as exc:
-        load_teacher("torchvision:resnet18", kwargs={"no_such_option": 1})
+        load_teacher("torchvision:resnet18", "random", kwargs={"no_such_option": 1})
     assert "no_such_option" in _one_line(exc)
 
 
@@ -98,18 +100,18 @@ def test_bad_kwargs_is_config_error():
 
 
 def test_factory(factory_module):
-    model = load_teacher(f"{factory_module}:tiny", kwargs={"num_classes": 3, "in_chans": 1})
+    model = load_teacher(f"{factory_module}:tiny", "random", kwargs={"num_classes": 3, "in_chans": 1})
     assert not model.training
     assert model(torch.zeros(1, 1, 8, 8)).shape == (1, 3)
     # a class is a factory too
-    assert isinstance(load_teacher(f"{factory_module}:Tiny"), nn.Module)
+    assert isinstance(load_teacher(f"{factory_module}:Tiny", "random"), nn.Module)
 
 
 def test_factory_imported_from_working_directory(tmp_path, monkeypatch):
     name = f"lana_test_cwd_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{name}.py").write_text(FACTORY_SOURCE)
     monkeypatch.chdir(tmp_path)
-    assert isinstance(load_teacher(f"{name}:tiny"), nn.Module)
+    assert isinstance(load_teacher(f"{name}:tiny", "random"), nn.Module)
 
 
 @pytest.mark.parametrize(
@@ -122,19 +124,19 @@ def test_factory_imported_from_working_directory(tmp_path, monkeypatch):
 )
 def test_factory_errors(factory_module, attr, error, words):
     with pytest.raises(error) as exc:
-        load_teacher(f"{factory_module}:{attr}")
+        load_teacher(f"{factory_module}:{attr}", "random")
     assert words in _one_line(exc)
 
 
 def test_factory_missing_module():
     with pytest.raises(UnknownModelError) as exc:
-        load_teacher("no_such_package_xyz.models:build")
+        load_teacher("no_such_package_xyz.models:build", "random")
     assert "no_such_package_xyz.models" in _one_line(exc)
 
 
 def test_factory_bad_kwargs(factory_module):
     with pytest.raises(ConfigError) as exc:
-        load_teacher(f"{factory_module}:tiny", kwargs={"depth": 3})
+        load_teacher(f"{factory_module}:tiny", "random", kwargs={"depth": 3})
     assert "teacher.kwargs" in _one_line(exc)
 
 
@@ -147,12 +149,45 @@ def test_factory_bad_kwargs(factory_module):
 )
 def test_unknown_name_suggests_close_ones(name, suggestion):
     with pytest.raises(UnknownModelError) as exc:
-        load_teacher(name)
+        load_teacher(name, "random")
     message = _one_line(exc)
     assert "unknown" in message and suggestion in message
 
 
 # --- checkpoints -----------------------------------------------------------------------
+
+
+def test_no_checkpoint_is_refused_not_a_silent_random_teacher(factory_module):
+    """A teacher without trained weights would make the whole run meaningless: one line, and how to fix it."""
+    with pytest.raises(CheckpointError) as exc:
+        load_teacher(f"{factory_module}:tiny")
+    message = _one_line(exc)
+    assert "has no checkpoint" in message and "teacher.checkpoint: random" in message
+
+
+def test_random_checkpoint_is_an_explicit_untrained_teacher(factory_module):
+    torch.manual_seed(0)
+    first = load_teacher(f"{factory_module}:tiny", "random")
+    torch.manual_seed(0)
+    assert teacher_fingerprint(load_teacher(f"{factory_module}:tiny", "random")) == teacher_fingerprint(first)
+    assert not first.training
+
+
+def test_random_checkpoint_is_not_a_path_in_config_files(tmp_path):
+    """A config file's relative paths are rebased; the word ``random`` is not one of them."""
+    (tmp_path / "run.yaml").write_text("teacher:\n  checkpoint: random\n")
+    (tmp_path / "random").write_text("")  # even with a file of that name beside the config
+    assert load_config(tmp_path / "run.yaml").teacher.checkpoint == "random"
+
+
+def test_cli_without_checkpoint_refuses_and_writes_nothing(tmp_path, capsys):
+    """`lana distill` with the default config (no teacher.checkpoint): one line, exit 2, no run folder."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["distill", "--run", str(tmp_path / "new")])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err.startswith("lana: error: teacher") and "\n" not in err
+    assert not (tmp_path / "new").exists()
+
 
 
 def test_checkpoint_round_trip(factory_module, tmp_path):
@@ -166,7 +201,7 @@ def test_checkpoint_round_trip(factory_module, tmp_path):
 
 def test_checkpoint_round_trip_timm(tmp_path):
     torch.manual_seed(0)
-    source = load_teacher("timm:resnet10t", kwargs={"num_classes": 10})
+    source = load_teacher("timm:resnet10t", "random", kwargs={"num_classes": 10})
     path = tmp_path / "resnet10t.pt"
     torch.save(source.state_dict(), path)
     loaded = load_teacher("timm:resnet10t", checkpoint=str(path), kwargs={"num_classes": 10})

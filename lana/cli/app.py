@@ -37,6 +37,7 @@ COMMANDS = {
     "latency-check": "lana.cli.latency",
     "proxy": "lana.cli.latency",
 }
+_HELP_ONLY = "lana.help_only"  # ctx.meta key: the group's help is being written
 STATE = {"debug": os.environ.get("LANA_DEBUG") == "1"}
 try:  # typer >= 0.2x vendors its own click, whose usage errors are not click's
     from typer._click.exceptions import UsageError as _TyperUsageError
@@ -66,8 +67,21 @@ def short_help(module: str) -> dict[str, str]:
     return found
 
 
+def all_short_helps() -> dict[str, str]:
+    """The first docstring line of every command, read from the sources (nothing imported)."""
+    helps: dict[str, str] = {}
+    for module in dict.fromkeys(COMMANDS.values()):
+        helps.update(short_help(module))
+    return helps
+
+
 class LazyGroup(TyperGroup):
-    """A typer group whose subcommands are imported on first use."""
+    """A typer group whose subcommands are imported on first use.
+
+    While the group's own help is written, commands are name-and-summary stand-ins read from
+    the sources: typer's rich help asks for every command, and importing them all would
+    import torch (the op zoo) and scipy just to print one line each.
+    """
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
@@ -75,6 +89,8 @@ class LazyGroup(TyperGroup):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in COMMANDS:
             return None
+        if ctx.meta.get(_HELP_ONLY):
+            return typer.core.TyperCommand(name, help=all_short_helps().get(name, ""))
         group = typer.main.get_group(importlib.import_module(COMMANDS[name]).app)
         return group.get_command(ctx, name)
 
@@ -93,10 +109,15 @@ class LazyGroup(TyperGroup):
             console(stderr=True).print("lana: interrupted; progress so far is saved in the run folder", markup=False)
             sys.exit(130)
 
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        ctx.meta[_HELP_ONLY] = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            ctx.meta.pop(_HELP_ONLY, None)
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        helps: dict[str, str] = {}
-        for module in dict.fromkeys(COMMANDS.values()):
-            helps.update(short_help(module))
+        helps = all_short_helps()
         with formatter.section("Commands"):
             formatter.write_dl([(name, helps.get(name, "")) for name in COMMANDS])
 

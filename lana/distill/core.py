@@ -43,6 +43,7 @@ from lana.distill.distributed import (
     check_world,
     free_memory,
     graceful_stop,
+    group_budget,
     init_distributed,
     memory_limits,
     mib,
@@ -52,6 +53,7 @@ from lana.distill.distributed import (
 from lana.distill.halving import cut_steps, dominated
 from lana.errors import BlockDiscoveryError, CheckpointError, RunFolderError
 from lana.run.folder import RunFolder, load_tensors, save_tensors
+from lana.run.memory import release_memory
 from lana.teacher.blocks import get_submodule
 from op_zoo import BlockSpec
 
@@ -269,7 +271,7 @@ class _Distiller:
         groups = None
         if self.dist.is_main:
             limit = memory_limits(self.cfg)[0]
-            budget = free_memory(self.device) if limit == "auto" else limit
+            budget = group_budget(limit, self.device)  # what is already held comes off the limit
             planned, self.group_peak = plan_groups(self.teacher, self.specs, self.candidates, self.local_batch, budget, self.input_shape)
             self.budget = budget
             groups = [[_join(k) for k in g] for g in planned]
@@ -353,6 +355,12 @@ class _Distiller:
             self._save_state(groups, index + 1, 0, [], None, None)
         for key in members:
             self.place.offload(self._module(key))
+        # the last step's gradients and the optimiser's moments would otherwise stay with every
+        # distilled candidate (4 + 8 bytes per weight) until the process ends
+        for param in params:
+            param.grad = None
+        del optimiser, scheduler
+        release_memory(self.device)
 
     def _cut(self, members: list[Key], done: int) -> None:
         """Successive halving: stop the trainable candidates another of their block dominates."""

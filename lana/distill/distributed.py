@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import re
 import signal
 import threading
 from contextlib import contextmanager
@@ -25,44 +24,16 @@ import torch.distributed as tdist
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lana.config import DistillConfig
 from lana.data import BatchFn, batches_per_epoch, is_loader, to_pair
 from lana.device import resolve_compute_device
 from lana.distill.candidates import TEACHER_OP, Candidate
 from lana.errors import ConfigError, LanaError
+from lana.run.memory import free_memory, group_budget, memory_limit, memory_limits, mib, parse_bytes  # noqa: F401  (re-exported)
 from op_zoo import BlockSpec
 
 log = logging.getLogger("lana")
 Key = tuple[str, str]
 FLOAT = 4  # bytes per float32 element
-
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
-          "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
-
-
-def parse_bytes(text: str | int, what: str = "memory size") -> int:
-    """``"8GB"``, ``"512MiB"``, ``"2g"`` or a plain number of bytes -> bytes (powers of 1024)."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-    unit = match and match.group(2).lower()
-    if not match or unit not in _UNITS or float(match.group(1)) <= 0:
-        raise ConfigError(f"{what} '{text}' is not understood; write e.g. 8GB, 512MB, auto or none")
-    return int(float(match.group(1)) * _UNITS[unit])
-
-
-def free_memory(device: torch.device) -> int:
-    """Bytes free for distillation now: 85 % of free GPU memory, or half the available RAM."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0] * 0.85)
-    try:
-        with open("/proc/meminfo") as handle:
-            info = dict(line.split(":", 1) for line in handle)
-        return int(info["MemAvailable"].split()[0]) * 1024 // 2
-    except (OSError, KeyError, ValueError):
-        try:
-            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") // 2
-        except (ValueError, OSError, AttributeError):
-            return 2**62  # unknown: assume it fits
-
 
 def resolve_train_device(name: str, local_rank: int = 0, key: str = "distill.device") -> torch.device:
     """The device distillation trains on: ``auto`` is this rank's GPU if there is one, else the CPU."""
@@ -263,25 +234,6 @@ def check_world(batch: int, dist: Dist) -> None:
 
 
 # -- memory: how candidates are grouped ------------------------------------------------
-
-
-def mib(size: int) -> str:
-    """Bytes as mebibytes, for messages."""
-    return f"{size / 2**20:.1f} MiB"
-
-
-def memory_limits(cfg: DistillConfig) -> tuple[int | str | None, int | str | None]:
-    """``(max_memory, feature_cache)``: bytes, ``"auto"``, or None (no limit / no cache).
-
-    Raises:
-        ConfigError: a size that cannot be read (said before anything runs).
-    """
-    limits = []
-    for what in ("max_memory", "feature_cache"):
-        text = str(getattr(cfg, what)).strip().lower()
-        none = text in ("none", "off", "unlimited", "inf") or (what == "feature_cache" and text == "0")
-        limits.append("auto" if text == "auto" else None if none else parse_bytes(text, f"distill.{what}"))
-    return limits[0], limits[1]
 
 
 def _leaf_outputs(module: nn.Module, in_shape: tuple[int, ...]) -> list[int]:

@@ -32,10 +32,12 @@ from lana.latency.measure import (
     measure_candidates,
     measure_in_context,
     measure_network,
+    resolve_device,
     settings_record,
     settings_tag,
 )
 from lana.latency.runtimes import CLOCKABLE
+from lana.run.memory import release_memory
 
 log = logging.getLogger("lana")
 
@@ -64,6 +66,7 @@ def profile_latency(teacher: nn.Module, specs, candidates: dict, input_shape: tu
         the teacher timed in the same window (what a ``50%`` budget is measured against).
     """
     shapes = {s.name: s.in_shape for s in specs}
+    device = resolve_device(cfg.device)
     method = cfg.method
     if method == "context" and (cfg.runtime not in CLOCKABLE or (cfg.cuda_graphs and cfg.device.startswith("cuda"))):
         why = "CUDA graphs replay whole" if cfg.runtime in CLOCKABLE else f"{cfg.runtime} compiles the whole graph"
@@ -71,7 +74,9 @@ def profile_latency(teacher: nn.Module, specs, candidates: dict, input_shape: tu
         method = "isolated"
     knobs = {k: getattr(cfg, k) for k in ("warmup", "repeats", "max_repeats", "ci", "time_cap_s", "context_rounds")}
     partial = PartialTimings(checkpoint, partial_key(f"{settings_tag(cfg)}-{method}", knobs, candidates, input_shape))
+    release_memory(device)  # what earlier stages freed goes back before the timed copies are made
     isolated = measure_candidates(candidates, shapes, cfg, partial)
+    release_memory(device)
     if method == "context":
         order = {b: sorted(c, key=lambda n, b=b: isolated[(b, n)].median_ms) for b, c in candidates.items()}
         context, record = measure_in_context(teacher, specs, candidates, input_shape, cfg, cfg.context_rounds, order=order,

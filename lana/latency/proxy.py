@@ -21,10 +21,14 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
 
 from lana.errors import InfeasibleError, TableError
 from solvers import SelectionProblem, solve_selection
+
+
+def _spearman(a: pd.Series, b: pd.Series) -> float:
+    """Spearman's rho: Pearson's correlation of the ranks (ties averaged, as scipy's ``spearmanr``)."""
+    return float(a.rank().corr(b.rank()))
 
 
 def _column(table: pd.DataFrame, name: str) -> pd.Series:
@@ -46,8 +50,8 @@ def rank_correlation(table: pd.DataFrame, proxy: str, target: str) -> dict:
     for block, rows in table.groupby("block", sort=False):
         a, b = x[rows.index], y[rows.index]
         if len(rows) >= 3 and a.nunique() > 1 and b.nunique() > 1:
-            per_block[str(block)] = float(spearmanr(a, b).statistic)
-    overall = float(spearmanr(x, y).statistic)
+            per_block[str(block)] = _spearman(a, b)
+    overall = _spearman(x, y)
     worst = min(per_block.items(), key=lambda kv: kv[1]) if per_block else (None, math.nan)
     return {"overall": overall, "per_block": per_block,
             "median_block": float(np.median(list(per_block.values()))) if per_block else math.nan, "worst_block": worst}

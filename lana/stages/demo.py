@@ -74,7 +74,12 @@ def train_teacher(config: LanaConfig, run: RunFolder) -> float:
     """
     path = Path(config.teacher.checkpoint)
     if path.is_file():
+        log.info("demo: reusing the teacher it trained before (%s)", path)
         return 0.0
+    # the one place lana starts from random weights: the demo trains its own teacher (any other
+    # run needs teacher.checkpoint, and refuses to go on without one)
+    log.info("demo: training its own teacher from random weights (%s, %g epochs), saved to %s",
+             config.teacher.model, config.teacher_training.epochs, path)
     start = time.time()
     torch.manual_seed(config.seed)
     splits = load_data(config.data)
@@ -104,6 +109,6 @@ def run_demo(run_dir: str | Path, data_root: str | None = None, budget: str | No
     config = demo_config(run, data_root, overrides)
     run.save_config(config)
     steps = iter(range(2, 6))
-    console.rule("1/5 train the teacher")
+    console.rule("1/5 train the demo's own teacher from random weights")
     stages = {"train_teacher": round(train_teacher(config, run), 1)}
     return run_pipeline(Run(run, config), budget, lambda title: console.rule(f"{next(steps, 5)}/5 {title}"), stages)

@@ -13,7 +13,6 @@ import difflib
 from collections import Counter
 from typing import Callable
 
-import torch
 from torch import nn
 
 from lana.errors import BlockDiscoveryError

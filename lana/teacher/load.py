@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lana.config import RANDOM_CHECKPOINT
 from lana.errors import CheckpointError, ConfigError, UnknownModelError
 
 # Keys under which training scripts commonly nest the state_dict, in the order tried.
@@ -325,8 +326,9 @@ def load_teacher(
         model: ``"timm:resnet18"``, ``"torchvision:resnet18"``, bare ``"resnet18"`` (timm
             first, then torchvision), or ``"package.module:factory"`` (the module is
             imported and ``factory(**kwargs)`` must return an ``nn.Module``).
-        checkpoint: optional state_dict file (see :func:`load_checkpoint`); without one the
-            teacher keeps its random initial weights.
+        checkpoint: the state_dict file (see :func:`load_checkpoint`), or ``"random"`` to keep
+            the random initial weights on purpose (tests, timing studies). None is refused:
+            accelerating an untrained network by accident wastes the whole run.
         kwargs: builder keywords. timm: any ``create_model`` keyword (``num_classes``,
             ``in_chans``, ...). torchvision: builder keywords (``num_classes``, ...) plus
             ``in_chans``, which replaces the first Conv2d with a fresh one.
@@ -336,9 +338,14 @@ def load_teacher(
 
     Raises:
         UnknownModelError, ConfigError, CheckpointError: one-line messages for bad input.
+        CheckpointError: also when no checkpoint is given.
     """
+    if checkpoint is None:
+        raise CheckpointError(
+            f"teacher '{model}' has no checkpoint, and lana would accelerate random weights; set teacher.checkpoint "
+            f"to your trained state_dict, or teacher.checkpoint: {RANDOM_CHECKPOINT} for an untrained teacher on purpose")
     net = build_model(model, kwargs)
-    if checkpoint is not None:
+    if str(checkpoint) != RANDOM_CHECKPOINT:
         load_checkpoint(net, checkpoint, label=model)
     return net.eval()
 
