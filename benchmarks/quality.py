@@ -104,6 +104,37 @@ RESNET_BLOCKS = ["conv1", "maxpool"] + [f"layer{i}.{j}" for i in range(1, 5) for
 BLOCKS = {"resnet": RESNET_BLOCKS}
 
 
+def teacher_recipe(mode: str, overrides: dict | None = None) -> dict:
+    """The converged-teacher recipe of ``mode`` (``benchmarks.teachers.RECIPE`` at the mode's image size)."""
+    from benchmarks.teachers import merge_recipe
+
+    preset = MODES[mode]
+    recipe = merge_recipe({"data": {"image_size": preset["image_size"]}, **preset.get("recipe", {})})
+    return merge_recipe(overrides, recipe)
+
+
+def prepare_teachers(mode: str, keys: list[str], recipe: dict, data_root: str | None) -> int:
+    """``--teachers-only``: every teacher trained (or resumed, or reused) in turn; their table printed."""
+    import logging
+
+    import torch
+
+    from benchmarks.teachers import cache_root, prepare_teacher, teachers_table
+
+    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("lana").setLevel(logging.INFO)
+    preset = MODES[mode]
+    if preset["threads"]:
+        torch.set_num_threads(preset["threads"])
+    rows = []
+    for key in keys:
+        model, kwargs = preset["teachers"][key]
+        rows.append((key, prepare_teacher(model, kwargs, recipe, data_root=data_root, label=key)))
+    print(f"teachers in {cache_root()} (recipe: {json.dumps(recipe)})")
+    print(teachers_table(rows))
+    return 0
+
+
 def teacher_config(mode: str, key: str, out: Path, data_root: str | None, overrides: list[str]):
     from lana.config import build_config
 
@@ -223,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the docs from RUN/quality.csv and RUN/quality_meta.json without running anything")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override KEY=VALUE for every teacher")
+    parser.add_argument("--teachers-only", action="store_true",
+                        help="train (or resume) the converged teachers into the cache, print their table, and stop")
+    parser.add_argument("--recipe", default=None, help="teacher recipe overrides as JSON, e.g. '{\"epochs\": 2}' (a new hash)")
     args = parser.parse_args(argv)
 
     preset = MODES[args.mode]
@@ -237,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if not methods or set(methods) - set(METHODS):
         parser.error(f"--methods: unknown {sorted(set(methods) - set(METHODS)) or 'none given'}; choose from {', '.join(METHODS)}")
+    try:
+        recipe = teacher_recipe(args.mode, json.loads(args.recipe) if args.recipe else None)
+    except (ValueError, KeyError) as exc:
+        parser.error(f"--recipe: {exc}")
+    if args.teachers_only:
+        return prepare_teachers(args.mode, keys, recipe, args.data)
     jobs = args.jobs or preset["jobs"]
     out = Path(args.run)
     meta_path = out / "quality_meta.json"
