@@ -201,7 +201,11 @@ def test_reduced_benchmark_runs_every_method_inside_the_band(tmp_path, monkeypat
     tree["ops"] = {"include": ["identity", "conv_k1", "pruned_keep50", "lowrank_r50"]}
     tree["finetune"]["epochs"] = 0.2
     tree["teacher_training"]["epochs"] = 0.3
-    monkeypatch.setitem(bench.MODES, "tiny", {"image_size": 32, "tree": tree, "random": 2, "threads": 1, "jobs": 1,
+    tree["score"]["val_images"] = 120  # of the 200 validation images: the other 80 make the choices
+    recipe = {"epochs": 1, "batch_size": 32, "lr": 0.05,
+              "data": {"kind": "digits", "image_size": 32, "val_size": 200, "train_limit": 400, "mean": [0.3], "std": [0.42]}}
+    monkeypatch.setenv("LANA_TEACHER_CACHE", str(tmp_path / "teachers"))
+    monkeypatch.setitem(bench.MODES, "tiny", {"image_size": 32, "tree": tree, "random": 2, "threads": 1, "jobs": 1, "recipe": recipe,
                                               "shares": [0.7], "seeds": [0, 1], "max_measurements": 10, "max_equal_epochs": 0.4,
                                               "band": TINY_BAND,
                                               "teachers": {"resnet": ("timm:resnet18d", TINY_RESNET)}})
@@ -221,12 +225,17 @@ def test_reduced_benchmark_runs_every_method_inside_the_band(tmp_path, monkeypat
     low, high = 0.7 * TINY_BAND[0], 0.7 * TINY_BAND[1]
     assert networks["share"].between(low - 1e-9, high + 1e-9).all(), networks[["method", "share"]]
     assert f"[{TINY_BAND[0]:.2f}, {TINY_BAND[1]:.2f}]" in (tmp_path / "docs" / "quality.md").read_text()
-    assert (networks.groupby("method")["seed"].nunique() == 2).all()  # two seeds per cell
+    missed = set(unreached["method"])  # a per-seed search (lana, random, tp-taylor) may miss for one seed only
+    assert all(n == 2 or m in missed for m, n in networks.groupby("method")["seed"].nunique().items())
     if "lana" in set(networks["method"]):  # the equal-compute row needs lana's network at that budget
         assert any(m.endswith("(lana's compute)") for m in networks["method"])
     lana = networks[networks["method"] == "lana"]
     timing = pd.read_json(tmp_path / "q" / "resnet" / "quality_timing.json", typ="series")
-    assert (lana["train_s"] >= timing["distill_score_latency_s"]).all()  # lana's distillation is in its training
+    per_seed = timing["distill_score_latency_s_per_seed"]
+    assert all(r.train_s >= per_seed[str(int(r.seed))] for r in lana.itertuples())  # its own distillation is in its training
+    # every seed distilled lana's candidates in its own run; the teacher came from the cache, trained once
+    assert {p.name for p in (tmp_path / "q" / "resnet").glob("seed*")} == {"seed0", "seed1"}
+    assert len(list((tmp_path / "teachers").glob("*/teacher.pt"))) == 1
     assert networks["top1"].between(0, 100).all() and networks["val_top1"].between(0, 100).all()
     assert networks["final_share"].notna().all() and (networks["search_s"] > 0).all()
     docs_csv = pd.read_csv(tmp_path / "docs" / "quality.csv")
@@ -240,6 +249,14 @@ def test_reduced_benchmark_runs_every_method_inside_the_band(tmp_path, monkeypat
     (tmp_path / "docs" / "quality.md").unlink()
     assert bench.main(["--mode", "tiny", "--run", str(tmp_path / "q"), "--docs", str(tmp_path / "docs"), "--report-only"]) == 0
     assert (tmp_path / "docs" / "quality.md").read_text() == text
+    # a run started again reuses every finished budget: no network is searched or fine-tuned again
+    from benchmarks import compare
+
+    monkeypatch.setattr(compare.Comparison, "train_and_add", lambda *a, **k: pytest.fail("a finished budget was redone"))
+    monkeypatch.setattr(compare.Comparison, "search", lambda *a, **k: pytest.fail("a finished budget was searched again"))
+    assert bench.main(["--mode", "tiny", "--run", str(tmp_path / "q"), "--docs", ""]) == 0
+    again = pd.read_csv(tmp_path / "q" / "quality.csv")
+    pd.testing.assert_series_equal(again["top1"], frame["top1"])
 
 
 def test_unknown_method_is_one_usage_line(capsys):
