@@ -1,5 +1,6 @@
 """Quality against the alternatives: top-1 at equal measured latency, several seeds, three teachers.
 
+    python -m benchmarks.quality --teachers-only  # train (or resume, or reuse) the converged teachers; print their table
     python -m benchmarks.quality                  # CPU mode (2 cores, 1 thread per teacher): see docs/quality.md
     python -m benchmarks.quality --mode gpu       # one H100/H200: full-width teachers at 64×64
     python -m benchmarks.quality --teachers resnet --shares 0.5 --seeds 2
