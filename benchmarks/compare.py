@@ -42,10 +42,10 @@ from benchmarks.baselines import MEMBERS, prune_magnitude, prune_taylor, random_
 from benchmarks.search import BAND, Found, OutOfBand, search_band
 from lana.config import LanaConfig
 from lana.data import take_tensors
-from lana.errors import ConfigError
 from lana.distill.candidates import assemble_student
 from lana.distill.score import evaluate
 from lana.distill.train import TeacherLogits, distil_into
+from lana.errors import ConfigError
 from lana.latency.measure import measure_networks
 from lana.run.context import Context, prepare
 from lana.run.folder import RunFolder, atomic_write_bytes, write_json
@@ -260,7 +260,7 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
     timing["distill_score_latency_s_per_seed"] = {str(seed): seconds for seed, seconds in distill_s.items()}
     cmp = Comparison(contexts, n_random, max_measurements, band)
     timing.update(cmp.timing)
-    ctx, model_name, kwargs = cmp.ctx, config.teacher.model, config.teacher.kwargs
+    ctx, model_name = cmp.ctx, config.teacher.model
     cmp.add(ctx.teacher, method="teacher", budget=1.0, seed=None, share=1.0, search_s=0.0,
             train_s=timing.get("train_teacher_s", 0.0))
     for share in shares:

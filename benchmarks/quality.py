@@ -9,10 +9,11 @@ Fashion-MNIST (Debian's ``dataset-fashion-mnist``; 55 000 train / 5 000 validati
 test). Three teacher families, adapted to one input channel and 10 classes: timm
 ResNet-18-D, torchvision MobileNetV2 and timm EfficientNet-B0, trained once to convergence
 on the whole train split with a recorded recipe and cached by its hash
-(``benchmarks.teachers``; ``--teachers-only`` prepares them, a stopped run resumes). At each budget (a share of the teacher's measured latency) every method's
-knob is searched into the same band of measured share (``benchmarks.search``), every
-network gets the same fine-tune by distillation, once per seed (``benchmarks.compare``),
-and the figures are judged by ``benchmarks.report``.
+(``benchmarks.teachers``; ``--teachers-only`` prepares them, a stopped run resumes). At
+each budget (a share of the teacher's measured latency) every method's knob is searched
+into the same band of measured share (``benchmarks.search``), every network gets the same
+fine-tune by distillation, once per seed (``benchmarks.compare``), and the figures are
+judged by ``benchmarks.report``.
 
 Writes RUN/<teacher>/quality.csv, RUN/quality.csv, and with ``--docs`` (default ``docs/``)
 ``quality.csv``, ``quality.md`` and ``quality.png``. Teachers run in parallel processes
