@@ -114,7 +114,7 @@ def teacher_recipe(mode: str, overrides: dict | None = None) -> dict:
     from benchmarks.teachers import merge_recipe
 
     preset = MODES[mode]
-    recipe = merge_recipe({"data": {"image_size": preset["image_size"]}, **preset.get("recipe", {})})
+    recipe = merge_recipe(preset.get("recipe"), merge_recipe({"data": {"image_size": preset["image_size"]}}))
     return merge_recipe(overrides, recipe)
 
 
