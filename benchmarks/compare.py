@@ -1,7 +1,7 @@
 """lana against the alternatives at equal measured latency, several seeds (``benchmarks/quality.py``).
 
-For one teacher: train it (unless its checkpoint exists), run lana's distill stage, then at
-each budget (a share of the teacher's latency) find each method's network with the same
+For one teacher (converged and cached: ``benchmarks.teachers``): run lana's distill stage
+once per seed, then at each budget (a share of the teacher's latency) find each method's network with the same
 search (:func:`benchmarks.search.search_band`: its knob searched on the measured,
 interleaved share of the teacher, same band, same number of measurements), and give every
 network the same fine-tune by distillation from the teacher, once per seed:
@@ -14,14 +14,20 @@ network the same fine-tune by distillation from the teacher, once per seed:
 - ``width`` and ``member:NAME``: the teacher's family, and its real smaller members, at a
   width multiplier, trained from scratch with the teacher's recipe before the fine-tune.
 
-Seeds change the fine-tune (shuffling), the random draws and the from-scratch
-initialisation; the teacher and the deterministic searches are shared. Validation top-1
-is what every choice uses; test top-1 is evaluated once per network and only reported.
-Finally one extra row gives the best baseline (by validation) lana's total compute.
+Seeds change every random choice of every method: lana's distillation (its initialisation
+and data order: one run folder per seed, ``RUN/seed<N>``, so lana's and random's tables
+and lana's selection differ per seed), the random draws, the batches that rank
+Torch-Pruning's Taylor groups, the from-scratch initialisation and the fine-tune's data
+order. The teacher is shared. Swap-one scores use the first ``score.val_images`` images of
+the validation split; every choice here (random-best, the best other method, the
+headline) uses the rest of it, so no choice is made on the images that scored the
+candidates. Test top-1 is evaluated once per network and only reported. At every budget
+one extra row gives the best baseline (by validation) lana's total compute.
 """
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import time
 from pathlib import Path
@@ -39,9 +45,10 @@ from lana.data import take_tensors
 from lana.distill.candidates import assemble_student
 from lana.distill.score import evaluate
 from lana.distill.train import TeacherLogits, distil_into
+from lana.errors import ConfigError
 from lana.latency.measure import measure_networks
 from lana.run.context import Context, prepare
-from lana.run.folder import RunFolder, write_json
+from lana.run.folder import RunFolder, atomic_write_bytes, write_json
 from lana.selection import LATENCY, build_problem, solve_inputs
 from lana.stages.distill import distill_stage
 from lana.stages.solve import load_run
@@ -61,43 +68,48 @@ def _finetune(ctx: Context, model: nn.Module, targets: TeacherLogits | None, see
 class Comparison:
     """One teacher's searches, fine-tunes and rows; see the module docstring."""
 
-    def __init__(self, ctx: Context, seeds: list[int], n_random: int, max_measurements: int, band=BAND,
+    def __init__(self, contexts: dict[int, Context], n_random: int, max_measurements: int, band=BAND,
                  solver: str = "auto") -> None:
-        self.ctx, self.seeds, self.n_random, self.max_measurements, self.band, self.solver = (
-            ctx, seeds, n_random, max_measurements, band, solver)
+        self.contexts, self.seeds = contexts, list(contexts)
+        self.ctx = ctx = contexts[self.seeds[0]]  # teacher, data and blocks: the same in every seed's run
+        self.n_random, self.max_measurements, self.band, self.solver = n_random, max_measurements, band, solver
         config = ctx.config
-        self.val = take_tensors(ctx.splits.val)
+        self.val = choice_split(ctx)
         self.test = take_tensors(ctx.splits.test, config.data.test_limit)
-        self.inputs = load_run(ctx.run.path)
+        self.inputs = {seed: load_run(c.run.path) for seed, c in contexts.items()}
         self.num_classes = int(config.teacher.kwargs.get("num_classes", ctx.splits.num_classes))
         self.timing: dict[str, float] = {}
         tick = time.time()
         self.targets = TeacherLogits.if_it_fits(ctx.teacher, ctx.splits, config.data.batch_size)
         self.timing["teacher_logits_s"] = time.time() - tick
-        x, y = take_tensors(ctx.splits.train, 4 * config.data.batch_size)
-        self.taylor_batches = list(zip(x.split(config.data.batch_size), y.split(config.data.batch_size)))
         self.rows: list[dict[str, Any]] = []
         self.models: list[nn.Module] = []
-        self.found: dict[tuple[str, float], Found] = {}  # deterministic searches, shared by the seeds
-        self.picked: dict[tuple[str, float, int], Found] = {}  # random draws, one per seed
+        self.found: dict[tuple[str, float, int], Found] = {}  # (method, budget, seed) → the network searched
+
+    def taylor_batches(self, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Four training batches drawn with ``seed``: the gradients that rank Taylor's channel groups."""
+        bs = self.ctx.config.data.batch_size
+        x, y = take_tensors(self.ctx.splits.train)
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:4 * bs]
+        return list(zip(x[idx].split(bs), y[idx].split(bs)))
 
     # -- searches ---------------------------------------------------------------------------
-    def search(self, method: str, share: float, build: Callable, fast: float, slow: float) -> Found | None:
+    def search(self, method: str, share: float, seed: int | None, build: Callable, fast: float,
+               slow: float) -> Found | None:
         """``build``'s knob searched into the band; None (and a row saying why) when it cannot be."""
         try:
             found = search_band(build, fast, slow, share, self.ctx.teacher, self.ctx.input_shape, self.ctx.config.latency,
                                 self.band, self.max_measurements)
         except OutOfBand as exc:
-            log.warning("%s at %.2f×: %s", method, share, exc)
-            self.rows.append({"method": method, "budget": share, "note": str(exc)})
+            log.warning("%s at %.2f× (seed %s): %s", method, share, seed, exc)
+            self.rows.append({"method": method, "budget": share, "seed": seed, "note": str(exc)})
             return None
-        self.found[(method, share)] = found
         return found
 
-    def _table(self, share: float, draw: Callable[[Any, float], dict]) -> tuple[Callable, float, float]:
-        """The knob of a table method: the table budget (ms), from the table's fastest total to the teacher's."""
-        ctx = self.ctx
-        problem, _ = build_problem(self.inputs, f"{self.inputs.teacher_ms:.6f}ms")
+    def _table(self, share: float, seed: int, draw: Callable[[Any, float], dict]) -> tuple[Callable, float, float]:
+        """The knob of a table method on ``seed``'s run: the table budget (ms), from the table's fastest total to the teacher's."""
+        ctx, inputs = self.contexts[seed], self.inputs[seed]
+        problem, _ = build_problem(inputs, f"{inputs.teacher_ms:.6f}ms")
         fast = float(problem.min_totals()[problem.cost_names.index(LATENCY)]) * (1 + 1e-6)
 
         def build(table_ms: float):
@@ -105,41 +117,55 @@ class Comparison:
             # the same selection from another table budget is the same network: the search does not time it again
             key = tuple(sorted(choice.items()))
             return assemble_student(ctx.teacher, ctx.specs, choice, ctx.run.weights_dir), {"choice": choice, "key": key}
-        return build, fast, float(self.inputs.teacher_ms)
+        return build, fast, float(inputs.teacher_ms)
 
-    def lana(self, share: float) -> Found | None:
+    def lana(self, share: float, seed: int) -> Found | None:
+        """lana's selection from ``seed``'s own distillation, its table budget searched into the band."""
+        inputs = self.inputs[seed]
+
         def draw(problem, table_ms):
-            p, limits = build_problem(self.inputs, f"{table_ms:.6f}ms")
-            return solve_inputs(self.inputs, p, limits, self.solver)["choice"]
-        return self.search("lana", share, *self._table(share, draw))
+            p, limits = build_problem(inputs, f"{table_ms:.6f}ms")
+            return solve_inputs(inputs, p, limits, self.solver)["choice"]
+        found = self.search("lana", share, seed, *self._table(share, seed, draw))
+        if found:
+            self.found[("lana", share, seed)] = found
+        return found
 
     def random_draws(self, share: float, seed: int) -> list[Found]:
-        """``n_random`` random selections, each searched into the band with its own draws."""
+        """``n_random`` random selections from ``seed``'s table, each searched into the band with its own draws."""
         rng = np.random.default_rng([seed, int(share * 1000)])
         lo = self.band[0]
         found = []
         for i in range(self.n_random):
-            build, fast, slow = self._table(share, lambda p, t: random_in_band(p, rng, lo * t, t))
-            got = self.search(f"random#{i}", share, build, fast, slow)
+            build, fast, slow = self._table(share, seed, lambda p, t: random_in_band(p, rng, lo * t, t))
+            got = self.search(f"random#{i}", share, seed, build, fast, slow)
             if got is None:
                 self.rows.pop()  # the draws' misses are summed up in one row below
             else:
                 found.append(got)
         return found
 
-    def pruned(self, method: str, share: float) -> Found | None:
+    def pruned(self, method: str, share: float, seed: int) -> Found | None:
+        """Torch-Pruning at the searched ratio (Taylor: ranked on ``seed``'s batches; magnitude: no randomness)."""
         teacher, shape = self.ctx.teacher, self.ctx.input_shape
         if method == "tp-taylor":
-            build = lambda r: prune_taylor(teacher, self.taylor_batches, r, self.num_classes)  # noqa: E731
+            batches = self.taylor_batches(seed)
+            build = lambda r: prune_taylor(teacher, batches, r, self.num_classes)  # noqa: E731
         else:
             build = lambda r: prune_magnitude(teacher, shape, r, self.num_classes)  # noqa: E731
-        return self.search(method, share, build, 0.9, 0.0)
+        found = self.search(method, share, seed, build, 0.9, 0.0)
+        if found:
+            self.found[(method, share, seed)] = found
+        return found
 
     def scaled(self, method: str, model: str, kwargs: dict, share: float, widest: float) -> Found | None:
-        """A family member at the searched width; ``extra["fresh"]`` builds it again with new weights."""
+        """A family member at the searched width; ``extra["fresh"]`` builds it again with new weights (per seed)."""
         def build(w: float):
             return width_scaled(model, kwargs, w), {"fresh": lambda: width_scaled(model, kwargs, w), "model": model}
-        return self.search(method, share, build, 0.1, widest)
+        found = self.search(method, share, None, build, 0.1, widest)
+        for seed in self.seeds if found else []:
+            self.found[(method, share, seed)] = found
+        return found
 
     # -- training and rows ------------------------------------------------------------------
     def train_and_add(self, method: str, share: float, found: Found, seed: int, search_s: float, base_s: float = 0.0,
@@ -169,6 +195,16 @@ class Comparison:
         log.info("%s", {k: v for k, v in row.items() if k != "setting"})
 
 
+def choice_split(ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation images no swap-one score used (all after the first ``score.val_images``): choices use these."""
+    x, y = take_tensors(ctx.splits.val)
+    scored = ctx.config.score.val_images
+    if scored >= len(x):
+        raise ConfigError(f"score.val_images={scored} leaves no validation image for the choices (the split has {len(x)}); "
+                          "raise data.val_size or lower score.val_images")
+    return x[scored:], y[scored:]
+
+
 def _setting(found: Found) -> str:
     choice = found.extra.get("choice")
     if not choice:
@@ -187,14 +223,15 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
 
     Args:
         config: the run config (teacher, data, ops, distill, latency, finetune settings).
-        run_dir: the teacher's run folder (stages already there are reused).
+        run_dir: the teacher's folder: one lana run folder per seed (``seed<N>``), one file per
+            finished budget (``budget_<share>.pt``); what is there is reused (a stopped run resumes).
         shares: budgets as shares of the teacher's measured latency.
-        seeds: fine-tune seeds (at least 2 for the win/tie rule).
+        seeds: seeds (at least 2 for the win/tie rule); each varies every random choice of every method.
         n_random: random selections drawn per seed for ``random-best``.
         methods: which families of :data:`METHODS` to run.
         max_measurements: measurements each search may make.
         max_equal_epochs: cap on the fine-tune epochs of the equal-compute row.
-        train_teacher: trains and saves the teacher when its checkpoint is missing (seconds).
+        train_teacher: prepares the teacher's checkpoint when it is missing; returns its training seconds.
         band: the window every search must end in, as fractions of the budget.
 
     Returns:
@@ -210,45 +247,36 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
     timing: dict[str, float] = {}
     if train_teacher is not None:
         timing["train_teacher_s"] = train_teacher(config, run)
-    tick = time.time()
-    distill_stage(config, run)
-    timing["distill_score_latency_s"] = distill_s = time.time() - tick
-    cmp = Comparison(prepare(config, run), seeds, n_random, max_measurements, band)
+    contexts, distill_s = {}, {}
+    for seed in seeds:  # lana's distillation per seed: its initialisation and data order are random choices too
+        seeded = config.model_copy(update={"seed": seed})
+        seed_run = RunFolder(run.path / f"seed{seed}")
+        seed_run.path.mkdir(parents=True, exist_ok=True)
+        tick = time.time()
+        distill_stage(seeded, seed_run)
+        distill_s[seed] = time.time() - tick
+        contexts[seed] = prepare(seeded, seed_run)
+    timing["distill_score_latency_s"] = sum(distill_s.values()) / len(distill_s)
+    timing["distill_score_latency_s_per_seed"] = {str(seed): seconds for seed, seconds in distill_s.items()}
+    cmp = Comparison(contexts, n_random, max_measurements, band)
     timing.update(cmp.timing)
-    ctx, model_name, kwargs = cmp.ctx, config.teacher.model, config.teacher.kwargs
+    ctx, model_name = cmp.ctx, config.teacher.model
     cmp.add(ctx.teacher, method="teacher", budget=1.0, seed=None, share=1.0, search_s=0.0,
             train_s=timing.get("train_teacher_s", 0.0))
     for share in shares:
-        log.info("budget %.2f× the teacher: %s", share, ", ".join(methods))
-        if "lana" in methods and (found := cmp.lana(share)):
-            for seed in seeds:  # lana's network needs the whole distillation: it is in its training seconds
-                cmp.train_and_add("lana", share, found, seed, found.seconds, base_s=distill_s)
-        if "random" in methods:
-            for seed in seeds:
-                draws = cmp.random_draws(share, seed)
-                if not draws:
-                    cmp.rows.append({"method": "random", "budget": share, "seed": seed,
-                                     "note": f"no random draw inside the band in {n_random} searches"})
-                    continue
-                search_s = sum(d.seconds for d in draws)
-                cmp.picked[("random", share, seed)] = draws[0]
-                cmp.train_and_add("random", share, draws[0], seed, draws[0].seconds, base_s=distill_s)
-                tick = time.time()  # best of N by validation top-1 of the distilled, not yet fine-tuned, network
-                best = cmp.picked[("random-best", share, seed)] = max(draws, key=lambda d: evaluate(d.model, *cmp.val)[1])
-                cmp.train_and_add("random-best", share, best, seed, search_s + time.time() - tick, base_s=distill_s)
-        if "torch-pruning" in methods:
-            for method in ("tp-taylor", "tp-magnitude"):
-                if found := cmp.pruned(method, share):
-                    for seed in seeds:
-                        cmp.train_and_add(method, share, found, seed, found.seconds, setting=f"ratio {found.knob:.3f}")
-        if "width" in methods:
-            families = [("width", model_name, {}, 1.0)] + [(f"member:{label}", m, extra, 2.0)
-                                                            for label, m, extra in MEMBERS.get(model_name, [])]
-            for method, model, extra, widest in families:
-                if found := cmp.scaled(method, model, {**kwargs, **extra}, share, widest):
-                    for seed in seeds:
-                        cmp.train_and_add(method, share, found, seed, found.seconds, setting=f"{model} ×{found.knob:.3f}")
-    _equal_compute(cmp, shares, max_equal_epochs, distill_s)
+        saved = run.file(f"budget_{share:g}.pt")
+        if saved.is_file():  # done by a run that stopped later: its rows and networks, not redone
+            done = torch.load(saved, weights_only=False)  # our own file: whole modules (their classes vary)
+            cmp.rows += done["rows"]
+            cmp.models += done["models"]
+            log.info("budget %.2f×: %d rows reused from %s", share, len(done["rows"]), saved)
+            continue
+        first_row, first_model = len(cmp.rows), len(cmp.models)
+        _budget(cmp, share, methods, n_random, distill_s)
+        _equal_compute(cmp, share, max_equal_epochs, distill_s)
+        buffer = io.BytesIO()
+        torch.save({"rows": cmp.rows[first_row:], "models": cmp.models[first_model:]}, buffer)
+        atomic_write_bytes(saved, buffer.getvalue())
 
     # Every network timed again, interleaved with the teacher: drift since its search shows here.
     final = measure_networks(cmp.models, ctx.input_shape, config.latency,
@@ -262,16 +290,50 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
     return frame
 
 
-def _equal_compute(cmp: Comparison, shares: list[float], max_epochs: float, distill_s: float) -> None:
-    """At the middle budget, the best baseline by validation top-1, fine-tuned for as long as lana's total took.
+def _budget(cmp: Comparison, share: float, methods: tuple[str, ...], n_random: int, distill_s: dict[int, float]) -> None:
+    """Every method's networks at one budget, each seed's own (see the module docstring)."""
+    model_name, kwargs = cmp.ctx.config.teacher.model, cmp.ctx.config.teacher.kwargs
+    log.info("budget %.2f× the teacher: %s", share, ", ".join(methods))
+    for seed in cmp.seeds if "lana" in methods else []:
+        if found := cmp.lana(share, seed):  # lana's network needs its whole distillation: in its training seconds
+            cmp.train_and_add("lana", share, found, seed, found.seconds, base_s=distill_s[seed])
+    for seed in cmp.seeds if "random" in methods else []:
+        draws = cmp.random_draws(share, seed)
+        if not draws:
+            cmp.rows.append({"method": "random", "budget": share, "seed": seed,
+                             "note": f"no random draw inside the band in {n_random} searches"})
+            continue
+        search_s = sum(d.seconds for d in draws)
+        cmp.found[("random", share, seed)] = draws[0]
+        cmp.train_and_add("random", share, draws[0], seed, draws[0].seconds, base_s=distill_s[seed])
+        tick = time.time()  # best of N by validation top-1 of the distilled, not yet fine-tuned, network
+        best = cmp.found[("random-best", share, seed)] = max(draws, key=lambda d: evaluate(d.model, *cmp.val)[1])
+        cmp.train_and_add("random-best", share, best, seed, search_s + time.time() - tick, base_s=distill_s[seed])
+    for method in ("tp-taylor", "tp-magnitude") if "torch-pruning" in methods else ():
+        for seed in cmp.seeds:
+            if found := cmp.pruned(method, share, seed):
+                cmp.train_and_add(method, share, found, seed, found.seconds, setting=f"ratio {found.knob:.3f}")
+            if method == "tp-magnitude":  # no random choice in the ratio search: one search serves every seed
+                for other in cmp.seeds[1:] if found else []:
+                    cmp.found[(method, share, other)] = found
+                    cmp.train_and_add(method, share, found, other, found.seconds, setting=f"ratio {found.knob:.3f}")
+                break
+    if "width" in methods:
+        families = [("width", model_name, {}, 1.0)] + [(f"member:{label}", m, extra, 2.0)
+                                                        for label, m, extra in MEMBERS.get(model_name, [])]
+        for method, model, extra, widest in families:
+            if found := cmp.scaled(method, model, {**kwargs, **extra}, share, widest):
+                for seed in cmp.seeds:
+                    cmp.train_and_add(method, share, found, seed, found.seconds, setting=f"{model} ×{found.knob:.3f}")
+
+
+def _equal_compute(cmp: Comparison, share: float, max_epochs: float, distill_s: dict[int, float]) -> None:
+    """At ``share``, the best baseline by validation top-1, fine-tuned for as long as lana's total took.
 
     lana's total is its distillation (all of it) + its search + its fine-tune; the baseline's
     fine-tune is lengthened by the difference, at its own measured seconds per epoch, up to
     ``max_epochs`` (the row's ``train_s`` shows what it really got).
     """
-    if not shares:
-        return
-    share = sorted(shares)[len(shares) // 2]
     rows = pd.DataFrame([r for r in cmp.rows if r.get("budget") == share and "val_top1" in r])
     if rows.empty or "lana" not in set(rows["method"]) or len(set(rows["method"])) < 2:
         return
@@ -283,14 +345,12 @@ def _equal_compute(cmp: Comparison, shares: list[float], max_epochs: float, dist
     more = min(max_epochs, epochs * (1 + max(0.0, lana_total - other_total) / means.loc[best, "finetune_s"]))
     log.info("equal compute: %s at %.2f× gets %.1f fine-tune epochs (lana %.0f s, it %.0f s)", best, share, more,
              lana_total, other_total)
-    base = distill_s if best.startswith("random") else 0.0
     for seed in cmp.seeds:
-        # random-best's network differs per seed: each seed's own pick is trained longer
+        # each seed's own network (random draws, Taylor's ranking differ per seed) is trained longer
         pick = rows[(rows["method"] == best) & (rows["seed"] == seed)]
-        found = cmp.found.get((best, share))
-        if found is None:  # random rows: the draw kept for that seed
-            found = cmp.picked.get((best, share, seed))
+        found = cmp.found.get((best, share, seed))
         if found is None or pick.empty:
             continue
+        base = distill_s[seed] if best.startswith("random") else 0.0
         cmp.train_and_add(f"{best} (lana's compute)", share, found, seed, float(pick["search_s"].iloc[0]), base_s=base,
                           epochs=more, setting=f"{more:.1f} fine-tune epochs")

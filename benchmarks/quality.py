@@ -1,16 +1,19 @@
 """Quality against the alternatives: top-1 at equal measured latency, several seeds, three teachers.
 
+    python -m benchmarks.quality --teachers-only  # train (or resume, or reuse) the converged teachers; print their table
     python -m benchmarks.quality                  # CPU mode (2 cores, 1 thread per teacher): see docs/quality.md
     python -m benchmarks.quality --mode gpu       # one H100/H200: full-width teachers at 64×64
     python -m benchmarks.quality --teachers resnet --shares 0.5 --seeds 2
 
-Fashion-MNIST (Debian's ``dataset-fashion-mnist``; standard train/test split, a validation
-split carved from train). Three teacher families, adapted to one input channel and 10
-classes and trained here: timm ResNet-18-D, torchvision MobileNetV2 and timm
-EfficientNet-B0. At each budget (a share of the teacher's measured latency) every method's
-knob is searched into the same band of measured share (``benchmarks.search``), every
-network gets the same fine-tune by distillation, once per seed (``benchmarks.compare``),
-and the figures are judged by ``benchmarks.report``.
+Fashion-MNIST (Debian's ``dataset-fashion-mnist``; 55 000 train / 5 000 validation / 10 000
+test). Three teacher families, adapted to one input channel and 10 classes: timm
+ResNet-18-D, torchvision MobileNetV2 and timm EfficientNet-B0, trained once to convergence
+on the whole train split with a recorded recipe and cached by its hash
+(``benchmarks.teachers``; ``--teachers-only`` prepares them, a stopped run resumes). At
+each budget (a share of the teacher's measured latency) every method's knob is searched
+into the same band of measured share (``benchmarks.search``), every network gets the same
+fine-tune by distillation, once per seed (``benchmarks.compare``), and the figures are
+judged by ``benchmarks.report``.
 
 Writes RUN/<teacher>/quality.csv, RUN/quality.csv, and with ``--docs`` (default ``docs/``)
 ``quality.csv``, ``quality.md`` and ``quality.png``. Teachers run in parallel processes
@@ -45,7 +48,8 @@ MODES = {
         "tree": {
             # batch 64: twice the steps of 128 at about the same cost; the teachers (and the
             # family members trained with their recipe) gained 0.6–10 validation points (measured)
-            "data": {"image_size": 28, "val_size": 2000, "train_limit": 4000, "batch_size": 64},
+            # val: the teachers' 5 000 (their recipe's split); the first 500 score candidates, the other 4 500 make the choices
+            "data": {"image_size": 28, "val_size": 5000, "train_limit": 4000, "batch_size": 64},
             "ops": {"include": CPU_OPS},
             "teacher_training": {"epochs": 4},
             "distill": {"epochs": 1, "max_steps": 60, "checkpoint_every": 60, "batch_size": 128},
@@ -60,7 +64,7 @@ MODES = {
             "mobilenet": ("torchvision:mobilenet_v2", {"num_classes": 10, "in_chans": 1, "width_mult": 0.5}),
             "efficientnet": (EFFICIENTNET, {"num_classes": 10, "in_chans": 1, "width": 0.5}),
         },
-        "shares": [0.4, 0.6],
+        "shares": [0.3, 0.5, 0.7],
         "seeds": [0, 1],
         "random": 2,
         "max_measurements": 8,
@@ -74,7 +78,7 @@ MODES = {
             "data": {"image_size": 64, "val_size": 5000, "train_limit": 20000, "batch_size": 256},
             "teacher_training": {"epochs": 6},
             "distill": {"epochs": 1, "device": "auto"},
-            "score": {"val_images": 5000},
+            "score": {"val_images": 2000},  # of 5 000: the other 3 000 make the choices
             "latency": {"device": "cuda", "batch_size": 64, "time_cap_s": 0.5},
             "finetune": {"epochs": 2},
         },
@@ -86,6 +90,7 @@ MODES = {
         "shares": [0.3, 0.5, 0.7],
         "seeds": [0, 1],
         "random": 4,
+        "recipe": {"data": {"image_size": 64}},
         "max_measurements": 8,
         "max_equal_epochs": 12,
         "threads": None,
@@ -104,21 +109,55 @@ RESNET_BLOCKS = ["conv1", "maxpool"] + [f"layer{i}.{j}" for i in range(1, 5) for
 BLOCKS = {"resnet": RESNET_BLOCKS}
 
 
-def teacher_config(mode: str, key: str, out: Path, data_root: str | None, overrides: list[str]):
+def teacher_recipe(mode: str, overrides: dict | None = None) -> dict:
+    """The converged-teacher recipe of ``mode`` (``benchmarks.teachers.RECIPE`` at the mode's image size)."""
+    from benchmarks.teachers import merge_recipe
+
+    preset = MODES[mode]
+    recipe = merge_recipe(preset.get("recipe"), merge_recipe({"data": {"image_size": preset["image_size"]}}))
+    return merge_recipe(overrides, recipe)
+
+
+def prepare_teachers(mode: str, keys: list[str], recipe: dict, data_root: str | None) -> int:
+    """``--teachers-only``: every teacher trained (or resumed, or reused) in turn; their table printed."""
+    import logging
+
+    import torch
+
+    from benchmarks.teachers import cache_root, prepare_teacher, teachers_table
+
+    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("lana").setLevel(logging.INFO)
+    preset = MODES[mode]
+    if preset["threads"]:
+        torch.set_num_threads(preset["threads"])
+    rows = []
+    for key in keys:
+        model, kwargs = preset["teachers"][key]
+        rows.append((key, prepare_teacher(model, kwargs, recipe, data_root=data_root, label=key)))
+    print(f"teachers in {cache_root()} (recipe: {json.dumps(recipe)})")
+    print(teachers_table(rows))
+    return 0
+
+
+def teacher_config(mode: str, key: str, checkpoint: str, recipe: dict, data_root: str | None, overrides: list[str]):
+    """One teacher's lana config: the mode's settings, the cached ``checkpoint``, the recipe's data split."""
     from lana.config import build_config
 
     preset = MODES[mode]
     model, kwargs = preset["teachers"][key]
     tree = json.loads(json.dumps(preset["tree"]))
     tree["name"] = f"quality-{key}"
-    tree["teacher"] = {"model": model, "kwargs": kwargs, "checkpoint": str(out / key / "teacher.pt"), "blocks": BLOCKS.get(key)}
+    tree["teacher"] = {"model": model, "kwargs": kwargs, "checkpoint": checkpoint, "blocks": BLOCKS.get(key)}
+    # the teacher's own split: its validation images are never trained on; train_limit stays the mode's
+    tree["data"].update({k: v for k, v in recipe["data"].items() if k != "train_limit"})
     if data_root:
         tree["data"]["root"] = data_root
     return build_config(tree, overrides)
 
 
 def run_teacher(mode: str, key: str, out: str, data_root: str | None, overrides: list[str], shares: list[float],
-                seeds: list[int], methods: list[str], quiet: bool = False) -> pd.DataFrame:
+                seeds: list[int], methods: list[str], quiet: bool = False, recipe: dict | None = None) -> pd.DataFrame:
     """One teacher's whole comparison (run in its own process with ``--jobs``)."""
     if quiet:  # parallel teachers: one prefixed log line per step instead of interleaved progress bars
         import logging
@@ -139,14 +178,18 @@ def run_teacher(mode: str, key: str, out: str, data_root: str | None, overrides:
         torch.set_num_threads(preset["threads"])
     from benchmarks.compare import compare_teacher
     from benchmarks.search import BAND
-    from lana.stages.demo import train_teacher
+    from benchmarks.teachers import prepare_teacher
 
     out_path = Path(out)
-    config = teacher_config(mode, key, out_path, data_root, overrides)
+    recipe = recipe or teacher_recipe(mode)
+    model, kwargs = preset["teachers"][key]
+    teacher = prepare_teacher(model, kwargs, recipe, data_root=data_root, label=key)  # from the cache, trained if missing
+    config = teacher_config(mode, key, teacher["weights"], recipe, data_root, overrides)
     tick = time.time()
     frame = compare_teacher(config, out_path / key, shares, seeds, preset["random"], tuple(methods),
-                            preset["max_measurements"], preset["max_equal_epochs"], train_teacher=train_teacher,
-                            band=tuple(preset.get("band", BAND)))
+                            preset["max_measurements"], preset["max_equal_epochs"],
+                            train_teacher=lambda *_: teacher["wall_s"], band=tuple(preset.get("band", BAND)))
+    frame["recipe_hash"] = teacher["hash"][:16]
     frame["key"] = key
     frame["wall_s"] = time.time() - tick
     return frame
@@ -174,10 +217,18 @@ def markdown(frame: pd.DataFrame, meta: dict) -> str:
         f"[{band[0]:.2f}, {band[1]:.2f}]) with at "
         f"most {preset['max_measurements']} measurements; a method that does not get inside says why. Every network gets the "
         f"same {preset['tree']['finetune']['epochs']}-epoch fine-tune by distillation, once per seed ({preset['seeds']}); "
-        "width and family members are first trained from scratch with the teacher's recipe. `training s` includes lana's "
-        "(and random's) whole distillation + scoring + profiling. Every choice (best other method, headline) is made on "
-        "validation top-1; test top-1 (10 000 images) is evaluated once per network. A win needs the mean to beat the "
-        "other's by more than the larger of the two spreads (max − min over seeds); otherwise it is a tie.",
+        "width and family members are first trained from scratch by distillation for the `teacher_training` epochs. "
+        "Teachers: converged once on the whole train split with the recipe below and cached by its hash "
+        "(`benchmarks/teachers.py`). Seeds vary every random choice of every method: lana's distillation (its own run "
+        "per seed, so its table and selection), the random draws, Torch-Pruning's Taylor batches, from-scratch "
+        "initialisation and the fine-tune's data order. `training s` includes lana's (and random's) whole distillation "
+        "+ scoring + profiling. Swap-one scores use the first "
+        f"{preset['tree']['score']['val_images']} validation images; every choice (random-best, best other method, "
+        "headline) is made on validation top-1 of the other "
+        f"{preset['tree']['data']['val_size'] - preset['tree']['score']['val_images']}; test top-1 (10 000 images) is "
+        "evaluated once per network. A win needs the mean to beat the other's by more than the larger of the two spreads "
+        "(max − min over seeds); otherwise it is a tie. At every budget the best other method by validation also gets "
+        "lana's total compute as a longer fine-tune (\"(lana's compute)\" rows).",
         "",
         "Settings: " + "; ".join(f"`{section}`: " + ", ".join(f"{k}={v}" for k, v in values.items() if k != "include")
                                  for section, values in preset["tree"].items() if isinstance(values, dict) and section != "ops") + ".",
@@ -194,13 +245,16 @@ def markdown(frame: pd.DataFrame, meta: dict) -> str:
         "",
         "## Teachers",
         "",
-        "| teacher | val top-1 | test top-1 | train / distill+score+latency / teacher logits (s) |",
-        "| --- | --- | --- | --- |",
+        f"Recipe (`benchmarks/teachers.py`): {json.dumps(meta['recipe']) if meta.get('recipe') else 'not recorded'}.",
+        "",
+        "| teacher | recipe hash | choice val top-1 | test top-1 | teacher training (cached) / distill+score+latency per seed / teacher logits (s) |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for _, row in frame[frame["method"] == "teacher"].iterrows():
         t = timing.get(row["key"], {})
-        out.append(f"| {row['teacher']} | {row['val_top1']:.2f} % | {row['top1']:.2f} % | {t.get('train_teacher_s', 0):.0f} / "
-                   f"{t.get('distill_score_latency_s', 0):.0f} / {t.get('teacher_logits_s', 0):.0f} |")
+        out.append(f"| {row['teacher']} | {row.get('recipe_hash', '—')} | {row['val_top1']:.2f} % | {row['top1']:.2f} % | "
+                   f"{t.get('train_teacher_s', 0):.0f} / {t.get('distill_score_latency_s', 0):.0f} / "
+                   f"{t.get('teacher_logits_s', 0):.0f} |")
     out += ["", "## Every method at every budget", "", *markdown_table(frame)]
     misses = frame[(frame["method"] != "teacher") & frame["top1"].isna()] if "note" in frame else frame.iloc[:0]
     out += ["", "## What was tried", "",
@@ -223,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the docs from RUN/quality.csv and RUN/quality_meta.json without running anything")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override KEY=VALUE for every teacher")
+    parser.add_argument("--teachers-only", action="store_true",
+                        help="train (or resume) the converged teachers into the cache, print their table, and stop")
+    parser.add_argument("--recipe", default=None, help="teacher recipe overrides as JSON, e.g. '{\"epochs\": 2}' (a new hash)")
     args = parser.parse_args(argv)
 
     preset = MODES[args.mode]
@@ -237,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if not methods or set(methods) - set(METHODS):
         parser.error(f"--methods: unknown {sorted(set(methods) - set(METHODS)) or 'none given'}; choose from {', '.join(METHODS)}")
+    try:
+        recipe = teacher_recipe(args.mode, json.loads(args.recipe) if args.recipe else None)
+    except (ValueError, KeyError) as exc:
+        parser.error(f"--recipe: {exc}")
+    if args.teachers_only:
+        return prepare_teachers(args.mode, keys, recipe, args.data)
     jobs = args.jobs or preset["jobs"]
     out = Path(args.run)
     meta_path = out / "quality_meta.json"
@@ -249,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         tick = time.time()
         parallel = jobs > 1 and len(keys) > 1
-        jobs_args = [(args.mode, k, str(out), args.data, args.overrides, shares, seeds, methods, parallel) for k in keys]
+        jobs_args = [(args.mode, k, str(out), args.data, args.overrides, shares, seeds, methods, parallel, recipe)
+                     for k in keys]
         if parallel:
             # the heaviest teachers first, so the last one to start is a light one (the wall is the longest queue)
             order = sorted(range(len(keys)), key=lambda i: HEAVY.index(keys[i]) if keys[i] in HEAVY else -1, reverse=True)
@@ -263,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         command = "python -m benchmarks.quality " + " ".join(sys.argv[1:] if argv is None else argv)
         machine = f"{platform.node() or 'this machine'} ({platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()})"
         meta = {"command": command.strip(), "machine": machine, "seconds": time.time() - tick, "mode": args.mode,
-                "date": time.strftime("%Y-%m-%d"), "timing": {k: json.loads((out / k / "quality_timing.json").read_text()) for k in keys}}
+                "date": time.strftime("%Y-%m-%d"), "recipe": recipe, "timing": {k: json.loads((out / k / "quality_timing.json").read_text()) for k in keys}}
         meta_path.write_text(json.dumps(meta, indent=2) + "\n")
 
     from benchmarks.report import docs_csv, plot
