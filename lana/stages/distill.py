@@ -151,7 +151,8 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
             )
 
     table = merge_latency(pd.DataFrame(rows), latency)  # latency columns of every profile in latency.json
-    table["score"] = -table["val_loss_delta"] if config.score.metric == "loss" else table["acc_delta"]
+    features = read_json(run.file("teacher_val.json")).get("score_kind") == "feature_distance"  # no accuracy: -distance
+    table["score"] = -table["val_loss_delta"] if config.score.metric == "loss" or features else table["acc_delta"]
     run.save_table(table)
     write_json(run.file("distill_timing.json"), seconds)
     log.info("distill stage done: %d candidates over %d blocks (%s)", len(table), len(counts), seconds)

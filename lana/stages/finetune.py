@@ -21,14 +21,18 @@ STUDENT_WEIGHTS = "student.pt"
 
 
 def score_kind(ctx: Context) -> str:
-    """``labels``, or ``teacher_agreement`` where the data came without labels."""
+    """``labels``, or ``teacher_agreement`` where the data came without labels, or
+    ``feature_distance`` where the teacher's outputs are not logits (labels are then ignored)."""
+    if not ctx.splits.num_classes:
+        return "feature_distance"
     return "labels" if ctx.splits.labelled else "teacher_agreement"
 
 
 def split_figures(ctx: Context, models: dict[str, nn.Module], place: Placement, split: str = "val",
                   limit: int | None = None) -> dict[str, dict[str, float]]:
     """Loss, top-1 and agreement with the teacher of ``models`` over a split, streamed batch by
-    batch on ``place`` (labels where the data have them, else the teacher's logits)."""
+    batch on ``place`` (labels where the data have them, else the teacher's logits; the feature
+    distance from the teacher's outputs where they are not logits)."""
     batches = split_batches(ctx.splits, split, ctx.config.score.batch_size, pin_memory=place.pin_memory)
     return evaluate_stream(models, batches, ctx.teacher, place, limit)
 
