@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_tree
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -15,6 +16,10 @@ from lana.distill.candidates import build_all_candidates
 from lana.config import build_config
 from lana.distill.score import score_candidates
 from lana.errors import TeacherOutputError
+from lana.export.verify import export_and_verify
+from lana.run.context import prepare
+from lana.run.folder import RunFolder
+from lana.stages.finetune import score_kind
 from lana.teacher.blocks import discover_blocks, set_submodule
 from lana.teacher.outputs import feature_distance, output_structure
 
@@ -145,3 +150,26 @@ def test_an_output_that_is_not_tensors_is_one_clear_error(tmp_path):
     data = TensorDataset(_images(8, 0))
     with pytest.raises(TeacherOutputError, match="the teacher returned a str"):
         lana.accelerate(Captioned(), train=data, val=data, run_dir=tmp_path / "r", blocks=BLOCKS)
+
+
+class Unscriptable(Backbone):
+    """A forward TorchScript cannot script (attributes looked up by name): it is traced, dict and all."""
+
+    def forward(self, x):
+        fine = self.stage1(self.stem(x))
+        return {name: getattr(self, name)(fine) if name != "fine" else fine for name in ("fine", "down")}
+
+
+def test_a_traced_dict_output_reloads_as_a_dict(tmp_path, one_thread):
+    teacher, x = _teacher(Unscriptable), _images(8, 4)
+    info = export_and_verify("torchscript", teacher, tmp_path / "m.ts", x, 1e-4)
+    assert info["method"] == "trace"
+    with torch.no_grad():
+        out, want = torch.jit.load(str(tmp_path / "m.ts"))(x), teacher(x)
+    assert output_structure(out) == output_structure(want) and torch.equal(out["down"], want["down"])
+
+
+def test_a_configured_feature_teacher_is_recognised(tmp_path):
+    tree = tiny_tree(teacher={"model": "timm:resnet10t", "kwargs": {"features_only": True, "in_chans": 1}})
+    ctx = prepare(build_config(tree), RunFolder(tmp_path / "r"), writes=False)
+    assert ctx.splits.num_classes == 0 and score_kind(ctx) == "feature_distance"  # the CLI path, no logits
