@@ -151,7 +151,8 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
             )
 
     table = merge_latency(pd.DataFrame(rows), latency)  # latency columns of every profile in latency.json
-    features = read_json(run.file("teacher_val.json")).get("score_kind") == "feature_distance"  # no accuracy: -distance
+    base_file = run.file("teacher_val.json")  # feature maps have no accuracy: their score is -distance
+    features = base_file.is_file() and read_json(base_file).get("score_kind") == "feature_distance"
     table["score"] = -table["val_loss_delta"] if config.score.metric == "loss" or features else table["acc_delta"]
     run.save_table(table)
     write_json(run.file("distill_timing.json"), seconds)
