@@ -12,8 +12,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import lana
-from lana.distill.candidates import build_all_candidates
 from lana.config import build_config
+from lana.distill.candidates import build_all_candidates
 from lana.distill.score import score_candidates
 from lana.errors import TeacherOutputError
 from lana.export.verify import export_and_verify
