@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import lana
+from lana.cli.report import summary_rows
 from lana.config import build_config
 from lana.distill.candidates import build_all_candidates
 from lana.distill.score import score_candidates
@@ -102,6 +103,7 @@ def test_a_feature_map_teacher_goes_through_accelerate(tmp_path, one_thread):
     assert report["score_kind"] == "feature_distance"
     assert report["teacher_top1"] is None and report["student_top1"] is None and report["teacher_agreement"] is None
     assert 0 <= report["feature_distance"] < 1, report["feature_distance"]  # nearer the teacher than an all-zero output
+    assert summary_rows(report)[0][0] == "feature distance from the teacher (test)"  # what `lana export` prints
     table = result.table
     assert (table["score"] == -table["val_loss_delta"]).all() and (table["val_loss"] >= 0).all()
     assert (table.loc[table["candidate"] == "teacher", "score"] == 0).all()
