@@ -296,7 +296,8 @@ def _feature_group(teacher: nn.Module, block: str, modules: list[nn.Module], ima
     finally:
         set_submodule(teacher, block, original)
         for module in modules:
-            place.offload(module)
+            if module is not original:  # the teacher's own block stays where the teacher is
+                place.offload(module)
     return (totals / len(images)).tolist()
 
 
