@@ -42,6 +42,7 @@ from lana.stages.finetune import finetune_stage, load_selection, load_student
 from lana.stages.solve import solve_run
 from lana.teacher.blocks import discover_blocks
 from lana.teacher.load import PYTHON_TEACHER, load_teacher, teacher_fingerprint
+from lana.teacher.outputs import classes_of
 
 Announce = Callable[[str], None]
 
@@ -143,10 +144,10 @@ class Run:
 class Result:
     """What :func:`accelerate` returns."""
 
-    student: nn.Module  # fine-tuned, eval mode, same input and output shapes as the teacher
+    student: nn.Module  # fine-tuned, eval mode, same input and output structure and shapes as the teacher
     selection: dict[str, str]  # block name -> op name
     table: pd.DataFrame  # the candidates table
-    report: dict  # report.json: measured latencies, speed-up, accuracy where labels were given
+    report: dict  # report.json: measured latencies, speed-up, accuracy where labels were given (feature distance for feature maps)
     run: Run  # the run, for re-solving or exporting again
 
 
@@ -158,6 +159,7 @@ def _merge(tree: dict, key: str, values: dict) -> None:
 
 
 def _num_classes(teacher: nn.Module, splits: DataSplits) -> int:
+    """The teacher's classes on one real image; 0 where it returns feature maps, not logits."""
     image = take_tensors(splits.train, 1, 1, splits.batch_fn)[0]
     image = Placement(module_device(teacher)).batch(image)  # the teacher may be on any device
     try:
@@ -166,10 +168,7 @@ def _num_classes(teacher: nn.Module, splits: DataSplits) -> int:
     except Exception as exc:  # any failure of the user's forward means the data do not fit it
         raise DataError(f"the teacher cannot run on the data's images (one image of shape {tuple(image.shape[1:])}): "
                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; pass images the teacher takes") from None
-    if not isinstance(out, torch.Tensor) or out.ndim != 2:
-        found = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise DataError(f"the teacher returns {found} for one image; expected logits of shape (N, classes)")
-    return out.shape[1]
+    return classes_of(out)
 
 
 def new_run(teacher: nn.Module | str, train, val, test=None, *, run_dir: str | Path | None = None,
@@ -179,7 +178,9 @@ def new_run(teacher: nn.Module | str, train, val, test=None, *, run_dir: str | P
 
     Args:
         teacher: a trained ``nn.Module`` on any device, or a model string as in the config
-            (``timm:NAME``, ``torchvision:NAME``, ``pkg.module:factory``).
+            (``timm:NAME``, ``torchvision:NAME``, ``pkg.module:factory``), returning logits
+            ``(N, classes)`` or feature maps (a tensor, or a tuple, list or dict of tensors:
+            scored and fine-tuned by their normalised distance, labels ignored).
         train: a DataLoader (iterated as given: its sampler, collate_fn, workers, transforms
             and batch size) or a Dataset (lana's loader, ``data.batch_size`` and
             ``data.num_workers``) of images, ``(images, labels)`` or dicts.

@@ -59,10 +59,12 @@ def distill(
 def finetune(run: Path = RunOpt, overrides: Optional[list[str]] = SetOpt) -> None:
     """Fine-tune the selected student end to end (logit KL from the teacher plus label loss)."""
     result = run_finetune(RunFolder(run), overrides)
-    out.print(
-        f"validation top-1 {result['val_acc_before']:.2f} % -> {result['val_acc_after']:.2f} % "
-        f"(loss {result['val_loss_before']:.3f} -> {result['val_loss_after']:.3f}); weights in {run / 'student.pt'}"
-    )
+    if result["val_acc_after"] is None:  # a teacher of feature maps: no top-1, the distance from its outputs
+        what = f"validation feature distance {result['val_loss_before']:.4f} -> {result['val_loss_after']:.4f}"
+    else:
+        what = (f"validation top-1 {result['val_acc_before']:.2f} % -> {result['val_acc_after']:.2f} % "
+                f"(loss {result['val_loss_before']:.3f} -> {result['val_loss_after']:.3f})")
+    out.print(f"{what}; weights in {run / 'student.pt'}")
 
 
 @app.command()

@@ -23,6 +23,8 @@ def summary_rows(report: dict) -> list[tuple[str, str, str]]:
     ]
     if report.get("teacher_agreement") is not None:
         rows.insert(1, ("top-1 agreement with the teacher", "100.00 %", _pct(report["teacher_agreement"])))
+    if report.get("feature_distance") is not None:  # a teacher of feature maps: no top-1
+        rows[0] = ("feature distance from the teacher (test)", "0", f"{report['feature_distance']:.4f}")
     if report.get("budget_target_ms") is not None:
         rows.append((f"budget ({report['budget']})", "", budget_cell(report)))
     return rows

@@ -17,6 +17,16 @@ cannot work) fall back to one candidate at a time.
 
 The images scored on are disjoint from those the later choices are made on
 (:func:`split_validation`).
+
+Labels are optional: without them the target of every candidate is the teacher's own
+output, the loss is KL(teacher ‖ candidate) and the accuracy is top-1 agreement with the
+teacher (``score_kind`` ``teacher_agreement`` instead of ``labels``).
+
+A teacher whose output is not logits (feature maps: a tensor that is not ``(N, classes)``,
+or a tuple, list or dict of tensors) is scored by :func:`score_by_features`: the mean
+normalised distance of the swapped network's outputs from the teacher's
+(:func:`lana.teacher.outputs.feature_distance`), labels ignored (``score_kind``
+``feature_distance``; there is no accuracy).
 """
 from __future__ import annotations
 
@@ -35,6 +45,7 @@ from lana.distill.candidates import Candidate
 from lana.distill.swap import Prefix, replayed
 from lana.errors import DataError
 from lana.teacher.blocks import get_submodule, set_submodule
+from lana.teacher.outputs import feature_distance, flatten_outputs, is_logits
 
 log = logging.getLogger("lana")
 
@@ -114,31 +125,43 @@ def evaluate_stream(models: dict[str, nn.Module], batches: Iterable[tuple[torch.
         Per model: ``loss`` and ``acc`` (cross-entropy and top-1 against labels; without
         labels, KL and top-1 agreement with the teacher), ``agreement`` (top-1 agreement with
         the teacher, percent), and ``images``; the counts are over the whole stream, never a
-        concatenated split.
+        concatenated split. A teacher whose outputs are not logits gives ``distance`` (the
+        mean :func:`~lana.teacher.outputs.feature_distance` from its outputs), also as
+        ``loss``, and ``acc`` and ``agreement`` None.
     """
     for model in (teacher, *models.values()):
         model.eval()
     sums = {name: torch.zeros(3, dtype=torch.float64) for name in models}  # loss, hits, agreement hits
-    count = 0
+    count, features = 0, False
     for images, labels in batches:
         if limit is not None:
             images, labels = images[: limit - count], labels[: limit - count]
         if len(images) == 0:
             break
         x = place.batch(images)
-        reference = teacher(x).float()
-        labelled = bool((labels != NO_LABEL).all())
-        target = place.batch(labels) if labelled else reference
-        for name, model in models.items():
-            logits = reference if model is teacher else model(x).float()
-            per_image, hits = _loss_hits(logits, target)
-            agree = logits.argmax(-1) == reference.argmax(-1)
-            sums[name] += torch.stack([per_image.sum(), hits.sum(), agree.sum()]).double().cpu()
+        reference = teacher(x)
+        if not is_logits(reference):  # feature maps: the distance from the teacher's outputs, no top-1
+            features = True
+            for name, model in models.items():
+                if model is not teacher:
+                    sums[name][0] += feature_distance(model(x), reference).sum().double().cpu()
+        else:
+            reference = reference.float()
+            labelled = bool((labels != NO_LABEL).all())
+            target = place.batch(labels) if labelled else reference
+            for name, model in models.items():
+                logits = reference if model is teacher else model(x).float()
+                per_image, hits = _loss_hits(logits, target)
+                agree = logits.argmax(-1) == reference.argmax(-1)
+                sums[name] += torch.stack([per_image.sum(), hits.sum(), agree.sum()]).double().cpu()
         count += len(images)
         if limit is not None and count >= limit:
             break
     if count == 0:
         raise DataError("evaluation got no images; pass a non-empty split")
+    if features:
+        return {name: {"loss": s[0].item() / count, "distance": s[0].item() / count, "acc": None, "agreement": None,
+                       "images": count} for name, s in sums.items()}
     return {name: {"loss": s[0].item() / count, "acc": 100.0 * s[1].item() / count, "agreement": 100.0 * s[2].item() / count,
                    "images": count} for name, s in sums.items()}
 
@@ -293,6 +316,8 @@ def score_candidates(
         ``{"val_loss", "val_acc", "score_kind", "score_images"}``.
     """
     teacher.eval()
+    if not _gives_logits(teacher, images):
+        return score_by_features(teacher, candidates, images, batch_size, max_stack)
     kind = "labels" if labels is not None else "teacher_agreement"
     reference = teacher_targets(teacher, images, batch_size)
     targets = labels if labels is not None else reference
@@ -318,3 +343,104 @@ def score_candidates(
         bar.update(len(cands))
     bar.close()
     return results, {"val_loss": base_loss, "val_acc": base_acc, "score_kind": kind, "score_images": len(images)}
+
+
+# -- teachers whose outputs are not logits -------------------------------------------------
+@torch.no_grad()
+def _gives_logits(teacher: nn.Module, images: torch.Tensor) -> bool:
+    """Whether the teacher's output on one image is logits ``(N, classes)``."""
+    return is_logits(teacher(Placement(module_device(teacher)).batch(images[:1])))
+
+
+def _unstack(tensors: list[torch.Tensor], parts: int, n: int) -> list[list[torch.Tensor]]:
+    """Split stacked output tensors into ``parts`` outputs of ``n`` images each; a tensor of
+    ``n`` rows was computed before the swapped block, so it is the same for every part."""
+    split = []
+    for tensor in tensors:
+        if tensor.shape[0] == parts * n:
+            split.append(tensor.unflatten(0, (parts, n)))
+        elif tensor.shape[0] == n:
+            split.append(tensor.unsqueeze(0).expand(parts, *tensor.shape))
+        else:
+            raise RuntimeError("stacked outputs did not reach the outputs")
+    return [[tensor[part] for tensor in split] for part in range(parts)]
+
+
+@torch.no_grad()
+def _feature_group(teacher: nn.Module, block: str, modules: list[nn.Module], images: torch.Tensor, batch_size: int,
+                   stacked: bool) -> list[float]:
+    """Mean feature distance from the teacher's outputs of each module swapped into ``block``.
+
+    Stacked, the original block runs first in the stack, so its outputs (the reference) come
+    from the same pass as the candidates'; otherwise each batch runs once with the original
+    block and once per module.
+    """
+    original = get_submodule(teacher, block)
+    place = Placement(module_device(teacher))
+    for module in modules:
+        place.model(module)
+    totals = torch.zeros(len(modules), dtype=torch.float64)
+    try:
+        if stacked:
+            set_submodule(teacher, block, _Stacked([original, *modules]).eval())
+        for start in range(0, len(images), batch_size):
+            x = place.batch(images[start : start + batch_size])
+            if stacked:
+                reference, *swapped = _unstack(flatten_outputs(teacher(x)), len(modules) + 1, len(x))
+            else:
+                set_submodule(teacher, block, original)
+                reference, swapped = flatten_outputs(teacher(x)), []
+                for module in modules:
+                    set_submodule(teacher, block, module)
+                    swapped.append(flatten_outputs(teacher(x)))
+            for index, outputs in enumerate(swapped):
+                totals[index] += feature_distance(outputs, reference).sum().double().cpu()
+    finally:
+        set_submodule(teacher, block, original)
+        for module in modules:
+            if module is not original:  # the teacher's own block stays where the teacher is
+                place.offload(module)
+    return (totals / len(images)).tolist()
+
+
+def score_by_features(teacher: nn.Module, candidates: dict[str, dict[str, Candidate]], images: torch.Tensor,
+                      batch_size: int = 500, max_stack: int = 4096) -> tuple[dict[tuple[str, str], dict], dict]:
+    """Swap-one scores of a teacher whose outputs are feature maps, not logits.
+
+    Each candidate's ``val_loss`` is the mean normalised distance of the swapped network's
+    outputs from the teacher's (:func:`lana.teacher.outputs.feature_distance`); the teacher
+    scores 0, so ``val_loss_delta`` is that distance, and the score is its negative. There is
+    no accuracy (``val_acc`` and ``acc_delta`` are NaN).
+
+    Args:
+        teacher, candidates, images, batch_size, max_stack: as :func:`score_candidates`.
+
+    Returns:
+        As :func:`score_candidates`, with the teacher's ``score_kind`` ``feature_distance``.
+    """
+    teacher.eval()
+    results: dict[tuple[str, str], dict] = {}
+    bar = tqdm(total=sum(len(c) for c in candidates.values()), desc="score", unit="cand", dynamic_ncols=True)
+    stackable = True
+    group_size = max(1, max_stack // batch_size - 1)  # the original block rides in the stack too
+    for block, cands in candidates.items():
+        names = list(cands)
+        for first in range(0, len(names), group_size):
+            group = names[first : first + group_size]
+            modules = [cands[n].module.eval() for n in group]
+            distances = None
+            if stackable:
+                try:
+                    distances = _feature_group(teacher, block, modules, images, batch_size, stacked=True)
+                except RuntimeError as exc:
+                    log.info("score: stacking candidates failed (%s); scoring one at a time", exc)
+                    stackable = False
+            if distances is None:
+                distances = _feature_group(teacher, block, modules, images, batch_size, stacked=False)
+            for name, distance in zip(group, distances):
+                distance = 0.0 if name == "teacher" else distance  # keeping the block changes nothing
+                results[(block, name)] = {"kl": float("nan"), "val_loss": distance, "val_acc": float("nan"),
+                                          "val_loss_delta": distance, "acc_delta": float("nan")}
+            bar.update(len(group))
+    bar.close()
+    return results, {"val_loss": 0.0, "val_acc": None, "score_kind": "feature_distance", "score_images": len(images)}

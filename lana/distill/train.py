@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from lana.config import FinetuneConfig
 from lana.data import NO_LABEL, BatchFn, DataSplits, epoch_steps, is_loader, iterate, make_loader, to_pair
 from lana.device import Placement, module_device
+from lana.teacher.outputs import feature_distance, is_logits
 
 log = logging.getLogger("lana")
 
@@ -122,6 +123,8 @@ def distillation_loss(teacher: nn.Module, temperature: float, alpha: float) -> L
 
     The teacher runs on each batch unless the batch brings its logits (:class:`TeacherLogits`).
     A batch without labels (``NO_LABEL``) learns from the teacher's logits alone: T² · KL.
+    A teacher whose output is not logits (feature maps, or a tuple, list or dict of tensors)
+    is matched by :func:`feature_loss` instead; labels are ignored.
     """
     teacher.eval()
 
@@ -130,6 +133,8 @@ def distillation_loss(teacher: nn.Module, temperature: float, alpha: float) -> L
         if teacher_logits is None:
             with torch.no_grad():
                 teacher_logits = teacher(images)
+        if not is_logits(teacher_logits):
+            return feature_loss(student(images), teacher_logits)
         target = F.log_softmax(teacher_logits.float() / temperature, dim=1)
         logits = student(images).float()
         kl = F.kl_div(F.log_softmax(logits / temperature, dim=1), target, log_target=True, reduction="batchmean")
@@ -138,6 +143,12 @@ def distillation_loss(teacher: nn.Module, temperature: float, alpha: float) -> L
         return alpha * temperature**2 * kl + (1 - alpha) * F.cross_entropy(logits, labels)
 
     return loss_fn
+
+
+def feature_loss(student_outputs, teacher_outputs) -> torch.Tensor:
+    """The batch mean of :func:`lana.teacher.outputs.feature_distance`: the loss that fine-tunes a
+    student of a teacher whose outputs are feature maps (each output tensor weighs alike)."""
+    return feature_distance(student_outputs, teacher_outputs).mean()
 
 
 def distil_into(
@@ -183,7 +194,8 @@ def distil_into(
                "the train split may augment at random or is iterated as given" if not splits.deterministic else "")
         if not why:
             targets = TeacherLogits.if_it_fits(teacher, splits, batch_size, place)
-            why = "" if targets is not None else "they would not fit in memory"
+            why = "" if targets is not None else ("the teacher's outputs are feature maps, not logits" if not splits.num_classes
+                                                   else "they would not fit in memory")
         log.info("%s: teacher logits %s", desc, f"computed beside the student every step ({why})" if why
                  else "cached once (the train split is deterministic)")
     return fit(student, splits, distillation_loss(teacher, cfg.temperature, cfg.alpha), epochs,
@@ -227,8 +239,9 @@ class TeacherLogits(Dataset):
     @classmethod
     def if_it_fits(cls, teacher: nn.Module, splits: DataSplits, batch_size: int,
                    place: Placement | None = None) -> TeacherLogits | None:
-        """The logits over ``splits.train``, or None (the teacher runs per step) when they would not fit
-        or the train split is a DataLoader (iterated as given, it cannot be indexed)."""
-        if is_loader(splits.train) or not cls.fits(splits.train, splits.num_classes):
+        """The logits over ``splits.train``, or None (the teacher runs per step) when they would not fit,
+        the train split is a DataLoader (iterated as given, it cannot be indexed) or the teacher's
+        outputs are not logits (``splits.num_classes`` 0: feature maps are not cached)."""
+        if is_loader(splits.train) or not splits.num_classes or not cls.fits(splits.train, splits.num_classes):
             return None
         return cls(teacher, splits.train, batch_size, batch_fn=splits.batch_fn, place=place, num_workers=splits.num_workers)

@@ -101,7 +101,8 @@ def save(model: nn.Module, path: Path, example: torch.Tensor) -> dict:
 
 
 class OrtModule:
-    """An ONNX Runtime CPU session called like a module: tensor in, tensor out."""
+    """An ONNX Runtime CPU session called like a module: tensor in, tensor out (a list of
+    tensors, in the model's flattened output order, where it has several outputs)."""
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         import onnxruntime
@@ -112,9 +113,10 @@ class OrtModule:
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         feed = {self.input_name: x.detach().cpu().float().contiguous().numpy()}
-        return torch.from_numpy(self.session.run(None, feed)[0])
+        outputs = [torch.from_numpy(array) for array in self.session.run(None, feed)]
+        return outputs[0] if len(outputs) == 1 else outputs
 
 
 def load(path: Path, threads: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -45,7 +45,8 @@ def to_torchscript(model: nn.Module, example: torch.Tensor) -> tuple[torch.jit.S
         log.info("export: scripting failed (%s); tracing instead", str(exc).splitlines()[0])
         try:
             with torch.no_grad():
-                return torch.jit.trace(model, batch_example(example)), "trace"
+                # strict=False: a list or dict output (feature maps) is traced as such, not refused
+                return torch.jit.trace(model, batch_example(example), strict=False), "trace"
         except Exception as trace_exc:  # noqa: BLE001 -- both front-ends refused: one line for the user
             first = str(trace_exc).strip().splitlines()[0] if str(trace_exc).strip() else ""
             raise ExportError(f"TorchScript can neither script nor trace {type(model).__name__} "

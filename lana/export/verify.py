@@ -25,6 +25,7 @@ from torch import nn
 
 import op_zoo
 from lana.errors import ConfigError, ExportError
+from lana.teacher.outputs import flatten_outputs
 
 log = logging.getLogger("lana")
 
@@ -127,16 +128,21 @@ def atomic_path(path: Path) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _outputs(fn: Callable, images: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+def _outputs(fn: Callable, images: torch.Tensor, chunk: int = 256) -> list[torch.Tensor]:
+    """The output tensors of ``fn`` over ``images`` (flattened: a tuple, list or dict output gives several)."""
     with torch.no_grad():
-        return torch.cat([torch.as_tensor(fn(images[i : i + chunk])) for i in range(0, len(images), chunk)])
+        parts = [flatten_outputs(fn(images[i : i + chunk])) for i in range(0, len(images), chunk)]
+    return [torch.cat([torch.as_tensor(t).cpu() for t in tensors]) for tensors in zip(*parts)]
 
 
 def check_artifact(loaded: Callable, model: nn.Module, images: torch.Tensor, atol: float) -> float:
     """Compare a reloaded artefact with the eager model at two batch sizes.
 
+    Outputs of any structure (a tensor, or a tuple, list or dict of tensors) are compared
+    tensor by tensor, in flattened order.
+
     Args:
-        loaded: the reloaded artefact, called on a tensor and returning a tensor.
+        loaded: the reloaded artefact, called on a tensor.
         model: the eager model (unfused; it is put in eval mode).
         images: real inputs; batch 1 and the whole set (at least 2 rows) are compared.
         atol: largest tolerated absolute difference.
@@ -147,11 +153,15 @@ def check_artifact(loaded: Callable, model: nn.Module, images: torch.Tensor, ato
     model = model.eval()
     diff = 0.0
     for batch in (images[:1], batch_example(images)):
-        got, want = _outputs(loaded, batch).cpu(), _outputs(model, batch).cpu()
-        if got.shape != want.shape:
-            raise ExportError(f"the exported model returns shape {tuple(got.shape)} for a batch of {len(batch)}, "
-                              f"expected {tuple(want.shape)}; its batch dimension is not dynamic")
-        diff = max(diff, (got.float() - want.float()).abs().max().item())
+        got, want = _outputs(loaded, batch), _outputs(model, batch)
+        if len(got) != len(want):
+            raise ExportError(f"the exported model returns {len(got)} output tensors, the eager model {len(want)}")
+        for index, (g, w) in enumerate(zip(got, want)):
+            if g.shape != w.shape:
+                which = f"output tensor {index}" if len(want) > 1 else "the exported model"
+                raise ExportError(f"{which} has shape {tuple(g.shape)} for a batch of {len(batch)}, "
+                                  f"expected {tuple(w.shape)}; its batch dimension is not dynamic")
+            diff = max(diff, (g.float() - w.float()).abs().max().item())
     if not diff <= atol:  # also catches NaN
         raise ExportError(f"the exported model differs from eager by {diff:.2e} > atol {atol:.0e}; report this op set")
     return diff

@@ -99,7 +99,8 @@ class OrtCallable:
         x = x.float().contiguous()  # the graph is exported in fp32
         binding = self.session.io_binding()
         binding.bind_input("input", "cuda", self.device.index or 0, np.float32, tuple(x.shape), x.data_ptr())
-        binding.bind_output("output", "cuda", self.device.index or 0)
+        for output in self.session.get_outputs():  # every output: a backbone's feature maps are several
+            binding.bind_output(output.name, "cuda", self.device.index or 0)
         self.session.run_with_iobinding(binding)
         return binding
 

@@ -13,6 +13,7 @@ from lana.device import move_to
 from lana.run.folder import RunFolder, setup_logging
 from lana.teacher.blocks import discover_blocks
 from lana.teacher.load import load_teacher, teacher_fingerprint
+from lana.teacher.outputs import classes_of
 from op_zoo._spec import BlockSpec
 
 log = logging.getLogger("lana")
@@ -60,6 +61,8 @@ def prepare(config: LanaConfig, run: RunFolder, writes: bool = True, teacher: nn
         teacher = load_teacher(config.teacher.model, config.teacher.checkpoint, config.teacher.kwargs)
     move_to(teacher, "cpu").eval()  # the teacher rests on the CPU; each stage moves it to the compute device for its work
     specs = discover_blocks(teacher, (1, *splits.input_shape), config.teacher.blocks)
+    with torch.no_grad():  # 0 where the teacher gives feature maps: scores and fine-tuning then use feature distance
+        splits.num_classes = classes_of(teacher(torch.zeros(1, *splits.input_shape)))
     if writes:
         run.check_fingerprint(teacher_fingerprint(teacher), config)
     return Context(config, run, splits, teacher, specs)

@@ -16,7 +16,7 @@ import torch
 
 from lana.device import Placement, module_device, move_to
 from lana.distill.candidates import assemble_student
-from lana.distill.score import choice_tensors, output_figures, teacher_targets
+from lana.distill.score import choice_tensors, evaluate_stream, output_figures, teacher_targets
 from lana.run.context import Context
 from lana.selection import write_json_atomic
 from lana.stages.solve import load_run, solve_run
@@ -27,17 +27,24 @@ log = logging.getLogger("lana")
 @torch.no_grad()
 def measure_selections(ctx: Context, alternatives: list[dict]) -> list[dict]:
     """KL from the teacher's outputs, loss and top-1 of each selection's assembled student
-    on the choice images (``choice_kl``, ``choice_loss``, ``choice_acc``)."""
+    on the choice images (``choice_kl``, ``choice_loss``, ``choice_acc``); for a teacher whose
+    outputs are feature maps, the feature distance (as ``choice_kl`` and ``choice_loss``)."""
     images, labels = choice_tensors(ctx.splits, ctx.config.score)
     place = Placement.for_config(ctx.config)  # on the compute device; the teacher goes back where it was
     home = module_device(ctx.teacher)
     try:
-        reference = teacher_targets(place.model(ctx.teacher), images)
+        place.model(ctx.teacher)
+        features = ctx.splits.num_classes == 0
+        reference = None if features else teacher_targets(ctx.teacher, images)
         targets = labels if ctx.splits.labelled else reference
         figures = []
         for record in alternatives:
             student = place.model(assemble_student(ctx.teacher, ctx.specs, record["choice"], ctx.run.weights_dir).eval())
-            measured = output_figures(teacher_targets(student, images), reference, targets)
+            if features:
+                distance = evaluate_stream({"student": student}, [(images, labels)], ctx.teacher, place)["student"]["distance"]
+                measured = {"kl": distance, "loss": distance, "acc": None}
+            else:
+                measured = output_figures(teacher_targets(student, images), reference, targets)
             figures.append({f"choice_{k}": v for k, v in measured.items()} | {"choice_images": len(images)})
     finally:
         move_to(ctx.teacher, home)
@@ -71,7 +78,8 @@ def solve_and_choose(ctx: Context, budget: str | None, solver: str | None = None
     figures = measure_selections(ctx, alternatives) if len(alternatives) > 1 else [{}]
     for alternative, measured in zip(alternatives, figures):
         alternative.update(measured)
-    kept = best_of(figures, ctx.config.score.metric) if len(alternatives) > 1 else 0
+    metric = "kl" if ctx.splits.num_classes == 0 else ctx.config.score.metric  # feature maps: the distance
+    kept = best_of(figures, metric) if len(alternatives) > 1 else 0
     chosen = {**alternatives[kept], "kept": kept, "top_k": alternatives}
     if kept:
         log.info("solve: the solver's selection %d of %d keeps the teacher's outputs best on %d held-out images",

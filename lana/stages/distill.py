@@ -153,7 +153,9 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
             )
 
     table = merge_latency(pd.DataFrame(rows), latency)  # latency columns of every profile in latency.json
-    table["score"] = score_column(table, config.score.metric)
+    base_file = run.file("teacher_val.json")  # feature maps have no KL or accuracy: their score is -distance
+    features = base_file.is_file() and read_json(base_file).get("score_kind") == "feature_distance"
+    table["score"] = -table["val_loss_delta"] if features else score_column(table, config.score.metric)
     run.save_table(table)
     write_json(run.file("distill_timing.json"), seconds)
     log.info("distill stage done: %d candidates over %d blocks (%s)", len(table), len(counts), seconds)

@@ -223,10 +223,11 @@ def export_stage(ctx: Context, selection: dict, finetuned: bool = True, out: Pat
     place.model(ctx.teacher).eval()
     figures = split_figures(ctx, {"teacher": ctx.teacher, "student": student}, place, "test", cfg.data.test_limit)
     agreement = figures["student"]["agreement"]
-    if ctx.splits.labelled:
+    distance = figures["student"].get("distance")  # feature maps: the distance from the teacher's, no top-1
+    if ctx.splits.labelled and distance is None:
         teacher_loss, teacher_acc = figures["teacher"]["loss"], figures["teacher"]["acc"]
         student_loss, student_acc = figures["student"]["loss"], figures["student"]["acc"]
-    else:  # no labels: no accuracy to quote, only agreement with the teacher
+    else:  # no labels (or no logits): no accuracy to quote, only agreement with (or distance from) the teacher
         teacher_loss = teacher_acc = student_loss = student_acc = None
     # Artefacts are written and checked on the CPU in float32: the reload check reads only
     # export.check_images test images.
@@ -263,6 +264,7 @@ def export_stage(ctx: Context, selection: dict, finetuned: bool = True, out: Pat
         "student_top1": student_acc,
         "top1_drop": None if teacher_acc is None else teacher_acc - student_acc,
         "teacher_agreement": agreement,  # student's top-1 agreement with the teacher, percent
+        "feature_distance": distance,  # feature maps: student's mean normalised distance from the teacher's outputs
         "score_kind": score_kind(ctx),
         "teacher_test_loss": teacher_loss,
         "student_test_loss": student_loss,

@@ -21,7 +21,10 @@ STUDENT_WEIGHTS = "student.pt"
 
 
 def score_kind(ctx: Context) -> str:
-    """``labels``, or ``teacher_agreement`` where the data came without labels."""
+    """``labels``, or ``teacher_agreement`` where the data came without labels, or
+    ``feature_distance`` where the teacher's outputs are not logits (labels are then ignored)."""
+    if not ctx.splits.num_classes:
+        return "feature_distance"
     return "labels" if ctx.splits.labelled else "teacher_agreement"
 
 
@@ -29,7 +32,8 @@ def split_figures(ctx: Context, models: dict[str, nn.Module], place: Placement, 
                   limit: int | None = None, data=None) -> dict[str, dict[str, float]]:
     """Loss, top-1 and agreement with the teacher of ``models`` over a split (or ``data``, a
     part of one), streamed batch by batch on ``place`` (labels where the data have them, else
-    the teacher's logits)."""
+    the teacher's logits; the feature distance from the teacher's outputs where they are not
+    logits)."""
     data = getattr(ctx.splits, split) if data is None else data
     batches = iterate(data, ctx.config.score.batch_size, batch_fn=ctx.splits.batch_fn, num_workers=ctx.splits.num_workers,
                       pin_memory=place.pin_memory, name=split)

@@ -97,6 +97,24 @@ def is_logits(output: Any) -> bool:
     return isinstance(output, torch.Tensor) and output.dim() == 2
 
 
+def classes_of(output: Any) -> int:
+    """The number of classes of a teacher's output: its width for logits, 0 for anything else.
+
+    Args:
+        output: the teacher's output on a batch.
+
+    Returns:
+        ``output.shape[1]`` for logits ``(N, classes)``; 0 for feature maps (a tensor of
+        another rank, or a tuple, list or dict of tensors), which lana scores and fine-tunes
+        by :func:`feature_distance`.
+
+    Raises:
+        TeacherOutputError: the output holds something other than tensors.
+    """
+    flatten_outputs(output)  # anything but tensors is said here, in one line
+    return output.shape[1] if is_logits(output) else 0
+
+
 def check_same_structure(student: Any, teacher: Any) -> None:
     """Raise unless the student's output has the teacher's structure and tensor shapes.
 
