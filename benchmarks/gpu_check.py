@@ -48,7 +48,7 @@ def run_config(args) -> dict:
         "score": {"val_images": args.val, "batch_size": args.batch},
         "latency": {"batch_size": args.latency_batch, "dtype": args.dtype, "warmup": 2, "repeats": args.repeats,
                     "max_repeats": 2 * args.repeats, "time_cap_s": 0.05 if args.smoke else 0.5, "context_rounds": 1},
-        "finetune": {"epochs": 0.25 if args.smoke else 1.0},
+        "finetune": {"epochs": 0.25 if args.smoke else 1.0, **({"min_steps": 0} if args.smoke else {})},
         "export": {"formats": ["torchscript"], "check_images": 4 if args.smoke else 64},
     }
 
