@@ -109,6 +109,24 @@ def test_scoring_and_choice_images_are_disjoint():
         split_validation(torch.utils.data.Subset(data, [0]), ScoreConfig())
 
 
+def test_a_users_dataloader_is_split_into_disjoint_windows_of_its_stream():
+    """A DataLoader cannot be indexed: its fixed-order stream is cut into the scoring part and
+    the choice part, read with its own sampler and batch size."""
+    from lana.data import DataSplits, num_images
+    from lana.distill.score import validation_tensors
+
+    images = torch.arange(20.0).view(20, 1, 1, 1)
+    data = torch.utils.data.TensorDataset(images, torch.zeros(20, dtype=torch.long))
+    loader = torch.utils.data.DataLoader(data, batch_size=3, sampler=list(range(4, 16)))  # 12 images, in order
+    assert num_images(loader) == 12
+    splits = DataSplits(train=loader, val=loader, test=loader, num_classes=10, channels=1, image_size=(1, 1), source="python")
+    cfg = ScoreConfig(holdout=0.25, batch_size=5)
+    scored, _ = validation_tensors(splits, cfg, 0)
+    chosen, _ = validation_tensors(splits, cfg, 1)
+    assert scored.flatten().tolist() == [float(i) for i in range(4, 13)]
+    assert chosen.flatten().tolist() == [13.0, 14.0, 15.0]
+
+
 def test_finetune_has_a_floor_of_steps_on_small_data():
     from lana.config import FinetuneConfig
     from lana.stages.finetune import finetune_epochs

@@ -21,7 +21,6 @@ from lana.data.loaders import (
     load_batch_fn,
     make_loader,
     num_images,
-    split_batches,
     take_tensors,
     to_pair,
     user_splits,
@@ -31,5 +30,5 @@ from lana.data.loaders import (
 __all__ = [
     "FASHION_FILES", "NO_LABEL", "BatchFn", "DataSplits", "as_labels", "batch_fn_name", "batches_per_epoch",
     "default_batch_fn", "deterministic_train", "epoch_steps", "fashion_mnist_available", "is_loader", "iterate", "load_batch_fn",
-    "load_data", "make_loader", "num_images", "read_idx", "split_batches", "take_tensors", "to_pair", "user_splits", "window",
+    "load_data", "make_loader", "num_images", "read_idx", "take_tensors", "to_pair", "user_splits", "window",
 ]

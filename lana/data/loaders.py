@@ -236,13 +236,6 @@ def take_tensors(data, limit: int | None = None, batch_size: int = 512, batch_fn
     return torch.cat(xs), torch.cat(ys)
 
 
-def split_batches(splits: DataSplits, which: str, batch_size: int, shuffle: bool = False, seed: int = 0,
-                  pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """:func:`iterate` over ``splits.<which>`` with the splits' ``batch_fn`` and workers."""
-    return iterate(getattr(splits, which), batch_size, batch_fn=splits.batch_fn, shuffle=shuffle, seed=seed,
-                   num_workers=splits.num_workers, pin_memory=pin_memory, name=which)
-
-
 # -- deterministic or not: may the teacher's logits be cached? --------------------------
 TRANSFORM_ATTRS = ("transform", "transforms", "target_transform")
 
