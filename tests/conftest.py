@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from torch import nn
 
 from lana.config import LanaConfig, build_config
 
@@ -16,6 +17,18 @@ def pytest_configure(config):
     if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # and the lana processes tests start
+
+
+class ResidualUnit(nn.Module):
+    """A residual unit of the tests' own (no timm/torchvision class name lana knows)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                                  nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width))
+
+    def forward(self, x):
+        return torch.relu(x + self.body(x))
 
 
 TINY_OPS = ["identity", "conv_k1", "conv_k3", "mbconv_k3_e1", "mbconv_k3_e3_se", "fused_mbconv_k3_e1", "pruned_keep50", "lowrank_r50"]

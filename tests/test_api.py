@@ -8,6 +8,7 @@ import time
 import pandas as pd
 import pytest
 import torch
+from conftest import ResidualUnit as Unit
 from conftest import run_main, tiny_tree
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -16,18 +17,6 @@ import lana
 from lana.config import build_config
 from lana.data import load_data
 from lana.teacher.load import load_teacher
-
-
-class Unit(nn.Module):
-    """A residual unit of this test's own (no timm/torchvision class name lana knows)."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-                                  nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width))
-
-    def forward(self, x):
-        return torch.relu(x + self.body(x))
 
 
 class Net(nn.Module):

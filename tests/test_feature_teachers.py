@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import ResidualUnit as Unit
 from conftest import tiny_tree
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -23,16 +24,6 @@ from lana.run.folder import RunFolder
 from lana.stages.finetune import score_kind
 from lana.teacher.blocks import discover_blocks, set_submodule
 from lana.teacher.outputs import feature_distance, output_structure
-
-
-class Unit(nn.Module):
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-                                  nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width))
-
-    def forward(self, x):
-        return torch.relu(x + self.body(x))
 
 
 class Backbone(nn.Module):

@@ -101,7 +101,7 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
 
     score_file = run.file("scores.json")
     tick = time.time()
-    if force or not score_file.is_file() or "kl" not in read_json(score_file)[0]:  # tables before the KL score: rescored
+    if force or not score_file.is_file() or any("kl" not in row for row in read_json(score_file)[:1]):  # tables before the KL score: rescored
         # the scoring part of the val split (disjoint from the choice images), read batch by batch, scored on the compute device
         images, labels = validation_tensors(ctx.splits, config.score, 0)
         labels = labels if ctx.splits.labelled else None  # scores by agreement with the teacher
