@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from lana.errors import (
     BudgetError,
@@ -20,6 +19,7 @@ from lana.errors import (
     InfeasibleError,
     TableError,
 )
+from lana.lazy import lazy_import
 from lana.names import LATENCY, TEACHER_OP
 from lana.run.folder import atomic_write_bytes, atomic_write_text
 from solvers import (
@@ -32,6 +32,8 @@ from solvers import (
     sweep_budgets,
     top_k_selections,
 )
+
+pd = lazy_import("pandas")  # loaded when a table is first used: `lana solve --help` never pays for it
 
 _NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 _BUDGET = re.compile(rf"^\s*{_NUMBER}\s*(ms|us|µs|s|%)?\s*$", re.IGNORECASE)

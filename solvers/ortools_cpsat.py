@@ -15,12 +15,10 @@ import os
 
 import numpy as np
 
+from lana.lazy import lazy_import
 from solvers.base import FEASIBLE, INFEASIBLE, NOT_SOLVED, OPTIMAL, Backend, RawResult, mip_constraints, register_backend
 
-try:
-    from ortools.sat.python import cp_model
-except ImportError:  # the error is raised only when this back-end is used
-    cp_model = None
+cp_model = lazy_import("ortools.sat.python.cp_model")  # loaded when used; None if ortools is missing
 
 _BITS = 40
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from lana.lazy import lazy_import
 from solvers.base import FEASIBLE, INFEASIBLE, NOT_SOLVED, OPTIMAL, Backend, RawResult, mip_constraints, register_backend
 
-try:
-    from ortools.linear_solver import pywraplp
-except ImportError:  # the error is raised only when this back-end is used
-    pywraplp = None
+pywraplp = lazy_import("ortools.linear_solver.pywraplp")  # loaded when used; None if ortools is missing
 
 
 class ScipBackend(Backend):

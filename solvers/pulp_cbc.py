@@ -9,12 +9,10 @@ import tempfile
 
 import numpy as np
 
+from lana.lazy import lazy_import
 from solvers.base import FEASIBLE, INFEASIBLE, NOT_SOLVED, OPTIMAL, Backend, RawResult, mip_constraints, register_backend
 
-try:
-    import pulp
-except ImportError:  # the error is raised only when this back-end is used
-    pulp = None
+pulp = lazy_import("pulp")  # loaded when used; None if PuLP is missing (said only when this back-end is used)
 
 _BEST_POSSIBLE = re.compile(r"best possible (-?[0-9.]+(?:e[-+]?\d+)?)")
 

@@ -51,3 +51,22 @@ def test_group_help_lists_every_command_with_its_summary():
     for name in COMMANDS:
         assert name in output
         assert helps[name] and helps[name][:30] in output
+
+
+def test_solve_help_loads_neither_pandas_nor_a_solver_library():
+    """`lana solve --help` binds pandas, OR-Tools and PuLP lazily: none of their code runs."""
+    code = SCRIPT.format(runs=repr((("solve", "--help"),)), heavy=("pandas.core", "ortools.sat.python.cp_model_helper", "pulp.pulp"))
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--budget" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "HEAVY []"
+
+
+def test_lazy_import_of_a_missing_module_is_none_and_a_used_one_works():
+    """A back-end whose package is absent says so (None); a present one loads on first use."""
+    from lana.lazy import lazy_import
+
+    assert lazy_import("no_such_package_lana") is None
+    assert lazy_import("no_such_package_lana.sub") is None
+    json_mod = lazy_import("json")
+    assert json_mod.dumps([1]) == "[1]"

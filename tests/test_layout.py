@@ -16,7 +16,7 @@ LAYERS = [
     ("lana.stages", "lana.api"),
     ("lana.distill", "lana.latency", "lana.export", "lana.selection", "op_zoo", "solvers"),
     ("lana.run", "lana.teacher", "lana.data", "lana.device", "lana.config"),
-    ("lana.errors", "lana.names", "op_zoo._spec"),
+    ("lana.errors", "lana.names", "lana.lazy", "op_zoo._spec"),
 ]
 
 

@@ -6,12 +6,12 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import pandas as pd
 import typer
 from rich.table import Table
 
 from lana.cli.report import console
 from lana.errors import ConfigError
+from lana.lazy import lazy_import
 from lana.names import DEFAULT_SOLVER, LATENCY, TEACHER_OP
 from lana.selection import (
     SolveInputs,
@@ -22,6 +22,8 @@ from lana.selection import (
     write_json_atomic,
 )
 from lana.stages.solve import load_run, solve_run
+
+pd = lazy_import("pandas")  # loaded when a table is first used: `lana solve --help` never pays for it
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 

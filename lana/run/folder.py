@@ -16,10 +16,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from lana.config import LanaConfig, dump_config, load_config, map_paths
 from lana.errors import CheckpointError, RunFolderError, TableError
+from lana.lazy import lazy_import
+
+pd = lazy_import("pandas")  # loaded when a table is read or written
 
 TABLE = "candidates"
 REQUIRED_COLUMNS = ("block", "candidate", "family", "params", "macs")
