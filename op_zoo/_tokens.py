@@ -3,7 +3,9 @@ and the small modules that stand in for attention.
 
 A token block is recognised by its parts, not its class: an attention submodule named
 ``attn`` in timm's form (a fused ``qkv`` linear, a ``proj`` linear, ``num_heads``; ViT,
-DeiT, Swin's window attention) and an MLP submodule (``mlp`` or ``mlp_channels``) that
+DeiT, Swin's window attention) or torchvision's ``self_attention`` (an
+``nn.MultiheadAttention`` called as self-attention: its candidates hold it as
+:class:`SelfAttention`, the same weights in timm's form), and an MLP submodule (``mlp`` or ``mlp_channels``) that
 holds exactly two linear layers (timm's ``Mlp``, torchvision's ``MLPBlock``). Candidates
 are copies of the teacher block with one part replaced, so the block's own forward (class
 and distillation tokens, Swin's windows and shifts, layer scale) keeps working.
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +58,44 @@ def find_attention(block: nn.Module | None) -> nn.Module | None:
     if table is not None and table.shape[-1] != heads:
         return None
     return attn
+
+
+# where a block keeps its attention, and the norms that feed only attention / only the MLP
+_NORMS = {"attn": ("norm1", "norm2"), "self_attention": ("ln_1", "ln_2")}
+
+
+def attention_path(block: nn.Module | None) -> str | None:
+    """The name of the block's recognised attention: ``attn`` (timm's form, see
+    :func:`find_attention`), ``self_attention`` (torchvision's ``nn.MultiheadAttention`` with
+    ``batch_first``, one embedding size for q/k/v and no extra key/value biases), or None."""
+    if find_attention(block) is not None:
+        return "attn"
+    mha = getattr(block, "self_attention", None)
+    if (isinstance(mha, nn.MultiheadAttention) and mha.batch_first and mha._qkv_same_embed_dim
+            and mha.in_proj_weight is not None and mha.bias_k is None and not mha.add_zero_attn):
+        return "self_attention"
+    return None
+
+
+def take_attention(block: nn.Module, path: str) -> nn.Module:
+    """The attention of ``block`` (a candidate's own copy) in timm's form; torchvision's
+    ``nn.MultiheadAttention`` is replaced in place by the equivalent :class:`SelfAttention`."""
+    attn = getattr(block, path)
+    if isinstance(attn, nn.MultiheadAttention):
+        attn = SelfAttention.from_mha(attn)
+        setattr(block, path, attn)
+    return attn
+
+
+def put_mixer(block: nn.Module, path: str, mixer: nn.Module) -> None:
+    """``mixer`` in place of the block's attention (called the way the block calls its attention)."""
+    setattr(block, path, mixer if path == "attn" else TupleOut(mixer))
+
+
+def norm_feeding(block: nn.Module, path: str, part: str) -> str | None:
+    """The block's norm that feeds only its ``part`` (``attn`` or ``mlp``), if it has one."""
+    name = _NORMS[path][0 if part == "attn" else 1]
+    return name if isinstance(getattr(block, name, None), nn.Module) else None
 
 
 def find_mlp(block: nn.Module | None) -> tuple[str, str, str] | None:
@@ -239,3 +279,58 @@ def attention_tokens(spec, attn: nn.Module) -> int | None:
     if spec.layout == "nld":
         return spec.in_size[0]
     return None
+
+
+class SelfAttention(nn.Module):
+    """torchvision's self-attention (``nn.MultiheadAttention(x, x, x)``) in timm's form: one
+    fused ``qkv`` linear, ``proj``, ``num_heads``, so heads can be pruned like timm's.
+
+    Called as the block calls ``nn.MultiheadAttention`` and returns ``(output, None)``; keys
+    and values are the query (self-attention: the only way the blocks it serves call it).
+    Masks are refused: ``nn.MultiheadAttention``'s mask convention differs from
+    ``scaled_dot_product_attention``'s.
+    """
+
+    def __init__(self, qkv: nn.Linear, proj: nn.Linear, num_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.qkv, self.proj, self.num_heads, self.dropout = qkv, proj, num_heads, dropout
+
+    @classmethod
+    def from_mha(cls, mha: nn.MultiheadAttention) -> "SelfAttention":
+        """The same weights as ``mha`` (q, k, v rows of ``in_proj_weight``; ``out_proj``)."""
+        width = mha.embed_dim
+        qkv = nn.Linear(width, 3 * width, bias=mha.in_proj_bias is not None)
+        proj = nn.Linear(width, width, bias=mha.out_proj.bias is not None)
+        with torch.no_grad():
+            qkv.weight.copy_(mha.in_proj_weight)
+            proj.weight.copy_(mha.out_proj.weight)
+            if mha.in_proj_bias is not None:
+                qkv.bias.copy_(mha.in_proj_bias)
+            if mha.out_proj.bias is not None:
+                proj.bias.copy_(mha.out_proj.bias)
+        return cls(qkv.to(mha.in_proj_weight), proj.to(mha.in_proj_weight), mha.num_heads, float(mha.dropout))
+
+    def forward(self, query: torch.Tensor, key: Optional[torch.Tensor] = None, value: Optional[torch.Tensor] = None,
+                key_padding_mask: Optional[torch.Tensor] = None, need_weights: bool = True,
+                attn_mask: Optional[torch.Tensor] = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if key_padding_mask is not None or attn_mask is not None:
+            raise RuntimeError("lana's SelfAttention takes no masks (the teacher's attention was unmasked)")
+        batch, tokens, _ = query.shape
+        q, k, v = self.qkv(query).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, -1)), None
+
+
+class TupleOut(nn.Module):
+    """A mixer called as ``nn.MultiheadAttention`` is: ``(mixer(query), None)``."""
+
+    def __init__(self, mixer: nn.Module) -> None:
+        super().__init__()
+        self.mixer = mixer
+
+    def forward(self, query: torch.Tensor, key: Optional[torch.Tensor] = None, value: Optional[torch.Tensor] = None,
+                key_padding_mask: Optional[torch.Tensor] = None, need_weights: bool = True,
+                attn_mask: Optional[torch.Tensor] = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        return self.mixer(query), None

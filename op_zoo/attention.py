@@ -9,7 +9,7 @@ from torch import nn
 
 from op_zoo._registry import register_grid, register_op
 from op_zoo._spec import BlockSpec
-from op_zoo._tokens import LinearMixer, ZeroMixer, find_attention, find_mlp, fresh_copy, prune_heads
+from op_zoo._tokens import LinearMixer, ZeroMixer, attention_path, find_mlp, fresh_copy, norm_feeding, prune_heads, put_mixer, take_attention
 
 TOKEN_LAYOUTS = ("nld", "nhwc")
 HEAD_KEEPS = [25, 50, 75]
@@ -24,23 +24,24 @@ def fewer_heads(spec: BlockSpec, keep: int) -> nn.Module | None:
     """The teacher block keeping ``keep`` % of its heads (at least one, fewer than all).
 
     Args:
-        spec: a token block with timm-style attention.
+        spec: a token block with recognised attention.
         keep: percentage of heads to keep.
 
     Returns:
         The block copy, or None when there is no recognised attention, the percentage
         keeps all heads or none, or it keeps as many as the next smaller percentage.
     """
-    attn = find_attention(spec.module)
-    if attn is None or not spec.same_shape:
+    path = attention_path(spec.module)
+    if path is None or not spec.same_shape:
         return None
+    attn = getattr(spec.module, path)
     heads = round(attn.num_heads * keep / 100)
     if heads < 1 or heads >= attn.num_heads:
         return None
     if keep > HEAD_KEEPS[0] and heads == round(attn.num_heads * HEAD_KEEPS[HEAD_KEEPS.index(keep) - 1] / 100):
         return None  # e.g. 3 heads: 50 % and 75 % both keep 2; the smaller percentage builds it
     block = fresh_copy(spec.module)
-    block.attn = prune_heads(block.attn, heads)
+    setattr(block, path, prune_heads(take_attention(block, path), heads))
     return block
 
 
@@ -53,15 +54,16 @@ def attention_linear(spec: BlockSpec) -> nn.Module | None:
     """The teacher block with attention replaced by :class:`LinearMixer`.
 
     Args:
-        spec: a token block with timm-style attention.
+        spec: a token block with recognised attention.
 
     Returns:
         The block copy, or None without recognised attention.
     """
-    if find_attention(spec.module) is None or not spec.same_shape:
+    path = attention_path(spec.module)
+    if path is None or not spec.same_shape:
         return None
     block = fresh_copy(spec.module)
-    block.attn = LinearMixer(block.attn)
+    put_mixer(block, path, LinearMixer(take_attention(block, path)))
     return block
 
 
@@ -73,15 +75,16 @@ def attention_removed(spec: BlockSpec) -> nn.Module | None:
     """The teacher block with attention contributing nothing (its MLP still runs).
 
     Args:
-        spec: a token block with timm-style attention and an MLP.
+        spec: a token block with recognised attention and an MLP.
 
     Returns:
         The block copy, or None without recognised attention and MLP.
     """
-    if find_attention(spec.module) is None or find_mlp(spec.module) is None or not spec.same_shape:
+    path = attention_path(spec.module)
+    if path is None or find_mlp(spec.module) is None or not spec.same_shape:
         return None
     block = fresh_copy(spec.module)
-    block.attn = ZeroMixer()
-    if isinstance(getattr(block, "norm1", None), nn.Module):
-        block.norm1 = nn.Identity()  # it fed attention only; left in, its weights would get no gradient
+    put_mixer(block, path, ZeroMixer())
+    if norm := norm_feeding(block, path, "attn"):
+        setattr(block, norm, nn.Identity())  # it fed attention only; left in, its weights would get no gradient
     return block

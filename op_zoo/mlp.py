@@ -6,7 +6,7 @@ from torch import nn
 
 from op_zoo._registry import register_grid, register_op
 from op_zoo._spec import LAYOUTS, BlockSpec
-from op_zoo._tokens import ZeroMixer, find_attention, find_mlp, fresh_copy, keep_columns, keep_rows, low_rank, replace
+from op_zoo._tokens import ZeroMixer, attention_path, find_mlp, fresh_copy, keep_columns, keep_rows, low_rank, norm_feeding, replace
 
 
 @register_grid("mlp_keep{keep}", family="mlp",
@@ -80,10 +80,11 @@ def mlp_removed(spec: BlockSpec) -> nn.Module | None:
         The block copy, or None without both.
     """
     found = find_mlp(spec.module)
-    if found is None or find_attention(spec.module) is None or not spec.same_shape:
+    path = attention_path(spec.module)
+    if found is None or path is None or not spec.same_shape:
         return None
     block = fresh_copy(spec.module)
     replace(block, found[0], ZeroMixer())
-    if isinstance(getattr(block, "norm2", None), nn.Module):
-        block.norm2 = nn.Identity()  # it fed the MLP only; left in, its weights would get no gradient
+    if norm := norm_feeding(block, path, "mlp"):
+        setattr(block, norm, nn.Identity())  # it fed the MLP only; left in, its weights would get no gradient
     return block

@@ -5,7 +5,7 @@ from torch import nn
 
 from op_zoo._registry import register_op
 from op_zoo._spec import BlockSpec
-from op_zoo._tokens import PoolMixer, attention_tokens, find_attention, fresh_copy, token_grid
+from op_zoo._tokens import PoolMixer, attention_path, attention_tokens, fresh_copy, put_mixer, token_grid
 
 
 @register_op("token_pool", family="token_mixer",
@@ -22,13 +22,13 @@ def token_pool(spec: BlockSpec) -> nn.Module | None:
     Returns:
         The block copy, or None otherwise.
     """
-    attn = find_attention(spec.module)
-    if attn is None or not spec.same_shape:
+    path = attention_path(spec.module)
+    if path is None or not spec.same_shape:
         return None
-    tokens = attention_tokens(spec, attn)
+    tokens = attention_tokens(spec, getattr(spec.module, path))
     grid = token_grid(tokens) if tokens else None
     if grid is None:
         return None
     block = fresh_copy(spec.module)
-    block.attn = PoolMixer(*grid)
+    put_mixer(block, path, PoolMixer(*grid))
     return block

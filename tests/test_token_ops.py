@@ -170,3 +170,62 @@ def test_token_candidate_exports_to_pt2():
     example = torch.randn(2, *spec.in_shape)
     with torch.no_grad():
         torch.testing.assert_close(export_program(module, example).module()(example), module(example), rtol=1e-4, atol=1e-4)
+
+
+def tv_vit_spec() -> BlockSpec:
+    """A torchvision ViT encoder block (its attention is an nn.MultiheadAttention), 1 class + 16 patch tokens."""
+    from torchvision.models.vision_transformer import EncoderBlock
+
+    torch.manual_seed(0)
+    block = EncoderBlock(num_heads=4, hidden_dim=32, mlp_dim=64, dropout=0.0, attention_dropout=0.0).eval()
+    return BlockSpec("encoder.layers.encoder_layer_0", 32, 32, (17,), (17,), 1, block, "gelu", layout="nld")
+
+
+def test_torchvision_vit_blocks_get_every_token_family():
+    """torchvision's MultiheadAttention is pruned, replaced and removed like timm's attention."""
+    assert set(build_candidates(tv_vit_spec())) == TOKEN_OPS
+
+
+def test_self_attention_is_torchvision_attention_in_timm_form():
+    from op_zoo._tokens import SelfAttention
+
+    mha = tv_vit_spec().module.self_attention
+    x = torch.randn(2, 17, 32)
+    with torch.no_grad():
+        ours, none = SelfAttention.from_mha(mha)(x, x, x, need_weights=False)
+        torch.testing.assert_close(ours, mha(x, x, x, need_weights=False)[0], rtol=1e-5, atol=1e-5)
+    assert none is None
+    with pytest.raises(RuntimeError, match="no masks"):
+        SelfAttention.from_mha(mha)(x, x, x, attn_mask=torch.zeros(17, 17))
+
+
+def test_torchvision_head_pruning_keeps_the_most_important_heads_exactly():
+    """Keeping 2 of 4 heads = the teacher block with the other heads' output columns zeroed."""
+    from op_zoo._tokens import SelfAttention, head_importance
+
+    spec = tv_vit_spec()
+    pruned = op_zoo.get_op("attn_heads50").build(spec).eval()
+    reference = copy.deepcopy(spec.module)
+    attn = SelfAttention.from_mha(reference.self_attention)
+    dropped = head_importance(attn).argsort()[:2].tolist()
+    reference.self_attention = _zero_heads(attn, dropped)
+    x = torch.randn(2, 17, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), reference(x), rtol=1e-5, atol=1e-5)
+    assert pruned.self_attention.num_heads == 2
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@pytest.mark.parametrize("op_name", ["attn_heads50", "attn_linear", "attn_removed", "token_pool", "mlp_removed"])
+def test_torchvision_token_candidates_run_train_and_script(op_name):
+    spec = tv_vit_spec()
+    module = op_zoo.get_op(op_name).build(spec)
+    example = torch.randn(2, *spec.in_shape)
+    module.train()
+    module(example).square().mean().backward()
+    assert all(p.grad is not None for p in module.parameters() if p.requires_grad)
+    module.eval()
+    with torch.no_grad():
+        scripted, how = to_torchscript(module, example)
+        assert how == "script"
+        torch.testing.assert_close(scripted(example), module(example), rtol=1e-4, atol=1e-4)
