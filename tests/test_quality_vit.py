@@ -14,7 +14,6 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from benchmarks import baselines
 from benchmarks.baselines import DEIT, MEMBERS, prune_magnitude, prune_taylor, width_scaled
 from lana.teacher.load import build_model
 
