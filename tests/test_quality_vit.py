@@ -129,3 +129,12 @@ def test_reduced_benchmark_runs_every_method_on_a_vit(tmp_path, monkeypatch, one
     # the report says how the transformer's alternatives were made, with the ops lana had
     text = (tmp_path / "docs" / "quality.md").read_text()
     assert "vision transformer" in text and "identity, attn_heads50, attn_removed" in text and "| tp-taylor |" in text
+
+
+def test_the_vit_gets_its_own_lana_settings_and_the_cnns_keep_theirs():
+    bench = _load_benchmark()
+    vit = bench.teacher_config("cpu", "vit", "random", bench.recipe_for("cpu", "vit"), None, [])
+    resnet = bench.teacher_config("cpu", "resnet", "random", bench.recipe_for("cpu", "resnet"), None, [])
+    assert vit.ops.include == bench.VIT_OPS and vit.latency.batch_size == 32 and vit.teacher_training.lr == 1e-3
+    assert resnet.ops.include == bench.CPU_OPS and resnet.latency.batch_size == 128 and resnet.teacher_training.lr == 4e-3
+    assert vit.finetune == resnet.finetune and vit.distill == resnet.distill and vit.data == resnet.data  # the same rules
