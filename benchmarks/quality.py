@@ -180,8 +180,8 @@ def prepare_teachers(mode: str, keys: list[str], overrides: dict | None, data_ro
     for key in keys:
         model, kwargs = preset["teachers"][key]
         rows.append((key, prepare_teacher(model, kwargs, recipe_for(mode, key, overrides), data_root=data_root, label=key)))
-    print(f"teachers in {cache_root()} (recipe: {json.dumps(teacher_recipe(mode, overrides))}; per teacher: "
-          f"{json.dumps(preset.get('teacher_recipes', {}))})")
+    print(f"teachers in {cache_root()}; recipes:")
+    print("\n".join(f"- {key}: {json.dumps(info['recipe'])}" for key, info in rows))
     print(teachers_table(rows))
     return 0
 
