@@ -10,9 +10,11 @@ network the same fine-tune by distillation from the teacher, once per seed:
 - ``random`` / ``random-best``: a random selection predicted inside the band (knob = the
   table budget), and the best of N such draws by validation top-1 before fine-tuning;
 - ``tp-taylor`` / ``tp-magnitude``: Torch-Pruning, global iterative group-Taylor and uniform
-  one-shot L2 magnitude, knob = the pruning ratio;
-- ``width`` and ``member:NAME``: the teacher's family, and its real smaller members, at a
-  width multiplier, trained from scratch with the teacher's recipe before the fine-tune.
+  one-shot L2 magnitude, knob = the pruning ratio (a vision transformer: whole heads and MLP
+  hidden units, ranked per layer in one shot by either importance; ``benchmarks.baselines``);
+- ``width`` and ``member:NAME``: the teacher's family, and its real smaller members (for the
+  ViT: shallower ones), at a width multiplier, trained from scratch with the teacher's recipe
+  before the fine-tune.
 
 Seeds change every random choice of every method: lana's distillation (its initialisation
 and data order: one run folder per seed, ``RUN/seed<N>``, so lana's and random's tables

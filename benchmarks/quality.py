@@ -1,4 +1,4 @@
-"""Quality against the alternatives: top-1 at equal measured latency, several seeds, three teachers.
+"""Quality against the alternatives: top-1 at equal measured latency, several seeds, four teachers.
 
     python -m benchmarks.quality --teachers-only  # train (or resume, or reuse) the converged teachers; print their table
     python -m benchmarks.quality                  # CPU mode (2 cores, 1 thread per teacher): see docs/quality.md
@@ -6,8 +6,9 @@
     python -m benchmarks.quality --teachers resnet --shares 0.5 --seeds 2
 
 Fashion-MNIST (Debian's ``dataset-fashion-mnist``; 55 000 train / 5 000 validation / 10 000
-test). Three teacher families, adapted to one input channel and 10 classes: timm
-ResNet-18-D, torchvision MobileNetV2 and timm EfficientNet-B0, trained once to convergence
+test). Four teacher families, adapted to one input channel and 10 classes: timm
+ResNet-18-D, torchvision MobileNetV2, timm EfficientNet-B0 and a DeiT-Tiny-shaped timm
+vision transformer with small patches (4×4 at 28×28), trained once to convergence
 on the whole train split with a recorded recipe and cached by its hash
 (``benchmarks.teachers``; ``--teachers-only`` prepares them, a stopped run resumes). At
 each budget (a share of the teacher's measured latency) every method's knob is searched
@@ -38,7 +39,19 @@ CPU_OPS = [
     "pruned_keep25", "pruned_keep40", "pruned_keep50", "pruned_keep60", "pruned_keep75", "lowrank_r25", "lowrank_r50",
 ]
 
+# The vision transformer's candidates: the token families (op_zoo/attention.py, mlp.py,
+# token_mixer.py) and the skip; the conv ops above decline token blocks anyway.
+VIT_OPS = [
+    "identity", "attn_heads25", "attn_heads50", "attn_heads75", "attn_linear", "attn_removed", "token_pool",
+    "mlp_keep25", "mlp_keep50", "mlp_keep75", "mlp_lowrank25", "mlp_lowrank50", "mlp_removed",
+]
+
 EFFICIENTNET = "benchmarks.baselines:efficientnet"  # timm's EfficientNet-B0 at a width multiplier
+DEIT = "timm:deit_tiny_patch16_224"  # timm's VisionTransformer; patch size, width, depth set by kwargs
+
+# A DeiT-Tiny-shaped ViT's recipe (AdamW, longer warm-up, more epochs: a ViT from scratch
+# learns slower than a CNN); the rest (batch, schedule shape, smoothing, crops, flips) is RECIPE's.
+VIT_RECIPE = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 5, "epochs": 40}
 
 # Per mode: the shared settings, then each teacher's model and kwargs. Sized from timed
 # pieces (docs/quality.md, "CPU-mode time"): the CPU mode must stay within 60 minutes.
@@ -63,10 +76,22 @@ MODES = {
             "resnet": ("timm:resnet18d", {"num_classes": 10, "in_chans": 1, "channels": [32, 64, 128, 256], "stem_width": 16}),
             "mobilenet": ("torchvision:mobilenet_v2", {"num_classes": 10, "in_chans": 1, "width_mult": 0.5}),
             "efficientnet": (EFFICIENTNET, {"num_classes": 10, "in_chans": 1, "width": 0.5}),
+            # DeiT-Tiny's shape (12 pre-norm blocks, 3 heads, MLP ratio 4, class token) at half its
+            # width (96), 4×4 patches: 49 tokens + the class token. One thread, batch 128: 1.05 s
+            # per training step, 7.5 min per 429-step epoch (ResNet-18-D: 0.16 s; measured 2026-12-05)
+            "vit": (DEIT, {"num_classes": 10, "in_chans": 1, "img_size": 28, "patch_size": 4, "embed_dim": 96,
+                           "depth": 12, "num_heads": 3, "mlp_ratio": 4.0}),
         },
         # per-teacher recipe changes (each a new hash): MobileNetV2 was still rising after
         # 15 epochs (91.52 % test, 2026-12-05), below the 92 % bar
-        "teacher_recipes": {"mobilenet": {"epochs": 40}},
+        "teacher_recipes": {"mobilenet": {"epochs": 40}, "vit": VIT_RECIPE},
+        # per-teacher changes to the lana settings: the ViT's blocks are token blocks; its
+        # latency is timed on batches of 32: one forward of 128 takes 461 ms on one thread (ResNet-18-D
+        # 55 ms), 107 ms at 32 (measured 2026-12-05), and every measurement times at least 25 of each;
+        # its narrower and shallower ViTs train from scratch at its recipe's lr: at the default 4e-3 a
+        # half-width ViT reached 53.4 % validation top-1 after 4 epochs of 4 000 images, at 1e-3 61.4 %
+        "teacher_trees": {"vit": {"ops": {"include": VIT_OPS}, "latency": {"batch_size": 32},
+                                  "teacher_training": {"lr": VIT_RECIPE["lr"]}}},
         "shares": [0.3, 0.5, 0.7],
         "seeds": [0, 1],
         "random": 2,
@@ -89,7 +114,12 @@ MODES = {
             "resnet": ("timm:resnet18d", {"num_classes": 10, "in_chans": 1}),
             "mobilenet": ("torchvision:mobilenet_v2", {"num_classes": 10, "in_chans": 1}),
             "efficientnet": (EFFICIENTNET, {"num_classes": 10, "in_chans": 1}),
+            # DeiT-Tiny at its full width (192), 8×8 patches of the 64×64 image: 64 tokens + the class token
+            "vit": (DEIT, {"num_classes": 10, "in_chans": 1, "img_size": 64, "patch_size": 8, "embed_dim": 192,
+                           "depth": 12, "num_heads": 3, "mlp_ratio": 4.0}),
         },
+        "teacher_recipes": {"vit": VIT_RECIPE},
+        "teacher_trees": {"vit": {"ops": {"include": VIT_OPS}, "teacher_training": {"lr": VIT_RECIPE["lr"]}}},
         "shares": [0.3, 0.5, 0.7],
         "seeds": [0, 1],
         "random": 4,
@@ -102,8 +132,8 @@ MODES = {
 }
 
 
-# Teachers by cost in the CPU mode, lightest first (measured: docs/quality.md's timings)
-HEAVY = ["resnet", "mobilenet", "efficientnet"]
+# Teachers by cost in the CPU mode, lightest first (measured training steps: docs/benchmarks.md)
+HEAVY = ["resnet", "mobilenet", "efficientnet", "vit"]
 
 # Blocks lana may replace, where the automatic ones (the residual blocks) are not enough:
 # ResNet-18-D's deep stem and its max-pool cost about a quarter of the teacher's latency at
@@ -121,14 +151,19 @@ def teacher_recipe(mode: str, overrides: dict | None = None) -> dict:
     return merge_recipe(overrides, recipe)
 
 
-def recipe_for(mode: str, key: str, recipe: dict) -> dict:
-    """``recipe`` with the mode's changes for teacher ``key`` (``teacher_recipes``) applied."""
+def recipe_for(mode: str, key: str, overrides: dict | None = None) -> dict:
+    """Teacher ``key``'s recipe: the mode's, then its own changes (``teacher_recipes``), then ``overrides``.
+
+    ``overrides`` (``--recipe``) come last, so a short trial (``{"epochs": 2}``) shortens every
+    teacher, the ones with their own epoch count too.
+    """
     from benchmarks.teachers import merge_recipe
 
-    return merge_recipe(MODES[mode].get("teacher_recipes", {}).get(key), recipe)
+    own = merge_recipe(MODES[mode].get("teacher_recipes", {}).get(key), teacher_recipe(mode))
+    return merge_recipe(overrides, own)
 
 
-def prepare_teachers(mode: str, keys: list[str], recipe: dict, data_root: str | None) -> int:
+def prepare_teachers(mode: str, keys: list[str], overrides: dict | None, data_root: str | None) -> int:
     """``--teachers-only``: every teacher trained (or resumed, or reused) in turn; their table printed."""
     import logging
 
@@ -144,8 +179,9 @@ def prepare_teachers(mode: str, keys: list[str], recipe: dict, data_root: str | 
     rows = []
     for key in keys:
         model, kwargs = preset["teachers"][key]
-        rows.append((key, prepare_teacher(model, kwargs, recipe_for(mode, key, recipe), data_root=data_root, label=key)))
-    print(f"teachers in {cache_root()} (recipe: {json.dumps(recipe)})")
+        rows.append((key, prepare_teacher(model, kwargs, recipe_for(mode, key, overrides), data_root=data_root, label=key)))
+    print(f"teachers in {cache_root()}; recipes:")
+    print("\n".join(f"- {key}: {json.dumps(info['recipe'])}" for key, info in rows))
     print(teachers_table(rows))
     return 0
 
@@ -157,6 +193,8 @@ def teacher_config(mode: str, key: str, checkpoint: str, recipe: dict, data_root
     preset = MODES[mode]
     model, kwargs = preset["teachers"][key]
     tree = json.loads(json.dumps(preset["tree"]))
+    for section, values in preset.get("teacher_trees", {}).get(key, {}).items():
+        tree[section] = {**tree.get(section, {}), **values}
     tree["name"] = f"quality-{key}"
     tree["teacher"] = {"model": model, "kwargs": kwargs, "checkpoint": checkpoint, "blocks": BLOCKS.get(key)}
     # the teacher's own split: its validation images are never trained on; train_limit stays the mode's
@@ -167,7 +205,7 @@ def teacher_config(mode: str, key: str, checkpoint: str, recipe: dict, data_root
 
 
 def run_teacher(mode: str, key: str, out: str, data_root: str | None, overrides: list[str], shares: list[float],
-                seeds: list[int], methods: list[str], quiet: bool = False, recipe: dict | None = None) -> pd.DataFrame:
+                seeds: list[int], methods: list[str], quiet: bool = False, recipe_overrides: dict | None = None) -> pd.DataFrame:
     """One teacher's whole comparison (run in its own process with ``--jobs``)."""
     if quiet:  # parallel teachers: one prefixed log line per step instead of interleaved progress bars
         import logging
@@ -191,7 +229,7 @@ def run_teacher(mode: str, key: str, out: str, data_root: str | None, overrides:
     from benchmarks.teachers import prepare_teacher
 
     out_path = Path(out)
-    recipe = recipe_for(mode, key, recipe or teacher_recipe(mode))
+    recipe = recipe_for(mode, key, recipe_overrides)
     model, kwargs = preset["teachers"][key]
     teacher = prepare_teacher(model, kwargs, recipe, data_root=data_root, label=key)  # from the cache, trained if missing
     config = teacher_config(mode, key, teacher["weights"], recipe, data_root, overrides)
@@ -206,13 +244,14 @@ def run_teacher(mode: str, key: str, out: str, data_root: str | None, overrides:
 
 
 def markdown(frame: pd.DataFrame, meta: dict) -> str:
-    from benchmarks.report import markdown_table, tally, verdict
+    from benchmarks.report import markdown_table, tally, transformer_note, verdict
     from benchmarks.search import BAND
 
     mode, timing = meta["mode"], meta["timing"]
     judged, lines = verdict(frame)
     preset = MODES[mode]
     band = preset.get("band", BAND)
+    vit_tree = preset.get("teacher_trees", {}).get("vit", {})
     out = [
         "# Quality against the alternatives",
         "",
@@ -238,7 +277,8 @@ def markdown(frame: pd.DataFrame, meta: dict) -> str:
         f"{preset['tree']['data']['val_size'] - preset['tree']['score']['val_images']}; test top-1 (10 000 images) is "
         "evaluated once per network. A win needs the mean to beat the other's by more than the larger of the two spreads "
         "(max − min over seeds); otherwise it is a tie. At every budget the best other method by validation also gets "
-        "lana's total compute as a longer fine-tune (\"(lana's compute)\" rows).",
+        "lana's total compute as a longer fine-tune (\"(lana's compute)\" rows)."
+        + (" " + transformer_note(vit_tree) if vit_tree and "key" in frame and (frame["key"] == "vit").any() else ""),
         "",
         "Settings: " + "; ".join(f"`{section}`: " + ", ".join(f"{k}={v}" for k, v in values.items() if k != "include")
                                  for section, values in preset["tree"].items() if isinstance(values, dict) and section != "ops") + ".",
@@ -276,7 +316,7 @@ def markdown(frame: pd.DataFrame, meta: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=sorted(MODES), default="cpu")
-    parser.add_argument("--teachers", default=None, help="comma-separated: resnet, mobilenet, efficientnet (default all)")
+    parser.add_argument("--teachers", default=None, help="comma-separated: resnet, mobilenet, efficientnet, vit (default all)")
     parser.add_argument("--shares", default=None, help="budgets as shares of the measured teacher latency (mode default)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (mode default 2)")
     parser.add_argument("--methods", default="lana,torch-pruning,width,random")
@@ -305,11 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     if not methods or set(methods) - set(METHODS):
         parser.error(f"--methods: unknown {sorted(set(methods) - set(METHODS)) or 'none given'}; choose from {', '.join(METHODS)}")
     try:
-        recipe = teacher_recipe(args.mode, json.loads(args.recipe) if args.recipe else None)
+        recipe_overrides = json.loads(args.recipe) if args.recipe else None
+        recipe = teacher_recipe(args.mode, recipe_overrides)
     except (ValueError, KeyError) as exc:
         parser.error(f"--recipe: {exc}")
     if args.teachers_only:
-        return prepare_teachers(args.mode, keys, recipe, args.data)
+        return prepare_teachers(args.mode, keys, recipe_overrides, args.data)
     jobs = args.jobs or preset["jobs"]
     out = Path(args.run)
     meta_path = out / "quality_meta.json"
@@ -322,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         tick = time.time()
         parallel = jobs > 1 and len(keys) > 1
-        jobs_args = [(args.mode, k, str(out), args.data, args.overrides, shares, seeds, methods, parallel, recipe)
+        jobs_args = [(args.mode, k, str(out), args.data, args.overrides, shares, seeds, methods, parallel, recipe_overrides)
                      for k in keys]
         if parallel:
             # the heaviest teachers first, so the last one to start is a light one (the wall is the longest queue)

@@ -14,6 +14,24 @@ import pandas as pd
 
 CSV_COLUMNS = ["teacher", "method", "budget", "seed", "share", "val_top1", "top1", "search_s", "train_s", "final_share", "note"]
 
+# What the report says of the transformer's alternatives when the run has it
+TRANSFORMER_NOTE = (
+    "The vision transformer (`vit`: timm's VisionTransformer in DeiT-Tiny's shape, small patches, its own AdamW recipe) "
+    "is held to the same rules. lana gets the token ops (`{ops}`): fewer heads, a smaller, low-rank or removed MLP, "
+    "attention replaced by pooling or a linear map or removed, the block skipped. Torch-Pruning removes whole heads and "
+    "MLP hidden units at the searched ratio, ranked per layer in one shot as in its timm ViT example (the token width "
+    "kept; `tp-taylor` ranks by Taylor importance, `tp-magnitude` by L2 norm). `width` is the same ViT with a narrower "
+    "token width (same heads, MLP ratio kept), the `member:depth N` rows shallower ones, all trained from scratch as "
+    "the CNN width networks are. Its own settings: {changes}."
+)
+
+
+def transformer_note(tree: dict) -> str:
+    """:data:`TRANSFORMER_NOTE` with the ViT's own lana settings (its ``teacher_trees`` entry) filled in."""
+    changes = "; ".join(f"`{section}`: " + ", ".join(f"{k}={v}" for k, v in values.items())
+                        for section, values in tree.items() if section != "ops")
+    return TRANSFORMER_NOTE.format(ops=", ".join(tree.get("ops", {}).get("include", [])), changes=changes or "none")
+
 
 def docs_csv(frame: pd.DataFrame, path: Path) -> None:
     """One row per network with the issue's columns (+ the final re-measured share and a note)."""

@@ -3,7 +3,9 @@
 A teacher is trained on the whole training split of Fashion-MNIST (55 000 images; 5 000
 held out for validation, the 10 000 test images only reported) with one recorded recipe
 (:data:`RECIPE`): SGD with Nesterov momentum, a linear warm-up then a cosine decay,
-label smoothing, random crops from a padded image and horizontal flips. The epoch whose
+label smoothing, random crops from a padded image and horizontal flips. A teacher may
+change keys of it (``"optimizer": "adamw"`` for the vision transformer, with its own lr,
+weight decay, warm-up and epochs): another recipe, another hash. The epoch whose
 validation top-1 is best is the teacher; test top-1 is recorded per epoch, never used.
 
 The cache lives outside the repository (``$LANA_TEACHER_CACHE``, default
@@ -60,6 +62,7 @@ RECIPE: dict[str, Any] = {
     "seed": 0,  # initialisation, shuffling and augmentation
     "choose": "best validation top-1 over epochs",
 }
+OPTIMIZERS = ("sgd", "adamw")  # recipe["optimizer"]; see _optimiser
 
 
 def cache_root() -> Path:
@@ -75,6 +78,8 @@ def merge_recipe(overrides: dict | None = None, base: dict | None = None) -> dic
             recipe["data"] = {**recipe["data"], **value}
         elif key not in recipe:
             raise KeyError(f"unknown recipe key '{key}'; known: {', '.join(sorted(recipe))}")
+        elif key == "optimizer" and value not in OPTIMIZERS:
+            raise ValueError(f"recipe optimizer '{value}' is not one of {', '.join(OPTIMIZERS)}")
         else:
             recipe[key] = value
     return recipe
@@ -130,10 +135,24 @@ def top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -
 
 
 def _optimiser(model: nn.Module, recipe: dict) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    rest = [p for p in model.parameters() if p.ndim <= 1]
+    """The recipe's optimiser; no weight decay on norm weights, biases and what the model names.
+
+    ``sgd``: SGD with the recipe's ``momentum`` and ``nesterov``. ``adamw``: AdamW with
+    torch's default betas (0.9, 0.999) and eps; ``momentum``/``nesterov`` are not used.
+    A model's ``no_weight_decay()`` (timm ViTs: position embedding, class token) adds to
+    the undecayed set; the CNN teachers have none, so their training is unchanged.
+    """
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    named = list(model.named_parameters())
+    decay = [p for n, p in named if p.ndim > 1 and n not in skip]
+    rest = [p for n, p in named if p.ndim <= 1 or n in skip]
     groups = [{"params": decay, "weight_decay": recipe["weight_decay"]}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=recipe["lr"], momentum=recipe["momentum"], nesterov=recipe["nesterov"])
+    kind = recipe["optimizer"]
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=recipe["lr"], momentum=recipe["momentum"], nesterov=recipe["nesterov"])
+    if kind == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe["lr"])
+    raise ValueError(f"recipe optimizer '{kind}' is not one of {', '.join(OPTIMIZERS)}")
 
 
 def _lr(recipe: dict, step: int, total: int, warmup: int) -> float:

@@ -1,0 +1,140 @@
+"""The quality benchmark's vision transformer: its recipe, its alternatives, and a reduced run.
+
+A DeiT-Tiny-shaped timm ViT (tiny here) goes through the same comparison as the CNN
+teachers: Torch-Pruning removes whole heads and MLP hidden units (the token width kept),
+the narrower and shallower ViTs come from the same family, and lana gets the token ops.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import tiny_config
+
+from benchmarks.baselines import DEIT, MEMBERS, prune_magnitude, prune_taylor, width_scaled
+from lana.teacher.load import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_VIT = {"num_classes": 10, "in_chans": 1, "img_size": 16, "patch_size": 4, "embed_dim": 24, "depth": 2,
+            "num_heads": 3, "mlp_ratio": 4.0}
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("quality_bench_vit", ROOT / "benchmarks" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_vit_pruning_removes_heads_and_mlp_units_and_keeps_the_token_width(one_thread):
+    torch.manual_seed(0)
+    teacher = build_model(DEIT, TINY_VIT).eval()
+    x = torch.randn(4, 1, 16, 16)
+    batches = [(torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,)))]
+    for ratio, heads in ((0.3, 2), (0.5, 1), (0.95, 1)):  # per layer: ceil(ratio × 3) heads go, never the last one
+        for pruned in (prune_magnitude(teacher, (1, 16, 16), ratio, 10), prune_taylor(teacher, batches, ratio, 10)):
+            assert [b.attn.num_heads for b in pruned.blocks] == [heads, heads]
+            assert all(b.attn.qkv.out_features == 3 * heads * 8 and b.attn.proj.in_features == heads * 8 for b in pruned.blocks)
+            assert all(b.mlp.fc1.out_features < 96 and b.mlp.fc2.out_features == 24 for b in pruned.blocks)
+            assert pruned.cls_token.shape[-1] == 24 and pruned.head.out_features == 10
+            assert pruned(x).shape == (4, 10)
+    assert prune_taylor(teacher, batches, 0.0, 10).blocks[0].attn.num_heads == 3
+
+
+def test_vit_width_and_shallower_members_are_the_same_family():
+    narrow = width_scaled(DEIT, TINY_VIT, 0.5)
+    assert narrow.embed_dim == 12 and narrow.blocks[0].attn.num_heads == 3 and narrow.blocks[0].mlp.fc1.out_features == 48
+    assert narrow(torch.randn(2, 1, 16, 16)).shape == (2, 10)
+    assert width_scaled(DEIT, TINY_VIT, 0.01).embed_dim == 6  # two channels a head at the least
+    # without embed_dim / num_heads in kwargs, the named model's own (DeiT-Tiny: 192, 3 heads)
+    assert width_scaled(DEIT, {k: v for k, v in TINY_VIT.items() if k not in ("embed_dim", "num_heads")}, 0.25).embed_dim == 48
+    depths = {label: len(width_scaled(model, {**TINY_VIT, **extra}, 1.0).blocks) for label, model, extra in MEMBERS[DEIT]}
+    assert depths == {"depth 6": 6, "depth 4": 4}
+
+
+def test_vit_recipe_uses_adamw_and_leaves_the_cnn_teachers_hashes_alone(tmp_path, capsys):
+    from benchmarks.teachers import merge_recipe, recipe_hash
+
+    bench = _load_benchmark()
+    vit = bench.recipe_for("cpu", "vit")
+    assert vit["optimizer"] == "adamw" and vit["epochs"] > bench.recipe_for("cpu", "resnet")["epochs"]
+    # the CNN teachers' cache folders (docs/benchmarks.md) are the same after the ViT's recipe keys were added
+    model, kwargs = bench.MODES["cpu"]["teachers"]["resnet"]
+    assert recipe_hash(model, kwargs, bench.recipe_for("cpu", "resnet"))[:16] == "25a77904e4e4b812"
+    model, kwargs = bench.MODES["cpu"]["teachers"]["efficientnet"]
+    assert recipe_hash(model, kwargs, bench.recipe_for("cpu", "efficientnet"))[:16] == "407f3ceec8664ec4"
+    # --recipe comes last: a short trial shortens a teacher that has its own epoch count
+    assert bench.recipe_for("cpu", "vit", {"epochs": 2})["epochs"] == 2
+    assert bench.recipe_for("cpu", "vit", {"epochs": 2})["optimizer"] == "adamw"
+    with pytest.raises(ValueError, match="optimizer 'adam' is not one of sgd, adamw"):
+        merge_recipe({"optimizer": "adam"})
+    with pytest.raises(SystemExit) as info:
+        bench.main(["--teachers-only", "--recipe", '{"optimizer": "lion"}'])
+    assert info.value.code == 2 and "optimizer 'lion'" in capsys.readouterr().err
+
+
+def test_vit_takes_no_weight_decay_on_its_embeddings():
+    from benchmarks.teachers import _optimiser, merge_recipe
+
+    model = build_model(DEIT, TINY_VIT)
+    optimiser = _optimiser(model, merge_recipe({"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05}))
+    assert isinstance(optimiser, torch.optim.AdamW)
+    decayed, free = (set(map(id, g["params"])) for g in optimiser.param_groups)
+    assert id(model.pos_embed) in free and id(model.cls_token) in free and id(model.blocks[0].attn.qkv.weight) in decayed
+    assert id(model.blocks[0].norm1.weight) in free and optimiser.param_groups[0]["weight_decay"] == 0.05
+
+
+def test_reduced_benchmark_runs_every_method_on_a_vit(tmp_path, monkeypatch, one_thread):
+    """A tiny ViT teacher (AdamW recipe, cached), one budget, one seed: every method gives a row; lana gets token ops."""
+    bench = _load_benchmark()
+    config = tiny_config(latency={"batch_size": 32, "warmup": 1, "repeats": 5, "threads": 1, "clock": "process", "time_cap_s": 0.1})
+    tree = config.model_dump(mode="json")
+    tree["teacher"] = {"model": DEIT, "kwargs": TINY_VIT}
+    tree["ops"] = {"include": ["identity", "conv_k1"]}  # the CNN teachers' list: replaced for the ViT below
+    tree["distill"]["max_steps"] = 4
+    tree["finetune"]["epochs"] = 0.1
+    tree["teacher_training"]["epochs"] = 0.1
+    tree["score"]["val_images"] = 120
+    recipe = {"epochs": 1, "batch_size": 32,
+              "data": {"kind": "digits", "image_size": 16, "val_size": 200, "train_limit": 400, "mean": [0.3], "std": [0.42]}}
+    monkeypatch.setenv("LANA_TEACHER_CACHE", str(tmp_path / "teachers"))
+    monkeypatch.setitem(MEMBERS, DEIT, [("depth 1", DEIT, {"depth": 1})])  # shallower than the tiny teacher
+    vit_ops = ["identity", "attn_heads50", "attn_removed", "mlp_keep50", "mlp_removed", "token_pool"]
+    monkeypatch.setitem(bench.MODES, "tiny", {
+        "image_size": 16, "tree": tree, "random": 2, "threads": 1, "jobs": 1, "recipe": recipe, "shares": [0.85],
+        "seeds": [0], "max_measurements": 6, "max_equal_epochs": 0.2, "band": (0.75, 1.0),
+        "teachers": {"vit": (DEIT, TINY_VIT)},
+        "teacher_recipes": {"vit": {**bench.VIT_RECIPE, "epochs": 1, "warmup_epochs": 0}},
+        "teacher_trees": {"vit": {"ops": {"include": vit_ops}}}})
+    assert bench.main(["--mode", "tiny", "--run", str(tmp_path / "q"), "--docs", str(tmp_path / "docs")]) == 0
+    frame = pd.read_csv(tmp_path / "q" / "quality.csv")
+    expected = {"teacher", "lana", "random", "random-best", "tp-taylor", "tp-magnitude", "width", "member:depth 1"}
+    assert expected <= set(frame["method"]), set(frame["method"])
+    # every method has a network with figures, or one row saying why its search missed
+    for method, rows in frame[frame["method"] != "teacher"].groupby("method"):
+        reached = rows.dropna(subset=["top1"])
+        assert not reached.empty or rows["note"].str.contains("cannot reach|missed the band|no random draw").all(), method
+        assert reached["share"].between(0.85 * 0.75 - 1e-9, 0.85 + 1e-9).all(), method
+    # lana's table: both transformer blocks found, the token ops built for them (and no conv op)
+    table = pd.read_csv(tmp_path / "q" / "vit" / "seed0" / "candidates.csv")
+    assert set(table["block"]) == {"blocks.0", "blocks.1"}
+    assert {"attn_heads50", "attn_removed", "mlp_keep50", "mlp_removed", "token_pool"} <= set(table["candidate"])
+    assert "conv_k1" not in set(table["candidate"])
+    # the teacher came from the cache, trained once with the ViT's own recipe (AdamW)
+    record = pd.read_json(next((tmp_path / "teachers").glob("*/teacher.json")), typ="series")
+    assert record["recipe"]["optimizer"] == "adamw" and record["recipe"]["epochs"] == 1
+    # the report says how the transformer's alternatives were made, with the ops lana had
+    text = (tmp_path / "docs" / "quality.md").read_text()
+    assert "vision transformer" in text and "identity, attn_heads50, attn_removed" in text and "| tp-taylor |" in text
+
+
+def test_the_vit_gets_its_own_lana_settings_and_the_cnns_keep_theirs():
+    bench = _load_benchmark()
+    vit = bench.teacher_config("cpu", "vit", "random", bench.recipe_for("cpu", "vit"), None, [])
+    resnet = bench.teacher_config("cpu", "resnet", "random", bench.recipe_for("cpu", "resnet"), None, [])
+    assert vit.ops.include == bench.VIT_OPS and vit.latency.batch_size == 32 and vit.teacher_training.lr == 1e-3
+    assert resnet.ops.include == bench.CPU_OPS and resnet.latency.batch_size == 128 and resnet.teacher_training.lr == 4e-3
+    assert vit.finetune == resnet.finetune and vit.distill == resnet.distill and vit.data == resnet.data  # the same rules
