@@ -85,7 +85,7 @@ def markdown(table: pd.DataFrame, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Both settings in turn (each resumable), then the comparison."""
-    from benchmarks.quality import MODES, run_teacher, teacher_recipe
+    from benchmarks.quality import MODES, run_teacher
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.halving", description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", default="resnet", help="a quality CPU-mode teacher (resnet, mobilenet, efficientnet)")
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     frames = {}
     for name, overrides in settings(steps).items():
         frames[name] = run_teacher(mode, args.teacher, str(out / name), args.data, [*overrides, *args.override],
-                                   shares, list(range(args.seeds)), ["lana"], recipe=teacher_recipe(mode))
+                                   shares, list(range(args.seeds)), ["lana"])
     table = summarise(frames, out, args.teacher)
     table.to_csv(out / "halving.csv", index=False)
     print(markdown(table, "python -m benchmarks.halving " + " ".join(sys.argv[1:] if argv is None else argv)))
