@@ -64,8 +64,10 @@ def test_vit_recipe_uses_adamw_and_leaves_the_cnn_teachers_hashes_alone(tmp_path
     # the CNN teachers' cache folders (docs/benchmarks.md) are the same after the ViT's recipe keys were added
     model, kwargs = bench.MODES["cpu"]["teachers"]["resnet"]
     assert recipe_hash(model, kwargs, bench.recipe_for("cpu", "resnet"))[:16] == "25a77904e4e4b812"
-    model, kwargs = bench.MODES["cpu"]["teachers"]["efficientnet"]
-    assert recipe_hash(model, kwargs, bench.recipe_for("cpu", "efficientnet"))[:16] == "407f3ceec8664ec4"
+    model, kwargs = bench.MODES["cpu"]["teachers"]["efficientnet"]  # its 15-epoch run (90.47 %) under the common recipe
+    assert recipe_hash(model, kwargs, bench.recipe_for("cpu", "efficientnet", {"epochs": 15}))[:16] == "407f3ceec8664ec4"
+    model, kwargs = bench.MODES["cpu"]["teachers"]["mobilenet"]  # 40 epochs, training since 2026-12-05
+    assert recipe_hash(model, kwargs, bench.recipe_for("cpu", "mobilenet"))[:16] == "1427cffba4a13055"
     # --recipe comes last: a short trial shortens a teacher that has its own epoch count
     assert bench.recipe_for("cpu", "vit", {"epochs": 2})["epochs"] == 2
     assert bench.recipe_for("cpu", "vit", {"epochs": 2})["optimizer"] == "adamw"
