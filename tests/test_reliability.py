@@ -79,8 +79,7 @@ def _fresh(config):
     splits = load_data(config.data)
     teacher = load_teacher(config.teacher.model, config.teacher.checkpoint, config.teacher.kwargs)
     specs = discover_blocks(teacher, (1, *splits.input_shape), config.teacher.blocks)
-    torch.manual_seed(config.seed)
-    return teacher, specs, build_all_candidates(specs, config.ops), splits
+    return teacher, specs, build_all_candidates(specs, config.ops, seed=config.seed), splits
 
 
 def _with(config, **distill):
