@@ -86,6 +86,7 @@ def profile_latency(teacher: nn.Module, specs, candidates: dict, input_shape: tu
         context, record = measure_in_context(teacher, specs, candidates, input_shape, cfg, cfg.context_rounds, order=order,
                                              partial=partial)
         release_all(candidates)
+        release_memory(device)  # the timed networks' copies go back to the system too
     else:
 
         whole = measure_network(teacher, input_shape, cfg)
