@@ -86,7 +86,7 @@ def run_config(args, images: int) -> dict:
         "score": {"val_images": args.val, "batch_size": args.batch},
         "latency": {"batch_size": args.latency_batch, "warmup": 1, "repeats": args.repeats, "max_repeats": args.repeats,
                     "time_cap_s": 0.5, "context_rounds": 1, "threads": args.threads},
-        "finetune": {"epochs": args.finetune_epochs},
+        "finetune": {"epochs": args.finetune_epochs, "min_steps": 0},  # bounded: the default floor is 200 steps
         "export": {"formats": ["torchscript"], "check_images": 16},
         "solve": {"budget": "50%"},
     }
