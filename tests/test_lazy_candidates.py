@@ -14,8 +14,8 @@ import lana.distill.core as core_module
 from lana.data import load_data
 from lana.distill.candidates import (
     OneBlockAtATime,
-    attach_weights,
     assemble_student,
+    attach_weights,
     build_all_candidates,
     candidate_file,
     weights_file,
@@ -69,7 +69,7 @@ def _setup(config):
 def test_candidates_are_counted_then_dropped_and_seeded_by_block_and_op(monkeypatch):
     tracker = Tracker(monkeypatch)
     config = tiny_config(ops={"include": OPS})
-    teacher, specs, _ = _setup(config)
+    _, specs, _ = _setup(config)
     before = torch.get_rng_state()
     forward = build_all_candidates(specs, config.ops, seed=5)
     assert torch.equal(torch.get_rng_state(), before), "building moves no global random state"
@@ -118,7 +118,7 @@ def test_distillation_holds_one_group_and_saves_one_file_per_candidate(monkeypat
     assert 0 < tracker.peak <= largest, (tracker.peak, [len(g) for g in groups])
     gc.collect()
     assert tracker.alive() == 0
-    for (block, name), row in results.items():
+    for block, name in results:
         if name != TEACHER_OP:
             assert candidate_file(run.weights_dir, block, name).is_file() and cands[block][name].weights is not None
     # rebuilt, a candidate carries its distilled weights, not its initial ones
