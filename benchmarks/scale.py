@@ -24,13 +24,16 @@ import json
 import logging
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import torch
 
 from benchmarks.stage_probe import LazyImages, Sampler, fashion_splits, machine, print_stages, run_pipeline_stages, stream_evaluate
 from lana.config import RANDOM_CHECKPOINT
-from lana.run.memory import memory_limit, mib, parse_bytes
+from lana.distill.candidates import BUILDS
+from lana.run.memory import memory_limit, mib, parse_bytes, resident_bytes
 from lana.teacher.load import load_teacher
 
 CASES = {
@@ -41,15 +44,37 @@ CASES = {
 
 
 class LimitLog(logging.Handler):
-    """Keeps the limit the distill stage resolved (``group_budget`` logs it with ``extra``)."""
+    """Keeps the limit the distill stage resolved (``group_budget`` logs it with ``extra``) and
+    the number of distillation groups; echoes lana's progress lines with the resident size."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.limit = self.held = None
+        self.limit = self.held = self.groups = None
+        self.started = time.time()
 
     def emit(self, record: logging.LogRecord) -> None:
         if hasattr(record, "memory_limit"):
             self.limit, self.held = record.memory_limit, record.memory_held
+        message = record.getMessage()
+        if message.startswith("distill: ") and " groups of " in message:
+            self.groups = int(message.split()[1])
+        print(f"[{time.time() - self.started:7.0f}s rss {resident_bytes() >> 20} MiB] {message[:200]}", file=sys.stderr, flush=True)
+
+
+def watch_memory(stop: threading.Event, every: float) -> None:
+    """A line on stderr every ``every`` seconds: elapsed time, resident size and its peak so far
+    (what a run killed before its report still leaves in the log)."""
+    started, peak = time.time(), 0
+    while not stop.wait(every):
+        now = resident_bytes()
+        peak = max(peak, now)
+        print(f"[{time.time() - started:7.0f}s] rss {now >> 20} MiB, peak {peak >> 20} MiB, builds {BUILDS['builds']}",
+              file=sys.stderr, flush=True)
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes of the files under ``path`` (0 if it is missing)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
 
 
 def run_config(args, images: int) -> dict:
@@ -61,7 +86,7 @@ def run_config(args, images: int) -> dict:
         "score": {"val_images": args.val, "batch_size": args.batch},
         "latency": {"batch_size": args.latency_batch, "warmup": 1, "repeats": args.repeats, "max_repeats": args.repeats,
                     "time_cap_s": 0.5, "context_rounds": 1, "threads": args.threads},
-        "finetune": {"epochs": args.finetune_epochs},
+        "finetune": {"epochs": args.finetune_epochs, "min_steps": 0},  # bounded: the default floor is 200 steps
         "export": {"formats": ["torchscript"], "check_images": 16},
         "solve": {"budget": "50%"},
     }
@@ -75,15 +100,21 @@ def pipeline_case(args) -> dict:
     limits = LimitLog()
     logging.getLogger("lana").addHandler(limits)
     config = run_config(args, args.images)
-    with tempfile.TemporaryDirectory(prefix="lana-scale-") as folder, Sampler(interval=0.1) as sampler:
+    stop = threading.Event()
+    threading.Thread(target=watch_memory, args=(stop, args.watch), daemon=True).start()
+    with tempfile.TemporaryDirectory(prefix="lana-scale-", dir=args.tmp) as folder, Sampler(interval=0.1) as sampler:
         out = run_pipeline_stages(teacher, train, val, test, Path(folder) / "run", config, "50%", "cpu", sampler,
                                   stages=tuple(args.stages.split(",")))
+        weights = folder_bytes(Path(folder) / "run" / "weights")  # the distilled candidates on disk
+    stop.set()
     rows = sampler.report()
     peak = max(r["peak_rss_mib"] for r in rows.values())
     limit = limits.limit
     return {"stages": rows, "peak_rss_mib": peak, "max_memory": args.max_memory,
             "limit_mib": round(limit / 2**20) if limit else None, "held_at_planning_mib": round(limits.held / 2**20) if limits.held else None,
             "within_limit": None if not limit else peak * 2**20 <= limit,
+            "groups": limits.groups, "candidate_builds": BUILDS["builds"], "build_s": round(BUILDS["seconds"], 1),
+            "weights_on_disk_mib": round(weights / 2**20),
             "candidates": out["table_rows"], "blocks": out["blocks"],
             "student_ms": (out["report"] or {}).get("student_latency_ms"), "teacher_ms": (out["report"] or {}).get("teacher_latency_ms")}
 
@@ -116,6 +147,8 @@ def parse_args(argv=None):
     parser.add_argument("--finetune-epochs", type=float, default=0.5)
     parser.add_argument("--stages", default="distill,solve,finetune,export")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--tmp", help="folder for the run folder (default: the system's temp folder)")
+    parser.add_argument("--watch", type=float, default=30.0, help="seconds between resident-size lines on stderr")
     args = parser.parse_args(argv)
     for key, value in CASES[args.case].items():
         if getattr(args, key) is None:

@@ -11,12 +11,14 @@ from op_zoo._registry import (
     TEACHER_OP,
     OpDef,
     build_candidates,
+    build_op,
     copy_teacher,
     get_op,
     import_op_modules,
     list_ops,
     register_grid,
     register_op,
+    select_ops,
 )
 from op_zoo._spec import BlockSpec
 
@@ -49,6 +51,7 @@ __all__ = [
     "TEACHER_OP",
     "act_name",
     "build_candidates",
+    "build_op",
     "copy_teacher",
     "count_macs",
     "count_params",
@@ -60,4 +63,5 @@ __all__ = [
     "make_act",
     "register_grid",
     "register_op",
+    "select_ops",
 ]

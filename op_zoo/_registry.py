@@ -221,30 +221,45 @@ def build_candidates(
     Raises:
         UnknownOpError: an include pattern matches no registered op.
     """
+    candidates: dict[str, nn.Module] = {}
+    for name in select_ops(include, exclude):
+        module = build_op(spec, name)
+        if module is not None:
+            candidates[name] = module
+    return candidates
+
+
+def select_ops(include: str | Iterable[str] = ("*",), exclude: str | Iterable[str] = ()) -> list[str]:
+    """The op names :func:`build_candidates` tries, without building anything.
+
+    Returns:
+        ``"teacher"`` first, then the names matching ``include`` and not ``exclude``, sorted.
+
+    Raises:
+        UnknownOpError: an include pattern matches no registered op.
+    """
     include, exclude = _patterns(include), _patterns(exclude)
     for pattern in include:
         if not list_ops(pattern):
             raise UnknownOpError(f"op pattern {pattern!r} in 'include' matches no op{_suggest(pattern)}")
-    names = [TEACHER_OP] + sorted(
+    return [TEACHER_OP] * (TEACHER_OP in _REGISTRY) + sorted(
         n for n in _REGISTRY
         if n != TEACHER_OP
         and any(fnmatch.fnmatchcase(n, p) for p in include)
         and not any(fnmatch.fnmatchcase(n, p) for p in exclude)
     )
-    candidates: dict[str, nn.Module] = {}
-    for name in names:
-        if name not in _REGISTRY:
-            continue
-        try:
-            module = _REGISTRY[name].build(spec)
-        except Exception as err:  # a builder bug: say which op and block
-            noted = _with_note(err, f"while building op {name!r} for block {spec.name!r}")
-            if noted is err:
-                raise
-            raise noted from err
-        if module is not None:
-            candidates[name] = module
-    return candidates
+
+
+def build_op(spec: BlockSpec, name: str) -> nn.Module | None:
+    """Build one op for one block (None where it declines); a builder's error names the op and block."""
+    op = get_op(name)
+    try:
+        return op.build(spec)
+    except Exception as err:  # a builder bug: say which op and block
+        noted = _with_note(err, f"while building op {name!r} for block {spec.name!r}")
+        if noted is err:
+            raise
+        raise noted from err
 
 
 # ``BaseException.add_note`` is Python 3.11+; pyproject promises 3.10.

@@ -57,7 +57,7 @@ def test_release_memory_gives_freed_heap_back():
 
 
 def test_distilled_candidates_keep_no_gradients():
-    """A finished group's gradients (4 bytes per weight) are dropped, not held for the whole run."""
+    """A finished group's modules go (with their gradients, 4 bytes per weight); rebuilt, they have none."""
     config = tiny_config(ops={"include": ["conv_k1", "mbconv_k3_e1"]}, distill={"max_steps": 1})
     splits = load_data(config.data)
     teacher = load_teacher(config.teacher.model, config.teacher.checkpoint, config.teacher.kwargs)
@@ -65,5 +65,6 @@ def test_distilled_candidates_keep_no_gradients():
     candidates = build_all_candidates(specs, config.ops)
     with tempfile.TemporaryDirectory() as folder:
         distill_candidates(teacher, specs, candidates, splits, config, RunFolder(folder))
-    params = [p for cands in candidates.values() for c in cands.values() for p in c.module.parameters()]
+        assert not any(c.alive for cands in candidates.values() for c in cands.values())
+        params = [p for cands in candidates.values() for c in cands.values() for p in c.module.parameters()]
     assert params and all(p.grad is None for p in params)

@@ -21,7 +21,7 @@ from torch import nn
 
 from lana.data import load_data
 from lana.distill.candidates import build_all_candidates
-from lana.distill.core import FAULT_ENV, STATE_FILE, _Distiller, distill_candidates
+from lana.distill.core import FAULT_ENV, STATE_FILE, STATE_FORMAT, _Distiller, distill_candidates
 from lana.distill.distributed import parse_bytes, plan_groups
 from lana.errors import ConfigError, RunFolderError
 from lana.latency.checkpoint import LATENCY_FAULT_ENV, PARTIAL_FILE
@@ -79,8 +79,7 @@ def _fresh(config):
     splits = load_data(config.data)
     teacher = load_teacher(config.teacher.model, config.teacher.checkpoint, config.teacher.kwargs)
     specs = discover_blocks(teacher, (1, *splits.input_shape), config.teacher.blocks)
-    torch.manual_seed(config.seed)
-    return teacher, specs, build_all_candidates(specs, config.ops), splits
+    return teacher, specs, build_all_candidates(specs, config.ops, seed=config.seed), splits
 
 
 def _with(config, **distill):
@@ -112,7 +111,7 @@ def test_killed_at_random_steps_resumes_to_the_same_table(trained_run, tmp_path)
         assert done.returncode == -signal.SIGKILL, (kill_at, done.stderr[-2000:])
         assert not (folder / "distill.json").exists()
         if kill_at >= 5:
-            assert load_tensors(folder / STATE_FILE)["format"] == 2  # whole, never half-written
+            assert load_tensors(folder / STATE_FILE)["format"] == STATE_FORMAT  # whole, never half-written
     done = _cli(args)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming group" in (folder / "logs" / "lana.log").read_text()
@@ -328,7 +327,7 @@ BAD_INPUTS = [
     _case("another-config", "distill --run @RUN --set seed=1", "made from another config"),
     _case("another-teacher", "distill --run @RUN --set teacher.checkpoint=@X", "made from another teacher", setup=_other_teacher),
     _case("corrupted-table", "show --run @RUN", "candidates.parquet is corrupted", setup=_corrupt("candidates.parquet")),
-    _case("corrupted-weights", "distill --run @RUN", "--force", setup=_corrupt("weights/layers.0.pt")),
+    _case("corrupted-weights", "distill --run @RUN", "--force", setup=_corrupt("weights/layers.0/conv_k1.pt")),
     _case("corrupted-state", "distill --run @RUN", "distill_state.pt is corrupted", setup=_corrupt(STATE_FILE, remove="distill.json")),
     _case("memory-unparseable", "distill --run @RUN --max-memory lots", "distill.max_memory 'lots'"),
 ]

@@ -8,6 +8,11 @@ default what the device has free); every group sees the same seeded batches, so 
 changes no result. Features of a block split over several groups are kept (on the training
 device, if ``distill.feature_cache`` allows) rather than recomputed by the teacher.
 
+Only the current group's candidate modules are held: each is built (seeded from its block and
+op, :mod:`lana.distill.candidates`) when its group starts, and written to
+``weights/<block>/<op>.pt`` and released when the group ends, so the process holds one
+group, not the zoo.
+
 Progress (weights, optimiser, scheduler, loss statistics) is checkpointed every
 ``distill.checkpoint_every`` steps; a run killed at any moment resumes from its last
 checkpoint and ends with the same results. Ctrl-C or SIGTERM stops at the next step after
@@ -23,7 +28,6 @@ import os
 import shutil
 import signal
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +37,7 @@ from tqdm.auto import tqdm
 from lana.config import LanaConfig
 from lana.data import DataSplits, is_loader, num_images
 from lana.device import Placement, distill_device_name
-from lana.distill.candidates import TEACHER_OP, Candidate, weights_file
+from lana.distill.candidates import TEACHER_OP, Candidate, candidate_file, save_candidate
 from lana.distill.distributed import (
     FLOAT,
     Dist,
@@ -59,8 +63,8 @@ from op_zoo import BlockSpec
 
 log = logging.getLogger("lana")
 STATE_FILE = "distill_state.pt"
-GROUPS_DIR = "distill_groups"
-STATE_FORMAT = 2
+GROUPS_DIR = "distill_groups"  # older versions kept finished groups here
+STATE_FORMAT = 3  # 3: finished groups are in weights/<block>/<op>.pt
 FAULT_ENV = "LANA_FAULT_KILL_AT_STEP"  # for tests: SIGKILL this process once that many steps are done
 
 
@@ -69,13 +73,17 @@ class _StopForward(Exception):
 
 
 class FeatureTap:
-    """Forward hooks that keep each block's input and output of the latest teacher pass."""
+    """Forward hooks that keep each block's input and output of the latest teacher pass.
+
+    The hooks are on the teacher only during a pass: candidates copied from a teacher block
+    (keep-teacher, pruned, low-rank) are built between passes and must not copy them.
+    """
 
     def __init__(self, teacher: nn.Module, blocks: list[str]) -> None:
         self.inputs: dict[str, torch.Tensor] = {}
         self.outputs: dict[str, torch.Tensor] = {}
         self.needed: set[str] = set()
-        self._handles = [get_submodule(teacher, name).register_forward_hook(self._hook(name)) for name in blocks]
+        self._blocks = {name: get_submodule(teacher, name) for name in blocks}
 
     def _hook(self, name: str):
         def hook(_module, args, output):
@@ -90,19 +98,18 @@ class FeatureTap:
     def features(self, teacher: nn.Module, images: torch.Tensor, needed: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """(input, output) of the ``needed`` blocks; the teacher stops after the last of them."""
         self.inputs, self.outputs, self.needed = {}, {}, set(needed)
+        handles = [module.register_forward_hook(self._hook(name)) for name, module in self._blocks.items()]
         try:
             teacher(images)
         except _StopForward:
             pass
+        finally:
+            for handle in handles:
+                handle.remove()
         missing = self.needed - self.outputs.keys()
         if missing:
             raise BlockDiscoveryError(f"blocks {sorted(missing)} did not run in the teacher's forward pass; fix teacher.blocks")
         return {b: (self.inputs[b], self.outputs[b]) for b in needed}
-
-    def close(self) -> None:
-        """Remove the hooks."""
-        for handle in self._handles:
-            handle.remove()
 
 
 def normalised_mse(
@@ -186,13 +193,10 @@ class _Distiller:
         self.state_path = run.file(STATE_FILE)
 
     # -- state ---------------------------------------------------------------------------
-    def _group_file(self, index: int) -> Path:
-        return self.run.file(GROUPS_DIR) / f"group_{index:05d}.pt"
-
     def _load_state(self) -> dict | None:
         state = None
         if self.dist.is_main:
-            for stale in [*self.run.path.glob(f".{STATE_FILE}.*.tmp"), *self.run.file(GROUPS_DIR).glob(".*.tmp")]:
+            for stale in [*self.run.path.glob(f".{STATE_FILE}.*.tmp"), *self.run.weights_dir.glob("*/.*.tmp")]:
                 stale.unlink(missing_ok=True)
             if self.state_path.is_file():
                 state = load_tensors(self.state_path)
@@ -230,11 +234,9 @@ class _Distiller:
             first, start = int(state["group"]), int(state["step"])
             self.stats.update({_split(k): {**self.stats[_split(k)], **v} for k, v in state["stats"].items()})
             torch.set_rng_state(state["rng"])
-            if self.dist.is_main:
-                for index in range(first):
-                    stored = load_tensors(self._group_file(index))
-                    for key, weights in stored.items():
-                        self._module(_split(key)).load_state_dict(weights)
+            if self.dist.is_main:  # finished groups: their weights are on disk, loaded when a stage builds them
+                for key in (k for g in groups[:first] for k in g):
+                    self._cand(key).weights = candidate_file(self.run.weights_dir, *key)
             log.info("distill: resuming group %d of %d at step %d of %d", first + 1, len(groups), start, self.steps)
         else:
             groups, first, start = self._plan(), 0, 0
@@ -254,14 +256,11 @@ class _Distiller:
                 stopped = self.dist.any(stop["stop"])  # asked to stop during the very last step
         finally:
             bar.close()
-            tap.close()
             self.place.offload(self.teacher)
         self.profile["wall_s"] = time.time() - started
         self.profile["groups"] = len(groups)
         if self.dist.is_main:
             self._save_state(groups, len(groups), 0, [], None, None)
-            for block, cands in self.candidates.items():
-                save_tensors(weights_file(self.run.weights_dir, block), {n: c.module.state_dict() for n, c in cands.items() if n != TEACHER_OP})
         log.info("distill: %d groups of %d steps over %d candidates in %.1fs", len(groups), self.steps, len(self.keys), self.profile["wall_s"])
         if stopped:
             raise KeyboardInterrupt
@@ -350,16 +349,18 @@ class _Distiller:
                     os.kill(os.getpid(), signal.SIGKILL)
         for step in list(self.cache):  # features no later group needs
             self.cache[step] = {b: v for b, v in self.cache[step].items() if b in later}
-        if self.dist.is_main:
-            save_tensors(self._group_file(index), {_join(k): self._module(k).state_dict() for k in trainable})
-            self._save_state(groups, index + 1, 0, [], None, None)
         for key in members:
             self.place.offload(self._module(key))
-        # the last step's gradients and the optimiser's moments would otherwise stay with every
-        # distilled candidate (4 + 8 bytes per weight) until the process ends
-        for param in params:
+        for param in params:  # no gradient is written with the weights, nor kept
             param.grad = None
-        del optimiser, scheduler
+        if self.dist.is_main:  # the group's weights first, then the state that says it is done
+            for key in members:
+                save_candidate(self.run.weights_dir, self._cand(key))
+            self._save_state(groups, index + 1, 0, [], None, None)
+        # the group's modules, gradients and optimiser moments go: the next group is built afresh
+        for key in members:
+            self._cand(key).release()
+        del optimiser, scheduler, params
         release_memory(self.device)
 
     def _cut(self, members: list[Key], done: int) -> None:
@@ -455,7 +456,6 @@ class _Distiller:
         results = {}
         for key, record in self.stats.items():
             cand = self._cand(key)
-            cand.module.eval()
             # the keep-teacher op is not run (it is its block): its loss is zero by definition
             loss = record["loss_sum"] / record["loss_n"] if record["loss_n"] else (0.0 if key[1] == TEACHER_OP else float("nan"))
             status = record["status"]
@@ -480,7 +480,10 @@ def distill_candidates(
     Args:
         teacher: the teacher network (kept in eval mode, never updated).
         specs: the replaceable blocks.
-        candidates: candidates by block and op name (trained in place).
+        candidates: candidates by block and op name; each group's modules are built when it
+            starts and released when it ends, its weights written to
+            ``weights/<block>/<op>.pt`` and named by ``Candidate.weights`` (so a later
+            ``cand.module`` is the distilled one).
         splits: the dataset splits (``train`` is used).
         config: the run config (``distill`` section: steps, optimiser, memory, checkpoints).
         run: the run folder (weights and resumable state land here; rank 0 alone writes).

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lana.data import BatchFn, batches_per_epoch, is_loader, to_pair
 from lana.device import resolve_compute_device
-from lana.distill.candidates import TEACHER_OP, Candidate
+from lana.distill.candidates import TEACHER_OP, Candidate, leaf_outputs
 from lana.errors import ConfigError, LanaError
 from lana.run.memory import free_memory, group_budget, memory_limit, memory_limits, mib, parse_bytes  # noqa: F401  (re-exported)
 from op_zoo import BlockSpec
@@ -236,29 +236,13 @@ def check_world(batch: int, dist: Dist) -> None:
 # -- memory: how candidates are grouped ------------------------------------------------
 
 
-def _leaf_outputs(module: nn.Module, in_shape: tuple[int, ...]) -> list[int]:
-    """Elements of every leaf module's output for one sample (eval mode: nothing changes)."""
-    sizes: list[int] = []
-    hook = lambda _m, _a, out: sizes.append(out.numel()) if isinstance(out, torch.Tensor) else None  # noqa: E731
-    handles = [m.register_forward_hook(hook) for m in module.modules() if not any(True for _ in m.children())]
-    was_training = module.training
-    device = next((p.device for p in module.parameters()), torch.device("cpu"))
-    try:
-        with torch.no_grad():
-            module.eval()(torch.zeros(1, *in_shape, device=device))
-    finally:
-        module.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return sizes or [0]
-
-
 def plan_groups(teacher: nn.Module, specs: list[BlockSpec], candidates: dict[str, dict[str, Candidate]], batch: int,
                 budget: int | None, input_shape: tuple[int, ...]) -> tuple[list[list[Key]], int]:
     """Split the candidates, in block order, into groups whose training fits ``budget`` bytes.
 
-    The estimate per candidate is its parameters with gradient and AdamW moments (16 bytes
-    each) plus twice its activations at ``batch``; each group also holds the teacher, its
+    The estimate per candidate, from its static costs (the modules are not held), is its
+    parameters with gradient and AdamW moments (16 bytes each) plus twice its activations at
+    ``batch``; each group also holds the teacher, its
     largest activations and the blocks' features. A candidate larger than the room left
     trains alone.
 
@@ -270,7 +254,7 @@ def plan_groups(teacher: nn.Module, specs: list[BlockSpec], candidates: dict[str
         return [keys] if keys else [], 0
     shapes = {s.name: s.in_shape for s in specs}
     features = sum(s.in_channels * math.prod(s.in_size) + s.out_channels * math.prod(s.out_size) for s in specs)
-    fixed = FLOAT * (sum(p.numel() for p in teacher.parameters()) + batch * (3 * max(_leaf_outputs(teacher, input_shape)) + features))
+    fixed = FLOAT * (sum(p.numel() for p in teacher.parameters()) + batch * (3 * max(leaf_outputs(teacher, input_shape)) + features))
     room = budget - fixed
     if room <= 0:
         raise ConfigError(f"distill.max_memory {mib(budget)} is below the {mib(fixed)} the teacher and its features need "
@@ -279,7 +263,8 @@ def plan_groups(teacher: nn.Module, specs: list[BlockSpec], candidates: dict[str
     used = peak = 0
     for block, name in keys:
         cand = candidates[block][name]
-        need = FLOAT * (4 * sum(p.numel() for p in cand.module.parameters()) + 2 * batch * sum(_leaf_outputs(cand.module, shapes[block])))
+        activations = cand.activations if cand.activations is not None else sum(leaf_outputs(cand.module, shapes[block]))
+        need = FLOAT * (4 * cand.params + 2 * batch * activations)  # from the static costs: no module need be held
         if groups[-1] and used + need > room:
             groups.append([])
             used = 0

@@ -355,10 +355,9 @@ def measure_in_context(teacher: nn.Module, specs, candidates: dict, input_shape:
 
     device = resolve_device(cfg.device)
     shapes = {s.name: s.in_shape for s in specs}
-    modules = {b: {n: getattr(c, "module", c) for n, c in cands.items()} for b, cands in candidates.items()}
     partial = partial or PartialTimings(None, "")
     reference = {s.name: TEACHER_OP for s in specs}
-    covers = cover_selections(order or {b: list(m) for b, m in modules.items()}, rounds, ranked=order is not None)
+    covers = cover_selections(order or {b: list(c) for b, c in candidates.items()}, rounds, ranked=order is not None)
     per_group = max(1, group - 1)
     chunks = [[reference] + covers[i : i + per_group] for i in range(0, len(covers), per_group)]
     example = example_input(input_shape, cfg)
@@ -367,8 +366,9 @@ def measure_in_context(teacher: nn.Module, specs, candidates: dict, input_shape:
         for index, chunk in enumerate(chunks):
             stored = partial.get("context", str(index))
             if stored is None or stored.get("choices") != chunk:
-                stored = _time_group(teacher, specs, modules, chunk, shapes, cfg, device, example, deployed=index == 0)
+                stored = _time_group(teacher, specs, candidates, chunk, shapes, cfg, device, example, deployed=index == 0)
                 partial.put("context", str(index), stored)
+                _release(candidates, chunk)
             groups.append(stored)
             bar.update(len(chunk) - 1)
     ref = groups[0]["reference_ms"]
@@ -436,7 +436,16 @@ def group_noise(results: list[dict]) -> float:
     return max(abs(r["half_a_ms"] - r["half_b_ms"]) / r["median_ms"] for r in results)
 
 
-def _time_group(teacher, specs, modules, chunk, shapes, cfg, device, example, deployed: bool) -> dict:
+def _release(candidates: dict, chunk: list[dict[str, str]]) -> None:
+    """Drop the modules of a timed group's candidates (lazily built ones: lana.distill.candidates)."""
+    for selection in chunk:
+        for block, name in selection.items():
+            release = getattr(candidates[block][name], "release", None)
+            if release is not None:
+                release()
+
+
+def _time_group(teacher, specs, candidates, chunk, shapes, cfg, device, example, deployed: bool) -> dict:
     """Time one group of clocked networks interleaved (the first is the reference); JSON-able.
 
     A noisy take (halves more than ``latency.retake_noise`` apart: the machine moved under it)
@@ -445,7 +454,8 @@ def _time_group(teacher, specs, modules, chunk, shapes, cfg, device, example, de
     """
     takes = []
     for _ in range(1 + cfg.retakes):
-        nets = [_clocked_network(teacher, specs, {b: modules[b][c] for b, c in sel.items()}, shapes, cfg, device) for sel in chunk]
+        nets = [_clocked_network(teacher, specs, {b: getattr(candidates[b][c], "module", candidates[b][c]) for b, c in sel.items()},
+                                 shapes, cfg, device) for sel in chunk]
         steps = [_closing(core.make_step(net, example, clock=cfg.clock), clock) for net, clock in nets]
         if deployed:  # the deployed teacher, unclocked, interleaved with its clocked twin
             steps.append(core.make_step(prepare_for_timing(teacher, example, cfg), example, _graphs(cfg, example), cfg.clock))

@@ -25,6 +25,7 @@ import pandas as pd
 from torch import nn
 
 from lana.config import LatencyConfig
+from lana.distill.candidates import OneBlockAtATime, release_all
 from lana.errors import RunFolderError
 from lana.latency.checkpoint import PartialTimings, partial_key
 from lana.latency.drift import drift_pct, speed_ratio
@@ -54,7 +55,9 @@ def profile_latency(teacher: nn.Module, specs, candidates: dict, input_shape: tu
     Args:
         teacher: the teacher network.
         specs: its blocks.
-        candidates: candidates (or modules) by block and op name.
+        candidates: candidates (or modules) by block and op name; a candidate built on demand
+            (:class:`lana.distill.candidates.Candidate`) is held one block at a time when timed
+            alone, one group of networks at a time in context.
         input_shape: ``(C, H, W)`` of one network input.
         cfg: the measurement settings.
         checkpoint: a file (``RUN/latency_partial.json``) where timings are saved as they are
@@ -75,12 +78,15 @@ def profile_latency(teacher: nn.Module, specs, candidates: dict, input_shape: tu
     knobs = {k: getattr(cfg, k) for k in ("warmup", "repeats", "max_repeats", "ci", "time_cap_s", "context_rounds")}
     partial = PartialTimings(checkpoint, partial_key(f"{settings_tag(cfg)}-{method}", knobs, candidates, input_shape))
     release_memory(device)  # what earlier stages freed goes back before the timed copies are made
-    isolated = measure_candidates(candidates, shapes, cfg, partial)
+    isolated = measure_candidates(OneBlockAtATime(candidates), shapes, cfg, partial)  # one block's modules held at a time
     release_memory(device)
     if method == "context":
         order = {b: sorted(c, key=lambda n, b=b: isolated[(b, n)].median_ms) for b, c in candidates.items()}
+        # each group of networks builds its candidates and releases them once timed
         context, record = measure_in_context(teacher, specs, candidates, input_shape, cfg, cfg.context_rounds, order=order,
                                              partial=partial)
+        release_all(candidates)
+        release_memory(device)  # the timed networks' copies go back to the system too
     else:
 
         whole = measure_network(teacher, input_shape, cfg)

@@ -124,8 +124,8 @@ def free_memory(device: torch.device) -> int:
 def group_budget(limit: int | str | None, device: torch.device) -> int | None:
     """Bytes the candidate groups may use on ``device`` under ``distill.max_memory``.
 
-    What the process already holds — the runtime, the teacher, every candidate's weights —
-    comes off :func:`memory_limit`. The figures are logged (with ``extra``: ``memory_limit``,
+    What the process already holds — the runtime, the teacher, its data; candidate modules are
+    built group by group, not held — comes off :func:`memory_limit`. The figures are logged (with ``extra``: ``memory_limit``,
     ``memory_held``) for the run's log and for benchmarks.
 
     Args:
@@ -145,7 +145,7 @@ def group_budget(limit: int | str | None, device: torch.device) -> int | None:
              mib(max(0, bound - held)), extra={"memory_limit": bound, "memory_held": held})
     if held >= bound:
         raise ConfigError(f"distill.max_memory {mib(bound)} is below the {mib(held)} this process already holds on {device} "
-                          "(the teacher and every candidate's weights); raise --max-memory or narrow ops.include")
+                          "(the runtime, the teacher and its data); raise --max-memory")
     return bound - held
 
 

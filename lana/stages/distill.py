@@ -1,11 +1,13 @@
 """``lana distill``: distil, score and time every candidate; write the candidates table.
 
 Skips work whose result is already in the run folder, so a stopped run resumes with the
-same command.
+same command. Candidate modules are never all held: distillation builds one group at a time,
+scoring and latency profiling one block at a time (:mod:`lana.distill.candidates`).
 """
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 
 import pandas as pd
@@ -15,16 +17,15 @@ from torch import nn
 from lana.config import LanaConfig
 from lana.data import DataSplits
 from lana.device import Placement, distill_device_name
-from lana.distill.candidates import build_all_candidates, weights_file
+from lana.distill.candidates import BUILDS, OneBlockAtATime, attach_weights, build_all_candidates
 from lana.distill.core import clear_state, distill_candidates, memory_limits
 from lana.distill.distributed import init_distributed
 from lana.distill.score import score_candidates, score_column, validation_tensors
-from lana.errors import CheckpointError
 from lana.latency.checkpoint import PARTIAL_FILE
 from lana.latency.measure import resolve_device
 from lana.latency.profiles import merge_latency, profile_latency, store_profile
 from lana.run.context import prepare
-from lana.run.folder import RunFolder, load_tensors, read_json, setup_logging, write_json
+from lana.run.folder import RunFolder, read_json, setup_logging, write_json
 from lana.teacher.blocks import describe_blocks
 from lana.teacher.load import teacher_fingerprint
 
@@ -60,7 +61,8 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
     config = type(config).model_validate(dist.broadcast_json(config.model_dump(mode="json")))  # every rank uses rank 0's
     ctx = prepare(config, run, writes=False, teacher=teacher, splits=splits)
     torch.manual_seed(config.seed)
-    candidates = build_all_candidates(ctx.specs, config.ops)  # bad op names are said before anything is written
+    # static costs only (each module built, counted, dropped); bad op names are said before anything is written
+    candidates = build_all_candidates(ctx.specs, config.ops, seed=config.seed)
     if dist.is_main:
         run.path.mkdir(parents=True, exist_ok=True)
         setup_logging(run)
@@ -75,8 +77,10 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
     tick = time.time()
     results = None
     if dist.broadcast_json(force or not distill_file.is_file()):
-        if force and dist.is_main:
+        if force and dist.is_main:  # a forced run killed midway resumes from its own state, never the old results
             clear_state(run)
+            distill_file.unlink(missing_ok=True)
+            shutil.rmtree(run.weights_dir, ignore_errors=True)
         results = distill_candidates(ctx.teacher, ctx.specs, candidates, ctx.splits, config, run, dist)
     dist.close()
     if not dist.is_main:
@@ -84,18 +88,7 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
     if results is not None:
         _keyed(distill_file, results)
         clear_state(run)
-    else:
-
-        for block, cands in candidates.items():
-            try:
-                stored = load_tensors(weights_file(run.weights_dir, block))
-                for name, cand in cands.items():
-                    if name in stored:
-                        cand.module.load_state_dict(stored[name])
-                    cand.module.eval()
-            except (CheckpointError, RuntimeError) as exc:
-                why = str(exc).split(";")[0].splitlines()[0]
-                raise CheckpointError(f"distilled weights of block {block} are unusable ({why}); rerun `lana distill --run {run.path} --force`") from None
+    attach_weights(candidates, run.weights_dir)  # later builds load the distilled weights; a missing file is said now
     distilled = _unkeyed(distill_file)
     seconds["distill"] = time.time() - tick
 
@@ -110,7 +103,7 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
         place = Placement.for_config(config)
         place.model(ctx.teacher)
         try:
-            scores, base = score_candidates(ctx.teacher, live, images, labels, config.score.batch_size)
+            scores, base = score_candidates(ctx.teacher, OneBlockAtATime(live), images, labels, config.score.batch_size)
         finally:
             place.offload(ctx.teacher)
         _keyed(score_file, scores)
@@ -158,5 +151,6 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
     table["score"] = -table["val_loss_delta"] if features else score_column(table, config.score.metric)
     run.save_table(table)
     write_json(run.file("distill_timing.json"), seconds)
-    log.info("distill stage done: %d candidates over %d blocks (%s)", len(table), len(counts), seconds)
+    log.info("distill stage done: %d candidates over %d blocks (%s); %d candidate modules built in %.1fs", len(table), len(counts),
+             seconds, BUILDS["builds"], BUILDS["seconds"])
     return table
