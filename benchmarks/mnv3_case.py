@@ -129,11 +129,12 @@ def main() -> None:
     result = lana.accelerate(teacher, train, val, budget="50%", run_dir=run_dir, config=args.config)
     total = time.time() - tick
     r = result.report
-    summary = {"share_of_teacher": r["student_latency_ms"] / r["teacher_latency_ms"], "speedup": r["speedup"],
+    summary = {"share_of_teacher": r["student_latency_ms"] / r["teacher_latency_ms"], "speedup": r.get("speedup"),
                "teacher_latency_ms": r["teacher_latency_ms"], "student_latency_ms": r["student_latency_ms"],
                "predicted_student_latency_ms": r.get("predicted_student_latency_ms"),
-               "teacher_top1": r["teacher_top1"], "student_top1": r["student_top1"],
-               "top1_change": None if r["teacher_top1"] is None else r["student_top1"] - r["teacher_top1"],
+               "teacher_top1": r.get("teacher_top1"), "student_top1": r.get("student_top1"),
+               "top1_change": None if r.get("teacher_top1") is None else r["student_top1"] - r["teacher_top1"],
+               "teacher": {"val_top1": info["val_top1"], "train_seconds": round(info["train_seconds"], 1), "recipe": RECIPE},
                "test_images": r.get("test_images"), "budget_met": r.get("budget_met"),
                "stage_seconds": r.get("stage_seconds"), "total_seconds": round(total, 1),
                "candidates": len(result.table), "threads": torch.get_num_threads()}
@@ -142,8 +143,8 @@ def main() -> None:
         summary["distill_timing"] = json.loads(timing.read_text())  # distil / score / latency inside the first stage
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
-    print(f"student at {summary['share_of_teacher']:.2f}x the teacher's measured latency ({r['speedup']:.2f}x faster), "
-          f"top-1 {r['teacher_top1']:.2f} -> {r['student_top1']:.2f} %, lana.accelerate {total / 60:.1f} min")
+    print(f"student at {summary['share_of_teacher']:.2f}x the teacher's measured latency, top-1 change "
+          f"{summary['top1_change']} points, lana.accelerate {total / 60:.1f} min")
 
 
 if __name__ == "__main__":
