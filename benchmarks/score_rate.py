@@ -5,7 +5,9 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/score_rate.py --compare  # plain against fast, one process
 
 The issue-24 case: timm ``mobilenetv3_large_100`` (10 classes, random init: the rate does
-not depend on the weights) on 32x32 images, every block, ``--per-block`` candidates per
+not depend on the weights; ``--checkpoint`` and ``--val-dir`` take the trained teacher and
+the images of ``benchmarks/mnv3_case.py``, whose KL scores are large enough for comparing
+two scorers to mean something) on 32x32 images, every block, ``--per-block`` candidates per
 block drawn from the whole zoo with a fixed seed (plus keep-teacher), ``--images`` scoring
 images. Prints candidates/s of :func:`lana.distill.score.score_candidates` by wall clock and
 by the process's CPU time (run it with ``OMP_NUM_THREADS=1``: one thread's CPU time does not
@@ -22,20 +24,28 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from pathlib import Path
 
 import torch
+from torchvision import datasets, transforms
 
-from lana.config import OpsConfig
+from benchmarks.mnv3_case import NORMALISE
+from lana.config import OpsConfig, ScoreConfig
+from lana.data import take_tensors
 from lana.distill.candidates import build_all_candidates
-from lana.distill.score import score_candidates
+from lana.distill.score import score_candidates, split_validation
 from lana.teacher.blocks import discover_blocks
 from lana.teacher.load import build_model
 
 
-def setting(per_block: int, seed: int = 0):
-    """The teacher, its candidates (``per_block`` sampled per block + teacher)."""
+def setting(per_block: int, seed: int = 0, checkpoint: Path | None = None):
+    """The teacher (random, or the weights in ``checkpoint``), its candidates (``per_block``
+    sampled per block + teacher)."""
     torch.manual_seed(seed)
     teacher = build_model("timm:mobilenetv3_large_100", {"num_classes": 10}).eval()
+    if checkpoint is not None:  # benchmarks/mnv3_case.py's OUT/teacher.pt
+        stored = torch.load(checkpoint, weights_only=True)
+        teacher.load_state_dict(stored.get("state", stored))
     specs = discover_blocks(teacher, (1, 3, 32, 32))
     everything = build_all_candidates(specs, OpsConfig())
     rng = random.Random(seed)
@@ -96,15 +106,21 @@ def main() -> None:
     parser.add_argument("--per-block", type=int, default=12)
     parser.add_argument("--images", type=int, default=360)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--checkpoint", type=Path, help="teacher weights (benchmarks/mnv3_case.py's OUT/teacher.pt); default random")
+    parser.add_argument("--val-dir", type=Path, help="score on this validation ImageFolder's scoring part (e.g. OUT/data/val)")
     parser.add_argument("--compare", action="store_true", help="plain and fast scorers alternately, with their agreement")
     parser.add_argument("--rounds", type=int, default=1, help="--compare: runs of each scorer")
     args = parser.parse_args()
-    teacher, candidates, whole = setting(args.per_block)
-    images = torch.randn(args.images, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    labels = torch.randint(0, 10, (args.images,), generator=torch.Generator().manual_seed(2))
+    teacher, candidates, whole = setting(args.per_block, checkpoint=args.checkpoint)
+    if args.val_dir is None:
+        images = torch.randn(args.images, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+        labels = torch.randint(0, 10, (args.images,), generator=torch.Generator().manual_seed(2))
+    else:  # the scoring part of a validation ImageFolder, as lana.accelerate takes it
+        val = datasets.ImageFolder(str(args.val_dir), transform=transforms.Compose([transforms.ToTensor(), NORMALISE]))
+        images, labels = take_tensors(split_validation(val, ScoreConfig(val_images=args.images))[0], None, 500)
     count = sum(len(c) for c in candidates.values())
-    print(f"mobilenetv3_large_100 32x32: {len(candidates)} blocks, {count} candidates scored "
-          f"(whole zoo: {whole}), {args.images} images, {torch.get_num_threads()} threads")
+    print(f"mobilenetv3_large_100 32x32 ({'trained' if args.checkpoint else 'random init'}): {len(candidates)} blocks, "
+          f"{count} candidates scored (whole zoo: {whole}), {len(images)} images, {torch.get_num_threads()} threads")
     score_candidates(teacher, {b: dict(list(c.items())[:2]) for b, c in list(candidates.items())[:1]}, images[:8], labels[:8])  # warm-up
     if args.compare:
         compare(teacher, candidates, images, labels, args.rounds)
