@@ -36,11 +36,10 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from lana.config import ScoreConfig
-from lana.data import NO_LABEL, DataSplits, is_loader, num_images, take_tensors, window
+from lana.data import NO_LABEL, DataSplits, num_images, take_tensors, window
 from lana.device import Placement, module_device
 from lana.distill.candidates import Candidate
 from lana.distill.inference import fast_batch, fast_convs
@@ -182,11 +181,8 @@ def split_validation(data, cfg: ScoreConfig):
             images in either part).
 
     Returns:
-        (scoring images, choice images): ``min(val_images, n - held)`` and ``min(val_images,
-        held)`` images, where ``held = round(holdout * n)``: of a Dataset, drawn with a fixed
-        seed (disjoint; in index order within each part), so one stored in class order
-        (an ImageFolder) is scored and chosen on every class; of a DataLoader, the first and
-        the last of its stream.
+        (scoring images, choice images): the first ``min(val_images, n - held)`` images and
+        the last ``min(val_images, held)``, where ``held = round(holdout * n)``.
     """
     n = num_images(data)
     if n < 2:
@@ -194,11 +190,7 @@ def split_validation(data, cfg: ScoreConfig):
     held = min(n - 1, max(1, round(cfg.holdout * n)))
     scored = min(cfg.val_images, n - held)
     chosen = min(cfg.val_images, held)
-    if is_loader(data):  # a stream: windows of it, in its own order
-        return window(data, 0, scored), window(data, n - chosen, chosen)
-    # a Dataset: a seeded draw, so that one stored in class order (ImageFolder) is scored on every class
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
-    return Subset(data, sorted(order[:scored])), Subset(data, sorted(order[n - chosen :]))
+    return window(data, 0, scored), window(data, n - chosen, chosen)
 
 
 def validation_tensors(splits: DataSplits, cfg: ScoreConfig, part: int) -> tuple[torch.Tensor, torch.Tensor]:
