@@ -42,6 +42,7 @@ from lana.config import ScoreConfig
 from lana.data import NO_LABEL, DataSplits, num_images, take_tensors, window
 from lana.device import Placement, module_device
 from lana.distill.candidates import Candidate
+from lana.distill.inference import fast_batch, fast_convs
 from lana.distill.swap import Prefix, replayed
 from lana.errors import DataError
 from lana.teacher.blocks import get_submodule, set_submodule
@@ -218,6 +219,10 @@ class _ReplayMismatch(Exception):
     """The replayed prefix did not reproduce the teacher's outputs."""
 
 
+class _FastFailed(Exception):
+    """The model failed with the fast CPU kernels (e.g. a ``view`` of a channels_last tensor)."""
+
+
 def _swapped_logits(teacher, block, modules, x, stack: bool) -> torch.Tensor:
     """Logits ``(k, n, classes)`` of the teacher with each of ``modules`` in ``block``."""
     original = get_submodule(teacher, block)
@@ -245,6 +250,7 @@ class _BlockScorer:
         self.batch_size, self.group_size = batch_size, group_size
         self.stack = True
         self.place = Placement(module_device(teacher))  # candidates and batches go where the teacher is
+        self.fast = self.place.device.type == "cpu"  # exact faster CPU kernels (lana.distill.inference)
         self.prefix = Prefix(teacher, self.place.batch(images[:1]))
 
     @torch.no_grad()
@@ -253,29 +259,49 @@ class _BlockScorer:
         for cand in cands.values():
             self.place.model(cand.module)
         try:
-            return self._sums(block, cands, names, replay)
+            while True:
+                try:
+                    with fast_convs([self.teacher, *(c.module for c in cands.values())] if self.fast else [], self.place.device):
+                        return self._sums(block, cands, names, replay)
+                except _FastFailed as exc:
+                    log.info("score: the channels_last / 1x1 kernels failed (%s); scoring with the plain ones", exc.__cause__)
+                    self.fast, self.stack = False, True
         finally:
             for cand in cands.values():
                 self.place.offload(cand.module)
+
+    def _logits(self, block: str, modules: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+        """Stacked where the model allows it; one at a time after the first failure; a failure
+        in one-at-a-time with the fast kernels turns those off (:class:`_FastFailed`)."""
+        if self.stack:
+            try:
+                return _swapped_logits(self.teacher, block, modules, x, True)
+            except RuntimeError as exc:
+                log.info("score: stacking candidates failed (%s); scoring one at a time", exc)
+                self.stack = False
+        try:
+            return _swapped_logits(self.teacher, block, modules, x, False)
+        except RuntimeError as exc:
+            if self.fast:
+                raise _FastFailed from exc
+            raise
 
     def _sums(self, block: str, cands: dict[str, Candidate], names: list[str], replay: bool) -> torch.Tensor:
         sums = torch.zeros(len(names), 3, dtype=torch.float64)  # kl, loss, hits
         for start in range(0, len(self.images), self.batch_size):
             end = start + self.batch_size
             x, target, reference = (self.place.batch(t[start:end]) for t in (self.images, self.targets, self.reference))
-            recorded = self.prefix.record(block, x) if replay else {}
+            x = fast_batch(x) if self.fast else x
+            try:
+                recorded = self.prefix.record(block, x) if replay else {}
+            except RuntimeError as exc:
+                if not self.fast:
+                    raise
+                raise _FastFailed from exc
             with replayed(self.teacher, recorded):
                 for first in range(0, len(names), self.group_size):
                     group = names[first : first + self.group_size]
-                    modules = [cands[n].module.eval() for n in group]
-                    try:
-                        logits = _swapped_logits(self.teacher, block, modules, x, self.stack)
-                    except RuntimeError as exc:
-                        if not self.stack:
-                            raise
-                        log.info("score: stacking candidates failed (%s); scoring one at a time", exc)
-                        self.stack = False
-                        logits = _swapped_logits(self.teacher, block, modules, x, False)
+                    logits = self._logits(block, [cands[n].module.eval() for n in group], x)
                     if replay and "teacher" in group:
                         own = logits[group.index("teacher")]
                         if not torch.allclose(own, reference, rtol=1e-3, atol=1e-3 * float(reference.abs().max()) + 1e-6):
@@ -296,6 +322,7 @@ def score_candidates(
     labels: torch.Tensor | None,
     batch_size: int = 500,
     max_stack: int = 4096,
+    plain: bool = False,
 ) -> tuple[dict[tuple[str, str], dict], dict]:
     """Score every candidate by swapping it alone into the teacher.
 
@@ -308,6 +335,9 @@ def score_candidates(
             teacher's outputs (KL and top-1 agreement).
         batch_size: images per forward pass.
         max_stack: most candidate-images stacked into one forward pass.
+        plain: the whole network for every group of candidates, with PyTorch's own kernels
+            (no prefix replay, no :mod:`lana.distill.inference`): the reference the faster
+            paths are checked and timed against (tests, ``benchmarks/score_rate.py``).
 
     Returns:
         Per (block, op) ``kl`` (mean KL divergence of the swapped network's outputs from
@@ -324,7 +354,8 @@ def score_candidates(
     base = _loss_hits(reference, targets)
     base_loss, base_acc = base[0].mean().item(), 100.0 * base[1].float().mean().item()
     scorer = _BlockScorer(teacher, images, targets, reference, batch_size, max(1, max_stack // batch_size))
-    replay = True
+    scorer.fast = scorer.fast and not plain
+    replay = not plain
     results: dict[tuple[str, str], dict] = {}
     bar = tqdm(total=sum(len(c) for c in candidates.values()), desc="score", unit="cand", dynamic_ncols=True)
     for block, cands in candidates.items():

@@ -42,13 +42,26 @@ from lana.run.memory import release_memory
 
 log = logging.getLogger("lana")
 
+# In context, the candidates timed alone only order the first round of cover networks (fast
+# ops among fast neighbours); nothing the solver adds comes from them. A median of a few
+# calls orders them as well as a tight one (benchmarks/latency_rate.py measures both) at a
+# tenth of the calls: with the default knobs, under load, most candidates ran to the cap.
+ORDERING_KNOBS = {"warmup": 3, "repeats": 7, "max_repeats": 7, "ci": 1.0, "time_cap_s": 0.5}
+
+
+def isolated_settings(cfg: LatencyConfig, method: str, precise: bool = False) -> LatencyConfig:
+    """The settings candidates are timed alone with: ``cfg``'s own where their figures are the
+    prediction's input (``method`` isolated) or ``precise``, else :data:`ORDERING_KNOBS`."""
+    return cfg if method != "context" or precise else cfg.model_copy(update=ORDERING_KNOBS)
+
 
 def profile_latency(teacher: nn.Module, specs, candidates: dict, input_shape: tuple[int, ...], cfg: LatencyConfig,
-                    checkpoint: Path | None = None) -> dict:
+                    checkpoint: Path | None = None, precise_isolated: bool = False) -> dict:
     """Measure every candidate and the teacher under ``cfg``; the profile record for ``latency.json``.
 
     With ``method: context`` each candidate is timed in the whole network (the prediction
-    input) and alone (kept as ``isolated_ms``); with ``method: isolated``, or where in-context
+    input) and alone, briefly (:data:`ORDERING_KNOBS`: the order of the first cover round;
+    kept as ``isolated_ms``, ``isolated_timing`` ``ordering``); with ``method: isolated``, or where in-context
     clocks cannot run (ONNX Runtime, CUDA graphs), alone only, the fixed part being the
     deployed teacher minus its blocks timed alone.
 
@@ -63,6 +76,8 @@ def profile_latency(teacher: nn.Module, specs, candidates: dict, input_shape: tu
         checkpoint: a file (``RUN/latency_partial.json``) where timings are saved as they are
             taken; a rerun after a kill resumes from it. The caller deletes it once the
             profile is stored.
+        precise_isolated: in context too, time the candidates alone with ``cfg``'s own knobs
+            (``isolated_timing`` ``precise``: for comparing a naive sum of them).
 
     Returns:
         The profile record; each candidate also carries ``share``, its figure as a share of
@@ -75,10 +90,13 @@ def profile_latency(teacher: nn.Module, specs, candidates: dict, input_shape: tu
         why = "CUDA graphs replay whole" if cfg.runtime in CLOCKABLE else f"{cfg.runtime} compiles the whole graph"
         log.info("latency: %s cannot be clocked block by block (%s); timing candidates alone (method isolated)", cfg.runtime, why)
         method = "isolated"
+    precise = isolated_settings(cfg, method, precise_isolated) is cfg
     knobs = {k: getattr(cfg, k) for k in ("warmup", "repeats", "max_repeats", "ci", "time_cap_s", "context_rounds")}
+    knobs["isolated_precise"] = precise
     partial = PartialTimings(checkpoint, partial_key(f"{settings_tag(cfg)}-{method}", knobs, candidates, input_shape))
     release_memory(device)  # what earlier stages freed goes back before the timed copies are made
-    isolated = measure_candidates(OneBlockAtATime(candidates), shapes, cfg, partial)  # one block's modules held at a time
+    isolated = measure_candidates(OneBlockAtATime(candidates), shapes, isolated_settings(cfg, method, precise_isolated),
+                                  partial)  # one block's modules held at a time
     release_memory(device)
     if method == "context":
         order = {b: sorted(c, key=lambda n, b=b: isolated[(b, n)].median_ms) for b, c in candidates.items()}
@@ -107,6 +125,7 @@ def profile_latency(teacher: nn.Module, specs, candidates: dict, input_shape: tu
         "tag": settings_tag(cfg), "settings": settings_record(cfg), "method": method, "input_shape": list(input_shape),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **record,
         "isolated_blocks_sum_ms": sum(isolated[(s.name, "teacher")].median_ms for s in specs),
+        "isolated_timing": "precise" if precise else "ordering",
         "calibration": None, "candidates": rows,
     })
 
