@@ -239,7 +239,7 @@ def run_model(name: str, results: Path, limit: float) -> dict:
     run_dir = results / "runs" / slug(name)
     shutil.rmtree(run_dir, ignore_errors=True)
     out.unlink(missing_ok=True)
-    begin = time.time()
+    begin, commit = time.time(), checkout_commit()
     cmd = [sys.executable, "-m", "benchmarks.coverage", "--child", name, "--results", str(results)]
     proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -260,7 +260,7 @@ def run_model(name: str, results: Path, limit: float) -> dict:
             lines = [line for line in (err or "").strip().splitlines() if line.strip()]
             why = f"{stage}: process ended with code {proc.returncode}" + (f" ({lines[-1][:200]})" if lines else "")
         record.update(status="done", reason=why, end_to_end=False, stage=stage)
-    record.update(seconds=time.time() - begin, commit=checkout_commit(), finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    record.update(seconds=time.time() - begin, commit=commit, finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     write_record(out, record)
     shutil.rmtree(run_dir, ignore_errors=True)
     return record

@@ -28,11 +28,25 @@ class _Stop(Exception):
 
 
 class _Replay(nn.Module):
-    """Stands in for a module of the prefix: returns (a copy of) its recorded output."""
+    """Stands in for a module of the prefix: returns (a copy of) its recorded output.
 
-    def __init__(self, output: Any) -> None:
+    Other attributes are read from the module it stands in for: a parent's forward may read
+    them (timm's ViT reads ``patch_embed.grid_size``, ...).
+    """
+
+    def __init__(self, output: Any, original: nn.Module | None = None) -> None:
         super().__init__()
         self.output = output
+        object.__setattr__(self, "_original", original)  # not a child: its weights stay out of this module
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            original = self.__dict__.get("_original")
+            if original is None:
+                raise
+            return getattr(original, name)
 
     def forward(self, *args, **kwargs):
         return _clone(self.output)
@@ -124,7 +138,7 @@ class replayed:
     def __enter__(self) -> nn.Module:
         for name, output in self.outputs.items():
             self.saved[name] = get_submodule(self.teacher, name)
-            set_submodule(self.teacher, name, _Replay(output))
+            set_submodule(self.teacher, name, _Replay(output, self.saved[name]))
         return self.teacher
 
     def __exit__(self, *exc) -> None:

@@ -1,0 +1,65 @@
+"""Fixes the coverage benchmark (benchmarks/coverage.py) led to, one test each: what broke on
+a family of the published model list, reduced to a few-line network."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lana.distill.candidates import Candidate
+from lana.distill.score import score_candidates
+
+
+class _Embed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj, self.grid_size = nn.Conv2d(1, 8, 2, stride=2), (4, 4)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv(x).relu()
+
+
+class _ReadsAttributes(nn.Module):
+    """Like timm's ViT with ``dynamic_img_size``: the forward reads an attribute of a module
+    that runs before the blocks (``patch_embed.grid_size``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = _Embed()
+        self.blocks = nn.Sequential(_Block(), _Block())
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.embed(x) * (self.embed.grid_size[0] / 4)
+        return self.head(self.blocks(x).mean((2, 3)))
+
+
+def test_scoring_replays_a_prefix_whose_attributes_the_forward_reads():
+    """timm:test_vit failed scoring with "'_Replay' object has no attribute 'grid_size'"."""
+    torch.manual_seed(0)
+    net = _ReadsAttributes().eval()
+    x, y = torch.randn(12, 1, 8, 8), torch.randint(0, 5, (12,))
+    cands = {name: {"teacher": Candidate(name, "teacher", "teacher", net.get_submodule(name), 0, 0),
+                    "identity": Candidate(name, "identity", "identity", nn.Identity(), 0, 0)}
+             for name in ("blocks.0", "blocks.1")}
+    scores, _ = score_candidates(net, cands, x, y, batch_size=4)
+    assert isinstance(net.embed, _Embed)  # restored
+    with torch.no_grad():
+        ref = net(x).log_softmax(-1)
+        for block in ("blocks.0", "blocks.1"):
+            original = net.get_submodule(block)
+            net.blocks[int(block[-1])] = nn.Identity()
+            out = net(x).log_softmax(-1)
+            net.blocks[int(block[-1])] = original
+            kl = (ref.exp() * (ref - out)).sum(-1).mean().item()
+            assert scores[(block, "identity")]["kl"] == pytest.approx(kl, rel=1e-4, abs=1e-6)
+            assert scores[(block, "teacher")]["kl"] == 0
