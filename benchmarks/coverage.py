@@ -76,8 +76,8 @@ def write_record(path: Path, record: dict) -> None:
 
 
 # -- the child: one model ------------------------------------------------------------------
-def build_at_size(name: str):
-    """The model (random weights, ``num_classes=10``) and the smallest side of :data:`SIZES` it runs at."""
+def build_at_size(name: str, sizes: tuple[int, ...] = SIZES):
+    """The model (random weights, ``num_classes=10``) and the first side of ``sizes`` it runs at."""
     import torch
 
     from lana.config import RANDOM_CHECKPOINT
@@ -85,7 +85,7 @@ def build_at_size(name: str):
 
     size_kw = "image_size" if name.startswith("torchvision:") else "img_size"
     last = None
-    for size in SIZES:
+    for size in sizes:
         for kwargs in ({"num_classes": 10, size_kw: size}, {"num_classes": 10}):
             torch.manual_seed(0)
             try:
@@ -102,7 +102,7 @@ def build_at_size(name: str):
                 last = exc
                 continue
             return model, size, size_kw in kwargs
-    raise RuntimeError(f"no side of {SIZES} runs: {one_line(last)}")
+    raise RuntimeError(f"no side of {list(sizes)} runs: {one_line(last)}")
 
 
 def synthetic(n: int, size: int, seed: int):
@@ -152,7 +152,7 @@ def last_stage(run_dir: Path) -> str:
     return left[0] if left else "the student's reload"
 
 
-def run_child(name: str, out: Path, run_dir: Path) -> dict:
+def run_child(name: str, out: Path, run_dir: Path, sizes: tuple[int, ...] = SIZES) -> dict:
     """Build, discover, accelerate and check one model; ``out`` holds its record as it grows."""
     import torch
 
@@ -165,13 +165,13 @@ def run_child(name: str, out: Path, run_dir: Path) -> dict:
     write_record(out, record)
 
     def fail(stage: str, exc: BaseException) -> dict:
-        record.update(status="done", stage=stage, reason=f"{stage}: {one_line(exc)}", seconds=time.time() - begin,
+        record.update(status="done", stage=stage, end_to_end=False, reason=f"{stage}: {one_line(exc)}", seconds=time.time() - begin,
                       traceback=traceback.format_exc()[-3000:])
         write_record(out, record)
         return record
 
     try:
-        model, size, sized = build_at_size(name)
+        model, size, sized = build_at_size(name, sizes)
     except Exception as exc:  # noqa: BLE001 -- every failure is a one-line reason
         return fail("build", exc)
     record.update(size=size, size_kwarg=sized, params_m=sum(p.numel() for p in model.parameters()) / 1e6,
@@ -233,14 +233,15 @@ def run_child(name: str, out: Path, run_dir: Path) -> dict:
 
 
 # -- the parent: the list, one process each --------------------------------------------------
-def run_model(name: str, results: Path, limit: float) -> dict:
+def run_model(name: str, results: Path, limit: float, sizes: tuple[int, ...] = SIZES) -> dict:
     """One model in its own process group, killed at ``limit`` seconds; its final record."""
     out = results / f"{slug(name)}.json"
     run_dir = results / "runs" / slug(name)
     shutil.rmtree(run_dir, ignore_errors=True)
     out.unlink(missing_ok=True)
     begin, commit = time.time(), checkout_commit()
-    cmd = [sys.executable, "-m", "benchmarks.coverage", "--child", name, "--results", str(results)]
+    cmd = [sys.executable, "-m", "benchmarks.coverage", "--child", name, "--results", str(results),
+           "--sizes", *map(str, sizes)]
     proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -308,7 +309,8 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores (shared), torch {torch.__version__}, timm {timm.__version__}"
 
 
-def write_doc(path: Path, names: list[str], records: dict[str, dict], limit: float, command: str) -> str:
+def write_doc(path: Path, names: list[str], records: dict[str, dict], limit: float, command: str,
+              sizes: tuple[int, ...] = SIZES) -> str:
     """Write the coverage page; returns its summary line."""
     done = [records[n] for n in names if n in records]
     passed = sum(bool(r.get("end_to_end")) for r in done)
@@ -325,7 +327,7 @@ def write_doc(path: Path, names: list[str], records: dict[str, dict], limit: flo
         "",
         "Each model runs in its own process with a time limit of "
         f"{limit:.0f} s, built as a new user would (`num_classes=10`, random weights, nothing downloaded, passed to "
-        f"`lana.accelerate` as an `nn.Module`) at the smallest input side of {list(SIZES)} it builds and runs at "
+        f"`lana.accelerate` as an `nn.Module`) at the first input side of {list(sizes)} it builds and runs at "
         "(timm's `img_size` / torchvision's `image_size` is passed where the builder takes one, so fixed-size "
         "transformers are built for that side). Data: "
         f"{IMAGES['train']} train and {IMAGES['val']} validation images of seeded noise with random labels. "
@@ -360,13 +362,15 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser.add_argument("--limit", type=float, default=TIME_LIMIT_S, help="seconds per model")
     parser.add_argument("--results", default="runs/coverage", help="one JSON record per model")
     parser.add_argument("--doc", default="docs/coverage.md")
+    parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES), help="input sides tried, in order")
     parser.add_argument("--force", action="store_true", help="rerun models already recorded")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     if args.child:
-        return {args.child: run_child(args.child, results / f"{slug(args.child)}.json", results / "runs" / slug(args.child))}
+        return {args.child: run_child(args.child, results / f"{slug(args.child)}.json", results / "runs" / slug(args.child),
+                                       tuple(args.sizes))}
     command = "python -m benchmarks.coverage " + " ".join(argv if argv is not None else sys.argv[1:])
     records: dict[str, dict] = {}
     for name in args.models:
@@ -375,11 +379,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         if old.get("status") == "done" and not args.force:
             records[name] = old
             continue
-        records[name] = run_model(name, results, args.limit)
+        records[name] = run_model(name, results, args.limit, tuple(args.sizes))
         r = records[name]
         print(f"{name}: {'end to end' if r.get('end_to_end') else r.get('reason')} ({r['seconds']:.0f} s)", flush=True)
-        write_doc(Path(args.doc), args.models, records, args.limit, command.strip())
-    print(write_doc(Path(args.doc), args.models, records, args.limit, command.strip()))
+        write_doc(Path(args.doc), args.models, records, args.limit, command.strip(), tuple(args.sizes))
+    print(write_doc(Path(args.doc), args.models, records, args.limit, command.strip(), tuple(args.sizes)))
     return records
 
 
