@@ -319,11 +319,15 @@ def write_doc(path: Path, names: list[str], records: dict[str, dict], limit: flo
         f"\n\n**Partial run:** {len(done)} of {len(names)} models measured; not yet run: "
         + ", ".join(n for n in names if n not in records) + ".")
     settings = json.dumps(SETTINGS, separators=(", ", ": "))
+    commits: dict[str, int] = {}
+    for r in done:
+        commits[r.get("commit", "unknown")] = commits.get(r.get("commit", "unknown"), 0) + 1
+    at = ", ".join(f"{c} ({n} models)" for c, n in commits.items())
     lines = [
         f"# Coverage: `lana.accelerate` end to end on {len(names)} timm and torchvision models",
         "",
         f"{summary}. Written by `benchmarks/coverage.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
-        f"`{command}` on {machine()}.{partial}",
+        f"`{command}` on {machine()}; rows measured at commit {at} (`+`: with uncommitted changes).{partial}",
         "",
         "Each model runs in its own process with a time limit of "
         f"{limit:.0f} s, built as a new user would (`num_classes=10`, random weights, nothing downloaded, passed to "

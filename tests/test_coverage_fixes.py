@@ -63,3 +63,44 @@ def test_scoring_replays_a_prefix_whose_attributes_the_forward_reads():
             kl = (ref.exp() * (ref - out)).sum(-1).mean().item()
             assert scores[(block, "identity")]["kl"] == pytest.approx(kl, rel=1e-4, abs=1e-6)
             assert scores[(block, "teacher")]["kl"] == 0
+
+
+class _Stem(nn.Module):
+    """Like timm's FastViT ``MobileOneBlock``: branches in a ModuleList that is never called itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList([nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(1, 8, 1)])
+
+    def forward(self, x):
+        return sum(branch(x) for branch in self.branches)
+
+
+class _NestedPrefix(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(_Stem(), _Block())
+        self.blocks = nn.Sequential(_Block(), _Block())
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def test_scoring_replays_a_prefix_holding_a_container_that_is_never_called():
+    """timm FastViT, EfficientViT and SwinV2 failed scoring with "no module named 'stem.0.conv_kxk'":
+    a module inside an uncalled ModuleList stood in beside its ancestor, which could not be restored."""
+    from lana.distill.swap import Prefix
+
+    torch.manual_seed(0)
+    net = _NestedPrefix().eval()
+    x = torch.randn(6, 1, 8, 8)
+    assert sorted(Prefix(net, x[:1]).modules_before("stem.1")) == ["stem.0"]
+    cands = {name: {"teacher": Candidate(name, "teacher", "teacher", net.get_submodule(name), 0, 0),
+                    "identity": Candidate(name, "identity", "identity", nn.Identity(), 0, 0)}
+             for name in ("stem.1", "blocks.0", "blocks.1")}
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    scores, _ = score_candidates(net, cands, x, None, batch_size=3)
+    assert isinstance(net.stem[0], _Stem) and isinstance(net.stem[0].branches[0], nn.Conv2d)  # all restored
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert all(scores[(b, "identity")]["kl"] > 0 for b in cands)

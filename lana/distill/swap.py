@@ -62,6 +62,12 @@ def _clone(value: Any) -> Any:
     return value
 
 
+def _ancestors(name: str) -> list[str]:
+    """``"a.b.c"`` -> ``["a", "a.b"]``."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
 class Prefix:
     """Which modules of ``teacher`` run before each block, and their replay.
 
@@ -102,8 +108,9 @@ class Prefix:
             return []
         begin = self.spans[block][0][0]
         done = {n for n, s in self.spans.items() if len(s) == 1 and s[0][1] < begin}
-        # a module called again after the block, or more than once, never stands in
-        return [n for n in done if n.rpartition(".")[0] not in done]
+        # a module called again after the block, or more than once, never stands in; nor does one
+        # inside another that stands in (its parent may be a container never called, a ModuleList)
+        return [n for n in done if not any(a in done for a in _ancestors(n))]
 
     @torch.no_grad()
     def record(self, block: str, images: torch.Tensor) -> dict[str, Any]:
