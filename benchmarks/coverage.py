@@ -261,7 +261,7 @@ def run_model(name: str, results: Path, limit: float, sizes: tuple[int, ...] = S
             lines = [line for line in (err or "").strip().splitlines() if line.strip()]
             why = f"{stage}: process ended with code {proc.returncode}" + (f" ({lines[-1][:200]})" if lines else "")
         record.update(status="done", reason=why, end_to_end=False, stage=stage)
-    record.update(seconds=time.time() - begin, commit=commit, finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    record.update(seconds=time.time() - begin, commit=commit, limit_s=limit, finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     write_record(out, record)
     shutil.rmtree(run_dir, ignore_errors=True)
     return record
@@ -323,6 +323,8 @@ def write_doc(path: Path, names: list[str], records: dict[str, dict], limit: flo
     for r in done:
         commits[r.get("commit", "unknown")] = commits.get(r.get("commit", "unknown"), 0) + 1
     at = ", ".join(f"{c} ({n} models)" for c, n in commits.items())
+    other = [f"{r['model']} {r['limit_s']:.0f} s" for r in done if r.get("limit_s", limit) != limit]
+    longer = f" (rerun after the list with another limit: {', '.join(other)})" if other else ""
     lines = [
         f"# Coverage: `lana.accelerate` end to end on {len(names)} timm and torchvision models",
         "",
@@ -330,7 +332,7 @@ def write_doc(path: Path, names: list[str], records: dict[str, dict], limit: flo
         f"`{command}` on {machine()}; rows measured at commit {at} (`+`: with uncommitted changes).{partial}",
         "",
         "Each model runs in its own process with a time limit of "
-        f"{limit:.0f} s, built as a new user would (`num_classes=10`, random weights, nothing downloaded, passed to "
+        f"{limit:.0f} s{longer}, built as a new user would (`num_classes=10`, random weights, nothing downloaded, passed to "
         f"`lana.accelerate` as an `nn.Module`) at the first input side of {list(sizes)} it builds and runs at "
         "(timm's `img_size` / torchvision's `image_size` is passed where the builder takes one, so fixed-size "
         "transformers are built for that side). Data: "
