@@ -27,7 +27,7 @@ def tiny_net(num_classes: int = 10) -> nn.Module:
 
 
 def _rows(doc) -> dict[str, list[str]]:
-    """The table's rows by model: side, blocks, cands/block, assembles, TorchScript, .pt2, speed-up, e2e, s, reason."""
+    """Rows by model: side, blocks, cands/block, assembles, TorchScript, .pt2, speed-up, vs budget, e2e, s, reason."""
     rows = [[cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip()[1:-1])] for line in doc.read_text().splitlines()
             if line.startswith("| ") and "---" not in line]
     return {row[0]: row[1:] for row in rows[1:]}
@@ -45,8 +45,8 @@ def test_a_row_per_model_and_a_one_line_reason_for_a_failure(tmp_path):
     assert not bad["end_to_end"] and bad["reason"].startswith("build: RuntimeError: no side of [16] runs")
     assert "\n" not in bad["reason"]
     rows = _rows(doc)
-    assert rows[ok][:2] == ["16", "2 (nchw 2)"] and rows[ok][7] == "yes" and rows[ok][9] == ""  # no reason
-    assert rows[one_channel][7] == "**no**" and "expected input" in rows[one_channel][9]
+    assert rows[ok][:2] == ["16", "2 (nchw 2)"] and rows[ok][8] == "yes" and rows[ok][10] == ""  # no reason
+    assert rows[one_channel][8] == "**no**" and "expected input" in rows[one_channel][10]
     assert "**1 of 2 models end to end** (50 %)" in doc.read_text()
 
     # a rerun skips what is recorded; --force redoes it, here past a time limit, with the stage it stopped in
@@ -54,4 +54,4 @@ def test_a_row_per_model_and_a_one_line_reason_for_a_failure(tmp_path):
     assert coverage.main(args)[ok] == before
     forced = coverage.main(args[:2] + args[3:-1] + ["1", "--force"])[ok]
     assert not forced["end_to_end"] and forced["reason"].startswith("time limit 1 s reached in ")
-    assert "Partial run" not in doc.read_text() and "time limit 1 s" in _rows(doc)[ok][9]
+    assert "Partial run" not in doc.read_text() and "time limit 1 s" in _rows(doc)[ok][10]
