@@ -79,6 +79,7 @@ def write_record(path: Path, record: dict) -> None:
 def build_at_size(name: str, sizes: tuple[int, ...] = SIZES):
     """The model (random weights, ``num_classes=10``) and the first side of ``sizes`` it runs at."""
     import torch
+
     from lana.config import RANDOM_CHECKPOINT
     from lana.teacher.load import load_teacher
 
@@ -153,8 +154,9 @@ def last_stage(run_dir: Path) -> str:
 
 def run_child(name: str, out: Path, run_dir: Path, sizes: tuple[int, ...] = SIZES) -> dict:
     """Build, discover, accelerate and check one model; ``out`` holds its record as it grows."""
-    import lana
     import torch
+
+    import lana
     from lana.teacher.blocks import discover_blocks
 
     torch.set_num_threads(1)
