@@ -104,3 +104,47 @@ def test_scoring_replays_a_prefix_holding_a_container_that_is_never_called():
     assert isinstance(net.stem[0], _Stem) and isinstance(net.stem[0].branches[0], nn.Conv2d)  # all restored
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert all(scores[(b, "identity")]["kl"] > 0 for b in cands)
+
+
+class _PreAct(nn.Module):
+    """Like timm's Xception units: an in-place activation on the block's own input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act, self.conv = nn.ReLU(inplace=True), nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(self.act(x))
+
+
+class _PreActNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.units = nn.Sequential(_PreAct(), _PreAct())
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(self.units(self.stem(x)).mean((2, 3)))
+
+
+def test_finetuning_a_candidate_ending_in_an_activation_before_an_in_place_one(tmp_path, one_thread):
+    """timm:xception41 failed fine-tuning: "a variable needed for gradient computation has been
+    modified by an inplace operation" (a candidate's ReLU output, overwritten by the next block's)."""
+    import lana
+    from torch.utils.data import TensorDataset
+
+    torch.manual_seed(0)
+    teacher = _PreActNet().eval()
+    data = TensorDataset(torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,)))
+    config = {"ops": {"include": ["conv_k1"]}, "distill": {"max_steps": 1}, "score": {"val_images": 4},
+              "latency": {"batch_size": 1, "warmup": 1, "repeats": 3, "max_repeats": 3, "time_cap_s": 0.1, "context_rounds": 1},
+              "finetune": {"epochs": 1, "min_steps": 1}, "data": {"batch_size": 8}}
+    run = lana.new_run(teacher, data, data, run_dir=tmp_path / "run", device="cpu", config=config,
+                       blocks=["units.0", "units.1"])
+    run.distill()
+    result = run.finetune({"choice": {"units.0": "conv_k1", "units.1": "teacher"}})
+    assert result["train_loss"] == result["train_loss"]  # a finite loss: the steps ran
+    assert teacher.units[1].act.inplace  # the user's teacher is untouched
+    student = run.student({"choice": {"units.0": "conv_k1", "units.1": "teacher"}})
+    assert student.units[1].act.inplace  # the student as exported keeps its in-place activation
