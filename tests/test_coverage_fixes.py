@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
+import lana
 from lana.distill.candidates import Candidate
 from lana.distill.score import score_candidates
+from lana.distill.swap import Prefix
 
 
 class _Embed(nn.Module):
@@ -90,8 +93,6 @@ class _NestedPrefix(nn.Module):
 def test_scoring_replays_a_prefix_holding_a_container_that_is_never_called():
     """timm FastViT, EfficientViT and SwinV2 failed scoring with "no module named 'stem.0.conv_kxk'":
     a module inside an uncalled ModuleList stood in beside its ancestor, which could not be restored."""
-    from lana.distill.swap import Prefix
-
     torch.manual_seed(0)
     net = _NestedPrefix().eval()
     x = torch.randn(6, 1, 8, 8)
@@ -131,9 +132,6 @@ class _PreActNet(nn.Module):
 def test_finetuning_a_candidate_ending_in_an_activation_before_an_in_place_one(tmp_path, one_thread):
     """timm:xception41 failed fine-tuning: "a variable needed for gradient computation has been
     modified by an inplace operation" (a candidate's ReLU output, overwritten by the next block's)."""
-    import lana
-    from torch.utils.data import TensorDataset
-
     torch.manual_seed(0)
     teacher = _PreActNet().eval()
     data = TensorDataset(torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,)))
