@@ -119,6 +119,13 @@ class _PreAct(nn.Module):
 
 
 class _PreActNet(nn.Module):
+    _version = 2  # like torchvision's MNASNet: loading refuses a state_dict without its module versions
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        if local_metadata.get("version") != 2:
+            raise ValueError(f"version should be 2 instead of {local_metadata.get('version')}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
+
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
@@ -144,5 +151,23 @@ def test_finetuning_a_candidate_ending_in_an_activation_before_an_in_place_one(t
     result = run.finetune({"choice": {"units.0": "conv_k1", "units.1": "teacher"}})
     assert result["train_loss"] == result["train_loss"]  # a finite loss: the steps ran
     assert teacher.units[1].act.inplace  # the user's teacher is untouched
-    student = run.student({"choice": {"units.0": "conv_k1", "units.1": "teacher"}})
+    student = run.student({"choice": {"units.0": "conv_k1", "units.1": "teacher"}})  # loads RUN/student.pt
     assert student.units[1].act.inplace  # the student as exported keeps its in-place activation
+    # torchvision:mnasnet0_5 failed loading student.pt ("version should be set to 1 or 2 instead of None")
+    assert student.stem.weight.shape == teacher.stem.weight.shape
+
+
+def test_head_pruning_declines_an_attention_that_takes_its_head_width_from_the_input():
+    """torchvision:swin_t failed building candidates: its window attention computes the head width
+    as C // num_heads, so a copy with half the heads reshaped wrongly (attn_heads50)."""
+    from torchvision.models.swin_transformer import SwinTransformerBlock
+
+    import op_zoo
+    from lana.teacher.blocks import discover_blocks
+
+    torch.manual_seed(0)
+    net = nn.Sequential(SwinTransformerBlock(32, 4, [4, 4], [0, 0]), SwinTransformerBlock(32, 4, [4, 4], [2, 2])).eval()
+    specs = discover_blocks(net, (1, 8, 8, 32), ["0", "1"])
+    for spec in specs:
+        assert op_zoo.get_op("attn_heads50").build(spec) is None
+        assert op_zoo.get_op("attn_linear").build(spec) is not None  # the other attention ops still apply

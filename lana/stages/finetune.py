@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 
 from torch import nn
 
@@ -112,8 +113,10 @@ def finetune_stage(ctx: Context, selection: dict) -> dict:
     epochs = finetune_epochs(cfg, round(epoch_steps(ctx.splits.train, batch) * batch), batch)
     loss = distil_into(student, ctx.teacher, ctx.splits, cfg, batch, ctx.config.seed, epochs=epochs, place=place)
     after = split_figures(ctx, {"student": student}, place, "val", data=choice)["student"]
-    save_tensors(ctx.run.file(STUDENT_WEIGHTS), {"choice": selection["choice"],
-                                                 "state_dict": {k: v.cpu() for k, v in student.state_dict().items()}})
+    state = student.state_dict()
+    weights = OrderedDict((k, v.cpu()) for k, v in state.items())
+    weights._metadata = getattr(state, "_metadata", OrderedDict())  # module versions: torchvision's MNASNet needs them to load
+    save_tensors(ctx.run.file(STUDENT_WEIGHTS), {"choice": selection["choice"], "state_dict": weights})
     place.offload(ctx.teacher)
     result = {
         "val_loss_before": before["loss"],
