@@ -358,6 +358,11 @@ def write_doc(path: Path, names: list[str], records: dict[str, dict], limit: flo
     lines += ["", f"{summary}."]
     if misses:
         lines += ["", "Misses:", ""] + [f"- `{r['model']}`: {r.get('reason') or 'unknown'}" for r in misses]
+        if any("InfeasibleError" in (r.get("reason") or "") for r in misses):
+            lines += ["", ("An `InfeasibleError` at 50 % says that the blocks found, each replaced by its fastest candidate "
+                      "of this small op set, leave more than half the teacher's time: the stem, the head and the modules "
+                      "outside any block (coarse discovery, see docs/teachers.md) cost the rest. A lower budget share, "
+                      "the whole op zoo or blocks named by hand (`blocks=[...]`) are the ways on.")]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return summary
