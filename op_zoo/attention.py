@@ -5,6 +5,7 @@ norms, MLP, layer scale, class / distillation tokens and Swin's windows stay as 
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from op_zoo._registry import register_grid, register_op
@@ -42,7 +43,22 @@ def fewer_heads(spec: BlockSpec, keep: int) -> nn.Module | None:
         return None  # e.g. 3 heads: 50 % and 75 % both keep 2; the smaller percentage builds it
     block = fresh_copy(spec.module)
     setattr(block, path, prune_heads(take_attention(block, path), heads))
-    return block
+    return block if _runs(block, spec) else None
+
+
+def _runs(block: nn.Module, spec: BlockSpec) -> bool:
+    """Whether a pruned copy runs at the block's input shape and keeps its output shape: an
+    attention that takes its head width from the input (torchvision's Swin: ``C // num_heads``)
+    cannot lose heads this way."""
+    training = block.training
+    try:
+        with torch.no_grad():
+            out = block.eval()(torch.zeros(1, *spec.in_shape))
+    except RuntimeError:
+        return False
+    finally:
+        block.train(training)
+    return isinstance(out, torch.Tensor) and tuple(out.shape[1:]) == tuple(spec.out_shape)
 
 
 @register_op("attn_linear", family="attention",

@@ -28,11 +28,25 @@ class _Stop(Exception):
 
 
 class _Replay(nn.Module):
-    """Stands in for a module of the prefix: returns (a copy of) its recorded output."""
+    """Stands in for a module of the prefix: returns (a copy of) its recorded output.
 
-    def __init__(self, output: Any) -> None:
+    Other attributes are read from the module it stands in for: a parent's forward may read
+    them (timm's ViT reads ``patch_embed.grid_size``, ...).
+    """
+
+    def __init__(self, output: Any, original: nn.Module | None = None) -> None:
         super().__init__()
         self.output = output
+        object.__setattr__(self, "_original", original)  # not a child: its weights stay out of this module
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            original = self.__dict__.get("_original")
+            if original is None:
+                raise
+            return getattr(original, name)
 
     def forward(self, *args, **kwargs):
         return _clone(self.output)
@@ -46,6 +60,12 @@ def _clone(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _clone(v) for k, v in value.items()}
     return value
+
+
+def _ancestors(name: str) -> list[str]:
+    """``"a.b.c"`` -> ``["a", "a.b"]``."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
 class Prefix:
@@ -88,8 +108,9 @@ class Prefix:
             return []
         begin = self.spans[block][0][0]
         done = {n for n, s in self.spans.items() if len(s) == 1 and s[0][1] < begin}
-        # a module called again after the block, or more than once, never stands in
-        return [n for n in done if n.rpartition(".")[0] not in done]
+        # a module called again after the block, or more than once, never stands in; nor does one
+        # inside another that stands in (its parent may be a container never called, a ModuleList)
+        return [n for n in done if not any(a in done for a in _ancestors(n))]
 
     @torch.no_grad()
     def record(self, block: str, images: torch.Tensor) -> dict[str, Any]:
@@ -124,7 +145,7 @@ class replayed:
     def __enter__(self) -> nn.Module:
         for name, output in self.outputs.items():
             self.saved[name] = get_submodule(self.teacher, name)
-            set_submodule(self.teacher, name, _Replay(output))
+            set_submodule(self.teacher, name, _Replay(output, self.saved[name]))
         return self.teacher
 
     def __exit__(self, *exc) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 
 from torch import nn
 
@@ -75,6 +76,20 @@ def finetune_epochs(cfg, n_train: int, batch_size: int) -> float:
     return max(cfg.epochs, floor)
 
 
+def without_inplace(model: nn.Module) -> nn.Module:
+    """Turn the in-place activations of ``model`` (a student copy) into out-of-place ones, the same numbers.
+
+    A teacher block that starts with an in-place activation on its input is safe after the
+    teacher's own blocks (they end in an addition), but not after a candidate ending in an
+    activation: autograd keeps that output, and the in-place op would overwrite it (timm's
+    Xception failed fine-tuning so). Returns ``model``.
+    """
+    for module in model.modules():
+        if getattr(module, "inplace", None) is True:
+            module.inplace = False
+    return model
+
+
 def finetune_stage(ctx: Context, selection: dict) -> dict:
     """Fine-tune the selected student end to end by distillation from the teacher.
 
@@ -89,6 +104,7 @@ def finetune_stage(ctx: Context, selection: dict) -> dict:
     place = Placement.for_config(ctx.config)
     log.info("finetune on %s", place.describe())
     student, _ = load_student(ctx, selection, finetuned=False)
+    without_inplace(student)  # the saved weights and the exported student are unchanged
     place.model(student)
     place.model(ctx.teacher).eval()
     choice = split_validation(ctx.splits.val, ctx.config.score)[1]  # the choice images: no score was measured on them
@@ -97,8 +113,10 @@ def finetune_stage(ctx: Context, selection: dict) -> dict:
     epochs = finetune_epochs(cfg, round(epoch_steps(ctx.splits.train, batch) * batch), batch)
     loss = distil_into(student, ctx.teacher, ctx.splits, cfg, batch, ctx.config.seed, epochs=epochs, place=place)
     after = split_figures(ctx, {"student": student}, place, "val", data=choice)["student"]
-    save_tensors(ctx.run.file(STUDENT_WEIGHTS), {"choice": selection["choice"],
-                                                 "state_dict": {k: v.cpu() for k, v in student.state_dict().items()}})
+    state = student.state_dict()
+    weights = OrderedDict((k, v.cpu()) for k, v in state.items())
+    weights._metadata = getattr(state, "_metadata", OrderedDict())  # module versions: torchvision's MNASNet needs them to load
+    save_tensors(ctx.run.file(STUDENT_WEIGHTS), {"choice": selection["choice"], "state_dict": weights})
     place.offload(ctx.teacher)
     result = {
         "val_loss_before": before["loss"],
