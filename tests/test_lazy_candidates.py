@@ -198,3 +198,20 @@ def test_a_missing_candidate_file_is_one_line(trained_run, tmp_path):
     with pytest.raises(CheckpointError, match="conv_k1: not found.*--force") as info:
         attach_weights(cands, copy.weights_dir)
     assert "\n" not in str(info.value)
+
+
+def test_weights_that_would_not_fit_on_the_disk_are_refused_before_distilling(monkeypatch, tmp_path):
+    """The whole zoo of a big teacher writes tens of GiB: a full disk is said in one line, up front."""
+    import collections
+
+    import lana.run.folder as folder_module
+    from lana.errors import RunFolderError
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(folder_module.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 1000, 1000))
+    import lana.stages.distill as stage_module
+
+    monkeypatch.setattr(stage_module, "distill_candidates", lambda *a, **k: pytest.fail("distillation started"))
+    run = RunFolder(tmp_path / "run")
+    with pytest.raises(RunFolderError, match=r"distilled weights need about .* GiB .* free; narrow the zoo"):
+        distill_stage(tiny_config(ops={"include": OPS}), run)

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -208,3 +209,24 @@ def setup_logging(run: RunFolder) -> logging.Logger:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
     return logger
+
+
+def check_free_space(folder: Path, needed: int, what: str, hint: str) -> None:
+    """Refuse, in one line, work whose files would not fit on ``folder``'s disk.
+
+    Args:
+        folder: where the files go (an existing folder or one whose parent exists).
+        needed: bytes still to be written there.
+        what: what the bytes are, for the message.
+        hint: how the user can need less.
+
+    Raises:
+        RunFolderError: when the disk has less free space than ``needed``.
+    """
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed > free:
+        raise RunFolderError(f"{what} need about {needed / 2**30:.1f} GiB in {folder}, but its disk has "
+                             f"{free / 2**30:.1f} GiB free; {hint}")

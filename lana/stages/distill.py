@@ -25,7 +25,7 @@ from lana.latency.checkpoint import PARTIAL_FILE
 from lana.latency.measure import resolve_device
 from lana.latency.profiles import merge_latency, profile_latency, store_profile
 from lana.run.context import prepare
-from lana.run.folder import RunFolder, read_json, setup_logging, write_json
+from lana.run.folder import RunFolder, check_free_space, read_json, setup_logging, write_json
 from lana.teacher.blocks import describe_blocks
 from lana.teacher.load import teacher_fingerprint
 
@@ -38,6 +38,16 @@ def _keyed(path, rows: dict) -> None:
 
 def _unkeyed(path) -> dict:
     return {(r.pop("block"), r.pop("candidate")): r for r in read_json(path)}
+
+
+def _check_weights_fit(candidates: dict, run: RunFolder) -> None:
+    """The distilled weights (float32, one file per trainable candidate) fit on the run folder's disk:
+    said before hours of distillation, not when the disk fills (ResNet-50's whole zoo at 224×224: 98.5 GiB)."""
+    needed = 4 * sum(c.params for cs in candidates.values() for c in cs.values() if c.trainable)
+    if run.weights_dir.is_dir():  # a resumed run has written part of them
+        needed -= sum(f.stat().st_size for f in run.weights_dir.rglob("*") if f.is_file())
+    check_free_space(run.weights_dir, needed, "the candidates' distilled weights",
+                     "narrow the zoo (ops.include / --ops) or put the run folder on a larger disk")
 
 
 def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teacher: nn.Module | None = None,
@@ -81,6 +91,8 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
             clear_state(run)
             distill_file.unlink(missing_ok=True)
             shutil.rmtree(run.weights_dir, ignore_errors=True)
+        if dist.is_main:
+            _check_weights_fit(candidates, run)
         results = distill_candidates(ctx.teacher, ctx.specs, candidates, ctx.splits, config, run, dist)
     dist.close()
     if not dist.is_main:
