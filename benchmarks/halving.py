@@ -9,7 +9,8 @@ its cached teacher, its data, search, fine-tune and seeds), lana alone (``--meth
 - ``uniform``: every candidate trains ``distill.max_steps`` = S steps (the mode's 60);
 - ``halving``: ``distill.halving: true`` with 2·S steps: after 25 % and 50 % of them the
   candidates dominated in their block (distillation loss against MACs) stop, so the
-  survivors train up to twice as long for about the same total candidate-steps.
+  survivors train twice as long; the total candidate-steps (and the wall time both settings
+  report) depend on how many stop, which this benchmark measures rather than assumes.
 
 Per setting and seed it records the distillation + scoring + profiling wall time, the mean
 steps per candidate (the table's ``distill_steps``), and per budget the selected student's
