@@ -20,8 +20,8 @@ Seeds change every random choice of every method: lana's distillation (its initi
 and data order: one run folder per seed, ``RUN/seed<N>``, so lana's and random's tables
 and lana's selection differ per seed), the random draws, the batches that rank
 Torch-Pruning's Taylor groups, the from-scratch initialisation and the fine-tune's data
-order. The teacher is shared. Swap-one scores use the first ``score.val_images`` images of
-the validation split; every choice here (random-best, the best other method, the
+order. The teacher is shared. Swap-one scores use ``score.val_images`` images of the
+validation split (lana's seeded draw); every choice here (random-best, the best other method, the
 headline) uses the rest of it, so no choice is made on the images that scored the
 candidates. Test top-1 is evaluated once per network and only reported. At every budget
 one extra row gives the best baseline (by validation) lana's total compute.
@@ -45,9 +45,8 @@ from benchmarks.search import BAND, Found, OutOfBand, search_band
 from lana.config import LanaConfig
 from lana.data import take_tensors
 from lana.distill.candidates import assemble_student
-from lana.distill.score import evaluate
+from lana.distill.score import evaluate, validation_counts, validation_order
 from lana.distill.train import TeacherLogits, distil_into
-from lana.errors import ConfigError
 from lana.latency.measure import measure_networks
 from lana.run.context import Context, prepare
 from lana.run.folder import RunFolder, atomic_write_bytes, write_json
@@ -198,13 +197,12 @@ class Comparison:
 
 
 def choice_split(ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
-    """The validation images no swap-one score used (all after the first ``score.val_images``): choices use these."""
+    """The validation images no swap-one score used (all but the scoring part of
+    :func:`lana.distill.score.split_validation`'s order): choices use these."""
     x, y = take_tensors(ctx.splits.val)
-    scored = ctx.config.score.val_images
-    if scored >= len(x):
-        raise ConfigError(f"score.val_images={scored} leaves no validation image for the choices (the split has {len(x)}); "
-                          "raise data.val_size or lower score.val_images")
-    return x[scored:], y[scored:]
+    scored = validation_counts(len(x), ctx.config.score)[0]
+    rest = torch.tensor(sorted(validation_order(ctx.splits.val)[scored:]))
+    return x[rest], y[rest]
 
 
 def _setting(found: Found) -> str:

@@ -61,7 +61,7 @@ MODES = {
         "tree": {
             # batch 64: twice the steps of 128 at about the same cost; the teachers (and the
             # family members trained with their recipe) gained 0.6–10 validation points (measured)
-            # val: the teachers' 5 000 (their recipe's split); the first 500 score candidates, the other 4 500 make the choices
+            # val: the teachers' 5 000 (their recipe's split); 500 (lana's seeded draw) score candidates, the other 4 500 make the choices
             "data": {"image_size": 28, "val_size": 5000, "train_limit": 4000, "batch_size": 64},
             "ops": {"include": CPU_OPS},
             "teacher_training": {"epochs": 4},

@@ -368,3 +368,21 @@ def test_teachers_only_prints_the_table_of_cached_teachers(tmp_path, monkeypatch
     assert bench.main(["--mode", "tiny", "--teachers-only"]) == 0
     out = capsys.readouterr().out
     assert "| demo | lana.teacher.demo_net:demo_resnet |" in out and "| 1 / 1 |" in out and str(tmp_path) in out
+
+
+def test_the_comparisons_choice_images_are_every_validation_image_lana_did_not_score():
+    """benchmarks.compare makes its choices on the validation images no swap-one score
+    used: the complement of lana's scoring part, whatever order lana draws it in."""
+    from types import SimpleNamespace
+
+    from benchmarks.compare import choice_split
+    from lana.config import ScoreConfig
+    from lana.distill.score import split_validation
+
+    data = torch.utils.data.TensorDataset(torch.arange(40.0).view(40, 1), torch.arange(40) % 4)
+    cfg = ScoreConfig(val_images=10)
+    ctx = SimpleNamespace(splits=SimpleNamespace(val=data), config=SimpleNamespace(score=cfg))
+    x, y = choice_split(ctx)
+    scored = set(split_validation(data, cfg)[0].indices)
+    assert sorted(x.view(-1).long().tolist()) == sorted(set(range(40)) - scored) and len(scored) == 10
+    assert torch.equal(y, x.view(-1).long() % 4)

@@ -102,11 +102,23 @@ def test_replayed_prefix_scores_like_the_whole_network(max_stack):
 def test_scoring_and_choice_images_are_disjoint():
     data = torch.utils.data.TensorDataset(torch.arange(10.0).view(10, 1), torch.zeros(10, dtype=torch.long))
     scored, chosen = split_validation(data, ScoreConfig(holdout=0.3))
-    assert list(scored.indices) == list(range(7)) and list(chosen.indices) == [7, 8, 9]
+    assert len(scored) == 7 and len(chosen) == 3 and not set(scored.indices) & set(chosen.indices)
     scored, chosen = split_validation(data, ScoreConfig(val_images=2))
-    assert list(scored.indices) == [0, 1] and list(chosen.indices) == [8, 9]
+    assert len(scored) == 2 and len(chosen) == 2 and not set(scored.indices) & set(chosen.indices)
+    assert split_validation(data, ScoreConfig(val_images=2))[0].indices == scored.indices  # the same draw every call
     with pytest.raises(DataError, match="at least 2"):
         split_validation(torch.utils.data.Subset(data, [0]), ScoreConfig())
+
+
+def test_a_class_ordered_validation_dataset_is_scored_and_chosen_on_every_class():
+    """An ImageFolder lists its images class by class: cutting it in that order scored the
+    first classes and chose on the last. The seeded draw gives both parts every class."""
+    labels = torch.arange(10).repeat_interleave(50)  # 500 images, class 0 first, class 9 last
+    data = torch.utils.data.TensorDataset(torch.zeros(500, 1), labels)
+    scored, chosen = split_validation(data, ScoreConfig(val_images=100))
+    assert set(labels[scored.indices].tolist()) == set(range(10))
+    assert set(labels[chosen.indices].tolist()) == set(range(10))
+    assert not set(scored.indices) & set(chosen.indices)
 
 
 def test_a_users_dataloader_is_split_into_disjoint_windows_of_its_stream():

@@ -36,10 +36,11 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from lana.config import ScoreConfig
-from lana.data import NO_LABEL, DataSplits, num_images, take_tensors, window
+from lana.data import NO_LABEL, DataSplits, is_loader, num_images, take_tensors, window
 from lana.device import Placement, module_device
 from lana.distill.candidates import Candidate
 from lana.distill.inference import fast_batch, fast_convs
@@ -49,6 +50,8 @@ from lana.teacher.blocks import get_submodule, set_submodule
 from lana.teacher.outputs import feature_distance, flatten_outputs, is_logits
 
 log = logging.getLogger("lana")
+
+VALIDATION_SEED = 0  # the draw that cuts a validation Dataset into scoring and choice images
 
 
 class _Stacked(nn.Module):
@@ -167,6 +170,25 @@ def evaluate_stream(models: dict[str, nn.Module], batches: Iterable[tuple[torch.
                    "images": count} for name, s in sums.items()}
 
 
+def validation_order(data) -> list[int]:
+    """The order the validation split is cut in: a seeded draw for a Dataset, so a split
+    stored class by class (an ``ImageFolder``) is not scored on its first classes and chosen
+    on its last; a user's DataLoader keeps its own stream's order (it cannot be indexed)."""
+    n = num_images(data)
+    if is_loader(data):
+        return list(range(n))
+    return torch.randperm(n, generator=torch.Generator().manual_seed(VALIDATION_SEED)).tolist()
+
+
+def validation_counts(n: int, cfg: ScoreConfig) -> tuple[int, int]:
+    """How many of ``n`` validation images score (``min(val_images, n - held)``) and how many
+    make the choices (``min(val_images, held)``), where ``held = round(holdout * n)``."""
+    if n < 2:
+        raise DataError(f"the validation split has {n} image(s); lana needs at least 2 (scores and choices use disjoint images)")
+    held = min(n - 1, max(1, round(cfg.holdout * n)))
+    return min(cfg.val_images, n - held), min(cfg.val_images, held)
+
+
 def split_validation(data, cfg: ScoreConfig):
     """The validation split in two disjoint parts: images to score on, and images to choose on.
 
@@ -175,22 +197,21 @@ def split_validation(data, cfg: ScoreConfig):
     second, so no choice rewards the scores' own noise.
 
     Args:
-        data: the validation split (a Dataset, or a user's DataLoader: its stream in its own
-            order, so the parts are disjoint where that order is fixed).
+        data: the validation split (a Dataset, drawn in :func:`validation_order`; or a user's
+            DataLoader: its stream in its own order, so the parts are disjoint where that
+            order is fixed).
         cfg: ``score.holdout`` (share kept for choices) and ``score.val_images`` (most
-            images in either part).
+            images in either part; see :func:`validation_counts`).
 
     Returns:
-        (scoring images, choice images): the first ``min(val_images, n - held)`` images and
-        the last ``min(val_images, held)``, where ``held = round(holdout * n)``.
+        (scoring images, choice images): the first and the last images of that order.
     """
     n = num_images(data)
-    if n < 2:
-        raise DataError(f"the validation split has {n} image(s); lana needs at least 2 (scores and choices use disjoint images)")
-    held = min(n - 1, max(1, round(cfg.holdout * n)))
-    scored = min(cfg.val_images, n - held)
-    chosen = min(cfg.val_images, held)
-    return window(data, 0, scored), window(data, n - chosen, chosen)
+    scored, chosen = validation_counts(n, cfg)
+    if is_loader(data):
+        return window(data, 0, scored), window(data, n - chosen, chosen)
+    order = validation_order(data)
+    return Subset(data, order[:scored]), Subset(data, order[n - chosen:])
 
 
 def validation_tensors(splits: DataSplits, cfg: ScoreConfig, part: int) -> tuple[torch.Tensor, torch.Tensor]:
