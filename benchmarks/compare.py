@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import logging
 import time
 from pathlib import Path
@@ -247,17 +248,19 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
     timing: dict[str, float] = {}
     if train_teacher is not None:
         timing["train_teacher_s"] = train_teacher(config, run)
-    contexts, distill_s = {}, {}
+    contexts, distill_s, distill_cpu = {}, {}, {}
     for seed in seeds:  # lana's distillation per seed: its initialisation and data order are random choices too
         seeded = config.model_copy(update={"seed": seed})
         seed_run = RunFolder(run.path / f"seed{seed}")
         seed_run.path.mkdir(parents=True, exist_ok=True)
-        tick = time.time()
         distill_stage(seeded, seed_run)
-        distill_s[seed] = time.time() - tick
+        parts = json.loads((seed_run.path / "distill_timing.json").read_text())  # summed over a stopped run's attempts
+        distill_s[seed] = sum(parts.get(k, 0.0) for k in ("distill", "score", "latency"))
+        distill_cpu[seed] = sum(parts.get(k, 0.0) for k in ("distill_cpu", "score_cpu", "latency_cpu"))
         contexts[seed] = prepare(seeded, seed_run)
     timing["distill_score_latency_s"] = sum(distill_s.values()) / len(distill_s)
     timing["distill_score_latency_s_per_seed"] = {str(seed): seconds for seed, seconds in distill_s.items()}
+    timing["distill_score_latency_cpu_s_per_seed"] = {str(seed): seconds for seed, seconds in distill_cpu.items()}
     cmp = Comparison(contexts, n_random, max_measurements, band)
     timing.update(cmp.timing)
     ctx, model_name = cmp.ctx, config.teacher.model

@@ -1,4 +1,4 @@
-"""Successive halving against uniform distillation steps, at about the same distillation wall time.
+"""Successive halving against uniform distillation steps, with the distillation time each spends.
 
     OMP_NUM_THREADS=1 nice -n 5 python -m benchmarks.halving                    # ResNet-18-D, CPU mode
     python -m benchmarks.halving --teacher mobilenet --shares 0.5 --seeds 2
@@ -9,12 +9,13 @@ its cached teacher, its data, search, fine-tune and seeds), lana alone (``--meth
 - ``uniform``: every candidate trains ``distill.max_steps`` = S steps (the mode's 60);
 - ``halving``: ``distill.halving: true`` with 2·S steps: after 25 % and 50 % of them the
   candidates dominated in their block (distillation loss against MACs) stop, so the
-  survivors train twice as long; the total candidate-steps (and the wall time both settings
-  report) depend on how many stop, which this benchmark measures rather than assumes.
+  survivors train twice as long; the total candidate-steps (and the time both settings
+  spend) depend on how many stop, which this benchmark measures rather than assumes.
 
-Per setting and seed it records the distillation + scoring + profiling wall time, the mean
-steps per candidate (the table's ``distill_steps``), and per budget the selected student's
-validation and test top-1 after the same fine-tune. A difference smaller than the larger
+Per setting and seed it records the distillation + scoring + profiling time (wall, and CPU
+seconds, which a shared or paused machine does not inflate; summed over a stopped run's
+attempts), the mean steps per candidate (the table's ``distill_steps``), and per budget
+the selected student's validation and test top-1 after the same fine-tune. A difference smaller than the larger
 spread over seeds (max − min) is a tie and is printed as one. Each setting's run folder is
 kept under ``--run``: a stopped run resumes where it stopped.
 """
@@ -47,11 +48,13 @@ def summarise(frames: dict[str, pd.DataFrame], out: Path, key: str) -> pd.DataFr
     for name, frame in frames.items():
         timing = json.loads((out / name / key / "quality_timing.json").read_text())
         per_seed = timing.get("distill_score_latency_s_per_seed", {})
+        cpu = timing.get("distill_score_latency_cpu_s_per_seed", {})
         steps = [steps_per_candidate(out / name / key / f"seed{s}") for s in per_seed]
         lana = frame[frame["method"] == "lana"]
         for budget, g in lana.groupby("budget"):
             rows.append({"setting": name, "budget": budget, "seeds": len(g),
                          "distill_s": sum(per_seed.values()) / max(len(per_seed), 1),
+                         "distill_cpu_s": sum(cpu.values()) / len(cpu) if cpu else float("nan"),
                          "steps_per_candidate": sum(steps) / max(len(steps), 1),
                          "val_top1": g["val_top1"].mean(), "val_spread": g["val_top1"].max() - g["val_top1"].min(),
                          "top1": g["top1"].mean(), "spread": g["top1"].max() - g["top1"].min(),
@@ -70,16 +73,16 @@ def verdicts(table: pd.DataFrame) -> list[str]:
         margin, diff = max(u["val_spread"], h["val_spread"]), h["val_top1"] - u["val_top1"]
         word = "tie" if abs(diff) <= margin else ("halving wins" if diff > 0 else "halving LOSES")
         lines.append(f"{budget:g}×: {word}: validation top-1 {h['val_top1']:.2f} against {u['val_top1']:.2f} % "
-                     f"(difference {diff:+.2f}, larger spread {margin:.2f}); distillation {h['distill_s']:.0f} s against {u['distill_s']:.0f} s")
+                     f"(difference {diff:+.2f}, larger spread {margin:.2f}); distillation {h['distill_cpu_s']:.0f} CPU-s against {u['distill_cpu_s']:.0f}")
     return lines
 
 
 def markdown(table: pd.DataFrame, command: str) -> str:
     """The table and verdicts as Markdown."""
-    out = [f"`{command}`", "", "| setting | budget | seeds | distill+score+profile s | steps per candidate | val top-1 | test top-1 | measured share |",
+    out = [f"`{command}`", "", "| setting | budget | seeds | distill+score+profile s (wall / CPU) | steps per candidate | val top-1 | test top-1 | measured share |",
            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for _, r in table.iterrows():
-        out.append(f"| {r['setting']} | {r['budget']:g}× | {r['seeds']} | {r['distill_s']:.0f} | {r['steps_per_candidate']:.0f} | "
+        out.append(f"| {r['setting']} | {r['budget']:g}× | {r['seeds']} | {r['distill_s']:.0f} / {r['distill_cpu_s']:.0f} | {r['steps_per_candidate']:.0f} | "
                    f"{r['val_top1']:.2f} ± {r['val_spread'] / 2:.2f} % | {r['top1']:.2f} ± {r['spread'] / 2:.2f} % | {r['share']:.3f} |")
     return "\n".join(out + [""] + [f"- {line}" for line in verdicts(table)])
 

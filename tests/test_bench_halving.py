@@ -7,7 +7,8 @@ from benchmarks.halving import markdown, settings, verdicts
 
 
 def _row(setting, budget, val, spread, distill_s=100.0):
-    return {"setting": setting, "budget": budget, "seeds": 2, "distill_s": distill_s, "steps_per_candidate": 60.0,
+    return {"setting": setting, "budget": budget, "seeds": 2, "distill_s": distill_s, "distill_cpu_s": distill_s * 0.9,
+            "steps_per_candidate": 60.0,
             "val_top1": val, "val_spread": spread, "top1": val, "spread": spread, "share": budget}
 
 
@@ -28,4 +29,4 @@ def test_a_difference_within_the_larger_spread_is_a_tie_and_beyond_it_a_win_or_l
     assert "halving LOSES" in lines["0.7"]
     assert "only uniform" in lines["0.2"]
     text = markdown(table, "python -m benchmarks.halving")
-    assert text.count("| halving |") == 3 and "90.50 ± 0.10 %" in text
+    assert text.count("| halving |") == 3 and "90.50 ± 0.10 %" in text and "| 100 / 90 |" in text

@@ -201,9 +201,16 @@ def test_stacked_scoring_matches_one_at_a_time(trained_run):
 def test_rerun_reuses_results_and_refuses_another_teacher(trained_run):
     from lana.stages.distill import distill_stage
 
+    from lana.run.folder import read_json
+
     run, config, table = trained_run
+    first = read_json(run.file("distill_timing.json"))
+    assert first["distill"] > 0 and first["distill_cpu"] > 0 and {"score_cpu", "latency_cpu"} <= set(first)
     again = distill_stage(config, run)
     assert again[["block", "candidate", "score"]].equals(table[["block", "candidate", "score"]])
+    # a resumed stage adds what it spent to what earlier attempts spent (the benchmarks read the total)
+    summed = read_json(run.file("distill_timing.json"))
+    assert all(summed[k] >= first[k] for k in first) and summed["distill"] < first["distill"] + 5
     other = config.model_copy(update={"teacher": config.teacher.model_copy(update={"checkpoint": "random"})})
     with pytest.raises(RunFolderError, match="another teacher"):
         distill_stage(other, run)

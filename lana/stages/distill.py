@@ -50,6 +50,23 @@ def _check_weights_fit(candidates: dict, run: RunFolder) -> None:
                      "narrow the zoo (ops.include / --ops) or put the run folder on a larger disk")
 
 
+class _Clock:
+    """Wall and CPU seconds of the stage's parts (``distill``, ``score``, ``latency`` and their
+    ``*_cpu``), added to what earlier attempts of the run spent and saved after each part: CPU
+    seconds survive a paused or shared machine, where wall seconds do not."""
+
+    def __init__(self, seconds: dict[str, float], path) -> None:
+        self.seconds, self.path = seconds, path
+        self.wall, self.cpu = time.time(), time.process_time()
+
+    def lap(self, part: str) -> None:
+        wall, cpu = time.time(), time.process_time()
+        self.seconds[part] = self.seconds.get(part, 0.0) + wall - self.wall
+        self.seconds[f"{part}_cpu"] = self.seconds.get(f"{part}_cpu", 0.0) + cpu - self.cpu
+        self.wall, self.cpu = wall, cpu
+        write_json(self.path, self.seconds)
+
+
 def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teacher: nn.Module | None = None,
                   splits: DataSplits | None = None) -> pd.DataFrame | None:
     """Distil, score and time every candidate of every block; write the candidates table.
@@ -81,10 +98,11 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
         write_json(run.file("blocks.json"), describe_blocks(ctx.specs))
     counts = {b: len(c) for b, c in candidates.items()}
     log.info("candidates per block: %s", counts)
-    seconds: dict[str, float] = {}
+    timing_file = run.file("distill_timing.json")  # summed over attempts: a resumed stage adds what it spent
+    seconds: dict[str, float] = {} if force or not timing_file.is_file() else read_json(timing_file)
+    clock = _Clock(seconds, timing_file)
 
     distill_file = run.file("distill.json")
-    tick = time.time()
     results = None
     if dist.broadcast_json(force or not distill_file.is_file()):
         if force and dist.is_main:  # a forced run killed midway resumes from its own state, never the old results
@@ -102,10 +120,9 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
         clear_state(run)
     attach_weights(candidates, run.weights_dir)  # later builds load the distilled weights; a missing file is said now
     distilled = _unkeyed(distill_file)
-    seconds["distill"] = time.time() - tick
+    clock.lap("distill")
 
     score_file = run.file("scores.json")
-    tick = time.time()
     if force or not score_file.is_file() or any("kl" not in row for row in read_json(score_file)[:1]):  # tables before the KL score: rescored
         # the scoring part of the val split (disjoint from the choice images), read batch by batch, scored on the compute device
         images, labels = validation_tensors(ctx.splits, config.score, 0)
@@ -121,9 +138,8 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
         _keyed(score_file, scores)
         write_json(run.file("teacher_val.json"), base)
     scores = _unkeyed(score_file)
-    seconds["score"] = time.time() - tick
+    clock.lap("score")
 
-    tick = time.time()
     latency_file = run.file("latency.json")
     if force or not latency_file.is_file():
 
@@ -132,7 +148,7 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
         write_json(latency_file, store_profile(None, record, primary=True))
         partial.unlink(missing_ok=True)
     latency = read_json(latency_file)
-    seconds["latency"] = time.time() - tick
+    clock.lap("latency")
 
     rows = []
     for index, (block, cands) in enumerate(candidates.items()):
@@ -162,7 +178,6 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
     features = base_file.is_file() and read_json(base_file).get("score_kind") == "feature_distance"
     table["score"] = -table["val_loss_delta"] if features else score_column(table, config.score.metric)
     run.save_table(table)
-    write_json(run.file("distill_timing.json"), seconds)
     log.info("distill stage done: %d candidates over %d blocks (%s); %d candidate modules built in %.1fs", len(table), len(counts),
              seconds, BUILDS["builds"], BUILDS["seconds"])
     return table
