@@ -95,8 +95,8 @@ class ScoreConfig(_Section):
     # kl: -KL(teacher outputs || swapped network's), 0 for keep-teacher and never above it;
     # loss: -change of validation loss; accuracy: change of top-1 (both can rise above 0 by noise)
     metric: Literal["kl", "loss", "accuracy"] = "kl"
-    # share of the validation split never scored on: later choices (top-k selections,
-    # fine-tuning's early stop, reported validation figures) are made on it
+    # share of the validation split never scored on: later choices (the top-k selections
+    # compared, the fine-tuning figures) are made on it
     holdout: float = Field(0.5, gt=0, lt=1)
     batch_size: int = Field(500, ge=1)
 
