@@ -46,7 +46,7 @@ from benchmarks.search import BAND, Found, OutOfBand, search_band
 from lana.config import LanaConfig
 from lana.data import take_tensors
 from lana.distill.candidates import assemble_student
-from lana.distill.score import evaluate, validation_counts, validation_order
+from lana.distill.validation import evaluate, validation_counts, validation_order
 from lana.distill.train import TeacherLogits, distil_into
 from lana.latency.measure import measure_networks
 from lana.run.context import Context, prepare
@@ -199,7 +199,7 @@ class Comparison:
 
 def choice_split(ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
     """The validation images no swap-one score used (all but the scoring part of
-    :func:`lana.distill.score.split_validation`'s order): choices use these."""
+    :func:`lana.distill.validation.split_validation`'s order): choices use these."""
     x, y = take_tensors(ctx.splits.val)
     scored = validation_counts(len(x), ctx.config.score)[0]
     rest = torch.tensor(sorted(validation_order(ctx.splits.val)[scored:]))

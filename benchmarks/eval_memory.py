@@ -4,7 +4,7 @@
 
 10 000 images of 3×64×64 (491 MB as one float32 tensor) made on demand by a Dataset, read
 through a DataLoader of batch 500, and evaluated by a tiny network: ``stream`` is what the
-fine-tune and export stages do now (:func:`lana.distill.score.evaluate_stream`), ``concat``
+fine-tune and export stages do now (:func:`lana.distill.validation.evaluate_stream`), ``concat``
 what export did before (the whole split as one tensor, then :func:`evaluate`). Prints the
 process's peak RSS (the same imports either way) and the evaluation's wall seconds.
 """
@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lana.data import iterate, take_tensors
 from lana.device import Placement
-from lana.distill.score import evaluate, evaluate_stream
+from lana.distill.validation import evaluate, evaluate_stream
 
 
 class LazyImages(Dataset):

@@ -33,7 +33,8 @@ from benchmarks.mnv3_case import NORMALISE
 from lana.config import OpsConfig, ScoreConfig
 from lana.data import take_tensors
 from lana.distill.candidates import build_all_candidates
-from lana.distill.score import score_candidates, split_validation
+from lana.distill.score import score_candidates
+from lana.distill.validation import split_validation
 from lana.teacher.blocks import discover_blocks
 from lana.teacher.load import build_model
 

@@ -24,7 +24,8 @@ from lana.data import (
 )
 from lana.device import Placement, distill_device_name, module_device, resolve_compute_device
 from lana.distill.distributed import Dist, GlobalBatches
-from lana.distill.score import evaluate, evaluate_stream, score_candidates
+from lana.distill.score import score_candidates
+from lana.distill.validation import evaluate, evaluate_stream
 from lana.distill.train import distil_into, fit, label_loss
 from lana.errors import DeviceError
 from lana.run.context import prepare

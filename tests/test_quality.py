@@ -377,7 +377,7 @@ def test_the_comparisons_choice_images_are_every_validation_image_lana_did_not_s
 
     from benchmarks.compare import choice_split
     from lana.config import ScoreConfig
-    from lana.distill.score import split_validation
+    from lana.distill.validation import split_validation
 
     data = torch.utils.data.TensorDataset(torch.arange(40.0).view(40, 1), torch.arange(40) % 4)
     cfg = ScoreConfig(val_images=10)

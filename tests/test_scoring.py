@@ -8,7 +8,8 @@ from torch import nn
 
 from lana.config import ScoreConfig
 from lana.distill.candidates import Candidate
-from lana.distill.score import score_candidates, split_validation
+from lana.distill.score import score_candidates
+from lana.distill.validation import split_validation
 from lana.errors import DataError
 
 
@@ -125,7 +126,7 @@ def test_a_users_dataloader_is_split_into_disjoint_windows_of_its_stream():
     """A DataLoader cannot be indexed: its fixed-order stream is cut into the scoring part and
     the choice part, read with its own sampler and batch size."""
     from lana.data import DataSplits, num_images
-    from lana.distill.score import validation_tensors
+    from lana.distill.validation import validation_tensors
 
     images = torch.arange(20.0).view(20, 1, 1, 1)
     data = torch.utils.data.TensorDataset(images, torch.zeros(20, dtype=torch.long))

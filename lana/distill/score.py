@@ -16,7 +16,7 @@ of them at once. Models whose later layers reuse earlier activations (where stac
 cannot work) fall back to one candidate at a time.
 
 The images scored on are disjoint from those the later choices are made on
-(:func:`split_validation`).
+(:func:`lana.distill.validation.split_validation`).
 
 Labels are optional: without them the target of every candidate is the teacher's own
 output, the loss is KL(teacher ‖ candidate) and the accuracy is top-1 agreement with the
@@ -31,27 +31,21 @@ normalised distance of the swapped network's outputs from the teacher's
 from __future__ import annotations
 
 import logging
-from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
-from lana.config import ScoreConfig
-from lana.data import NO_LABEL, DataSplits, is_loader, num_images, take_tensors, window
 from lana.device import Placement, module_device
 from lana.distill.candidates import Candidate
 from lana.distill.inference import fast_batch, fast_convs
 from lana.distill.swap import Prefix, replayed
+from lana.distill.validation import loss_hits, teacher_targets
 from lana.errors import DataError
 from lana.teacher.blocks import get_submodule, set_submodule
 from lana.teacher.outputs import feature_distance, flatten_outputs, is_logits
 
 log = logging.getLogger("lana")
-
-VALIDATION_SEED = 0  # the draw that cuts a validation Dataset into scoring and choice images
 
 
 class _Stacked(nn.Module):
@@ -63,166 +57,6 @@ class _Stacked(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([branch(x) for branch in self.branches])
-
-
-def _loss_hits(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image loss and top-1 hit against labels (integers) or the teacher's logits (floats).
-
-    ``logits`` may carry leading candidate axes (``k, n, classes``); ``target`` is per image.
-    """
-    if target.is_floating_point():  # the teacher's logits: KL(teacher ‖ model) and agreement
-        reference = F.log_softmax(target, dim=-1)
-        loss = (reference.exp() * (reference - F.log_softmax(logits, dim=-1))).sum(-1)
-        return loss, logits.argmax(-1) == target.argmax(-1)
-    labels = target.expand(logits.shape[:-1])
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none")
-    return loss.view(logits.shape[:-1]), logits.argmax(-1) == labels
-
-
-def output_figures(logits: torch.Tensor, reference: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-    """Mean KL from the teacher's outputs ``reference``, mean loss and top-1 (percent) against
-    ``targets`` (labels, or the teacher's logits) of a model's ``logits`` on the same images."""
-    loss, hits = _loss_hits(logits, targets)
-    kl = _loss_hits(logits, reference)[0].clamp_min(0)
-    return {"kl": kl.mean().item(), "loss": loss.mean().item(), "acc": 100.0 * hits.float().mean().item()}
-
-
-@torch.no_grad()
-def teacher_targets(teacher: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """The teacher's logits on ``images`` (on the teacher's device, batch by batch; returned
-    on the CPU): the targets where the data has no labels."""
-    teacher.eval()
-    place = Placement(module_device(teacher))
-    return torch.cat([teacher(place.batch(images[start : start + batch_size])).float().cpu()
-                      for start in range(0, len(images), batch_size)])
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, batch_size: int = 500) -> tuple[float, float]:
-    """Mean loss and top-1 (percent) of ``model``: cross-entropy and accuracy against labels,
-    or KL and agreement against the teacher's logits (see :func:`teacher_targets`).
-    Batches go to the model's device; for a split too large to hold, see :func:`evaluate_stream`."""
-    model.eval()
-    place = Placement(module_device(model))
-    loss, correct = 0.0, 0
-    for start in range(0, len(images), batch_size):
-        target = place.batch(targets[start : start + batch_size])
-        per_image, hits = _loss_hits(model(place.batch(images[start : start + batch_size])).float(), target)
-        loss += per_image.sum().item()
-        correct += hits.sum().item()
-    return loss / len(images), 100.0 * correct / len(images)
-
-
-@torch.no_grad()
-def evaluate_stream(models: dict[str, nn.Module], batches: Iterable[tuple[torch.Tensor, torch.Tensor]], teacher: nn.Module,
-                    place: Placement, limit: int | None = None) -> dict[str, dict[str, float]]:
-    """Figures of each model over streamed batches, holding one batch at a time.
-
-    Args:
-        models: name -> network (the teacher may be one of them; it then runs once per batch).
-        batches: ``(images, labels)`` batches (labels ``NO_LABEL`` where there are none).
-        teacher: the reference for agreement, and the target where a batch has no labels.
-        place: the compute device (models are expected there; batches are moved).
-        limit: images to evaluate at most (None: all of them).
-
-    Returns:
-        Per model: ``loss`` and ``acc`` (cross-entropy and top-1 against labels; without
-        labels, KL and top-1 agreement with the teacher), ``agreement`` (top-1 agreement with
-        the teacher, percent), and ``images``; the counts are over the whole stream, never a
-        concatenated split. A teacher whose outputs are not logits gives ``distance`` (the
-        mean :func:`~lana.teacher.outputs.feature_distance` from its outputs), also as
-        ``loss``, and ``acc`` and ``agreement`` None.
-    """
-    for model in (teacher, *models.values()):
-        model.eval()
-    sums = {name: torch.zeros(3, dtype=torch.float64) for name in models}  # loss, hits, agreement hits
-    count, features = 0, False
-    for images, labels in batches:
-        if limit is not None:
-            images, labels = images[: limit - count], labels[: limit - count]
-        if len(images) == 0:
-            break
-        x = place.batch(images)
-        reference = teacher(x)
-        if not is_logits(reference):  # feature maps: the distance from the teacher's outputs, no top-1
-            features = True
-            for name, model in models.items():
-                if model is not teacher:
-                    sums[name][0] += feature_distance(model(x), reference).sum().double().cpu()
-        else:
-            reference = reference.float()
-            labelled = bool((labels != NO_LABEL).all())
-            target = place.batch(labels) if labelled else reference
-            for name, model in models.items():
-                logits = reference if model is teacher else model(x).float()
-                per_image, hits = _loss_hits(logits, target)
-                agree = logits.argmax(-1) == reference.argmax(-1)
-                sums[name] += torch.stack([per_image.sum(), hits.sum(), agree.sum()]).double().cpu()
-        count += len(images)
-        if limit is not None and count >= limit:
-            break
-    if count == 0:
-        raise DataError("evaluation got no images; pass a non-empty split")
-    if features:
-        return {name: {"loss": s[0].item() / count, "distance": s[0].item() / count, "acc": None, "agreement": None,
-                       "images": count} for name, s in sums.items()}
-    return {name: {"loss": s[0].item() / count, "acc": 100.0 * s[1].item() / count, "agreement": 100.0 * s[2].item() / count,
-                   "images": count} for name, s in sums.items()}
-
-
-def validation_order(data) -> list[int]:
-    """The order the validation split is cut in: a seeded draw for a Dataset, so a split
-    stored class by class (an ``ImageFolder``) is not scored on its first classes and chosen
-    on its last; a user's DataLoader keeps its own stream's order (it cannot be indexed)."""
-    n = num_images(data)
-    if is_loader(data):
-        return list(range(n))
-    return torch.randperm(n, generator=torch.Generator().manual_seed(VALIDATION_SEED)).tolist()
-
-
-def validation_counts(n: int, cfg: ScoreConfig) -> tuple[int, int]:
-    """How many of ``n`` validation images score (``min(val_images, n - held)``) and how many
-    make the choices (``min(val_images, held)``), where ``held = round(holdout * n)``."""
-    if n < 2:
-        raise DataError(f"the validation split has {n} image(s); lana needs at least 2 (scores and choices use disjoint images)")
-    held = min(n - 1, max(1, round(cfg.holdout * n)))
-    return min(cfg.val_images, n - held), min(cfg.val_images, held)
-
-
-def split_validation(data, cfg: ScoreConfig):
-    """The validation split in two disjoint parts: images to score on, and images to choose on.
-
-    Swap-one scores come from the first part; whatever is chosen later by accuracy (which
-    of the solver's top selections is kept, the fine-tuning figures) is measured on the
-    second, so no choice rewards the scores' own noise.
-
-    Args:
-        data: the validation split (a Dataset, drawn in :func:`validation_order`; or a user's
-            DataLoader: its stream in its own order, so the parts are disjoint where that
-            order is fixed).
-        cfg: ``score.holdout`` (share kept for choices) and ``score.val_images`` (most
-            images in either part; see :func:`validation_counts`).
-
-    Returns:
-        (scoring images, choice images): the first and the last images of that order.
-    """
-    n = num_images(data)
-    scored, chosen = validation_counts(n, cfg)
-    if is_loader(data):
-        return window(data, 0, scored), window(data, n - chosen, chosen)
-    order = validation_order(data)
-    return Subset(data, order[:scored]), Subset(data, order[n - chosen:])
-
-
-def validation_tensors(splits: DataSplits, cfg: ScoreConfig, part: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and labels of one part of the validation split (0: scoring, 1: choices; see
-    :func:`split_validation`), read batch by batch with the splits' ``batch_fn`` and workers."""
-    return take_tensors(split_validation(splits.val, cfg)[part], None, cfg.batch_size, splits.batch_fn, splits.num_workers)
-
-
-def choice_tensors(splits: DataSplits, cfg: ScoreConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and labels of the choice part of the validation split (see :func:`split_validation`)."""
-    return validation_tensors(splits, cfg, 1)
 
 
 def score_column(table, metric: str):
@@ -327,8 +161,8 @@ class _BlockScorer:
                         own = logits[group.index("teacher")]
                         if not torch.allclose(own, reference, rtol=1e-3, atol=1e-3 * float(reference.abs().max()) + 1e-6):
                             raise _ReplayMismatch(block)
-                    kl = _loss_hits(logits, reference)[0].clamp_min(0)
-                    loss, hits = _loss_hits(logits, target)
+                    kl = loss_hits(logits, reference)[0].clamp_min(0)
+                    loss, hits = loss_hits(logits, target)
                     rows = slice(first, first + len(group))
                     sums[rows, 0] += kl.sum(1).double().cpu()
                     sums[rows, 1] += loss.sum(1).double().cpu()
@@ -372,7 +206,7 @@ def score_candidates(
     kind = "labels" if labels is not None else "teacher_agreement"
     reference = teacher_targets(teacher, images, batch_size)
     targets = labels if labels is not None else reference
-    base = _loss_hits(reference, targets)
+    base = loss_hits(reference, targets)
     base_loss, base_acc = base[0].mean().item(), 100.0 * base[1].float().mean().item()
     scorer = _BlockScorer(teacher, images, targets, reference, batch_size, max(1, max_stack // batch_size))
     scorer.fast = scorer.fast and not plain

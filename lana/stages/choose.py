@@ -4,7 +4,7 @@ The ILP maximises a sum of swap-one scores, which ignores how blocks interact: t
 replacements that each cost little alone can cost much together. So the ``solve.top_k``
 best selections under the budget are assembled (distilled weights, before fine-tuning)
 and measured on the choice images of the validation split, which no score was computed
-on (:func:`lana.distill.score.split_validation`); the one that keeps the teacher's
+on (:func:`lana.distill.validation.split_validation`); the one that keeps the teacher's
 outputs best (``score.metric``: KL from the teacher's outputs, loss or top-1) is kept.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 from lana.device import Placement, module_device, move_to
 from lana.distill.candidates import assemble_student
-from lana.distill.score import choice_tensors, evaluate_stream, output_figures, teacher_targets
+from lana.distill.validation import choice_tensors, evaluate_stream, output_figures, teacher_targets
 from lana.run.context import Context
 from lana.selection import write_json_atomic
 from lana.stages.solve import load_run, solve_run

@@ -20,7 +20,8 @@ from lana.device import Placement, distill_device_name
 from lana.distill.candidates import BUILDS, OneBlockAtATime, attach_weights, build_all_candidates
 from lana.distill.core import clear_state, distill_candidates, memory_limits
 from lana.distill.distributed import init_distributed
-from lana.distill.score import score_candidates, score_column, validation_tensors
+from lana.distill.score import score_candidates, score_column
+from lana.distill.validation import validation_tensors
 from lana.latency.checkpoint import PARTIAL_FILE
 from lana.latency.measure import resolve_device
 from lana.latency.profiles import merge_latency, profile_latency, store_profile

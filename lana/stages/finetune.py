@@ -9,7 +9,7 @@ from torch import nn
 from lana.data import epoch_steps, iterate
 from lana.device import Placement, module_device, move_to
 from lana.distill.candidates import assemble_student
-from lana.distill.score import evaluate_stream, split_validation
+from lana.distill.validation import evaluate_stream, split_validation
 from lana.distill.train import distil_into
 from lana.errors import RunFolderError
 from lana.run.context import Context, prepare
