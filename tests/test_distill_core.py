@@ -98,3 +98,44 @@ def test_normalised_mse_defaults_to_this_batch() -> None:
     assert torch.allclose(loss, expected)
     assert torch.equal(loss, normalised_mse(prediction, target, target.var(), target.numel()))
     assert normalised_mse(target, target) == 0.0
+
+
+class _Viewed(nn.Module):
+    """``x.view`` over its spatial axes: fails on a channels_last tensor, as some users' code does."""
+
+    def __init__(self, inner: nn.Module | None = None) -> None:
+        super().__init__()
+        self.inner = inner or nn.Identity()
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        return self.inner(x.view(n, c * h * w).view(n, c, h, w))
+
+
+def test_a_teacher_or_candidate_that_fails_on_channels_last_batches_trains_on_contiguous_ones(tmp_path, monkeypatch, caplog):
+    """On a CPU, distillation feeds channels_last batches (faster convolutions); code that
+    cannot take one (a ``view``) falls back to contiguous batches instead of failing the run."""
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
+
+    @register_op("zoo_viewed_conv", family="test", description="a conv behind a view", source="tests")
+    def build(spec):
+        return _Viewed(nn.Conv2d(spec.in_channels, spec.out_channels, 3, spec.stride, 1))
+
+    teacher = distinct_blocks_teacher()
+    teacher[0] = nn.Sequential(_Viewed(), nn.Conv2d(3, 6, 3, 1, 1))  # the teacher itself fails on a channels_last batch
+    ops = {"include": ["zoo_viewed_conv", "conv_k3"]}
+    # three channels: a one-channel batch is contiguous and channels_last at once
+    config = tiny_config(ops=ops, distill={"max_steps": 3},
+                         data={"kind": "synthetic", "channels": 3, "image_size": 16, "val_size": 50, "batch_size": 32})
+    splits = load_data(config.data)
+    specs = discover_blocks(teacher, (1, *splits.input_shape), BLOCKS)
+    cands = build_all_candidates(specs, OpsConfig(**ops))
+    with caplog.at_level("INFO", logger="lana"):
+        results = distill_candidates(teacher, specs, cands, splits, config, RunFolder(tmp_path / "run"))
+    for block in BLOCKS:
+        for op in ("zoo_viewed_conv", "conv_k3"):
+            row = results[(block, op)]
+            assert row["status"] == "ok" and row["steps"] == 3 and math.isfinite(row["distill_loss"]), (block, op)
+    assert "the teacher failed on a channels_last batch" in caplog.text
+    assert "zoo_viewed_conv failed on a channels_last batch" in caplog.text  # block inputs go channels_last
+    assert "conv_k3 failed" not in caplog.text
