@@ -132,6 +132,42 @@ def test_short_training_runs_and_learns(steps):
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+class _ViewedHead(torch.nn.Module):
+    """Flattens with ``view``: fails on a channels_last tensor, as some users' models do."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv, self.fc = torch.nn.Conv2d(3, channels, 3, padding=1), torch.nn.Linear(channels, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.adaptive_avg_pool2d(self.conv(x), 2)
+        n, c = x.shape[:2]
+        return self.fc(x.view(n, c * 4).view(n, c, 4).mean(-1))
+
+
+@pytest.mark.parametrize("viewed", [False, True])
+def test_training_on_a_cpu_uses_channels_last_where_the_model_takes_it(viewed, caplog):
+    """fit trains convolutions on channels_last batches on a CPU (faster); a model that cannot
+    take one still trains, on contiguous batches; either way its weights leave contiguous."""
+    from lana.device import Placement
+    from lana.distill.train import channels_last_trains, fit, label_loss
+
+    config = tiny_config(data={"kind": "synthetic", "channels": 3, "image_size": 8, "val_size": 20, "batch_size": 16,
+                               "mean": [0.5] * 3, "std": [0.5] * 3})
+    splits = load_data(config.data)
+    torch.manual_seed(0)
+    model = _ViewedHead(6) if viewed else torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.AdaptiveAvgPool2d(1),
+                                                                torch.nn.Flatten(), torch.nn.Linear(6, 10))
+    batch = (torch.randn(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))
+    assert channels_last_trains(model, label_loss, batch, Placement(torch.device("cpu"))) is not viewed
+    before = [p.detach().clone() for p in model.parameters()]
+    with caplog.at_level("INFO", logger="lana"):
+        fit(model, splits, label_loss, 1.0, 1e-2, 0.0, 16, 0, "cl")
+    assert ("failed on a channels_last one" in caplog.text) is viewed
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(p.is_contiguous() for p in model.parameters()) and not model.training
+
+
 def test_finetune_with_cached_teacher_logits_matches_running_the_teacher():
     """Caching the teacher's logits once must train the student exactly as running it per step."""
     from lana.config import FinetuneConfig
@@ -157,7 +193,9 @@ def test_finetune_with_cached_teacher_logits_matches_running_the_teacher():
         students.append((student, loss, len(calls)))
     (plain, plain_loss, plain_calls), (cached, cached_loss, cached_calls) = students
     steps, batches = -(-2 * len(splits.train) // 64), -(-len(splits.train) // 64)
-    assert plain_calls == steps and cached_calls == batches < steps  # the teacher ran over the data once, not per step
+    # the teacher ran over the data once, not per step (plain: once per step, and once on two images
+    # to see whether it takes channels_last batches)
+    assert plain_calls == steps + 1 and cached_calls == batches < steps
     assert cached_loss == pytest.approx(plain_loss, rel=1e-4)
     for a, b in zip(plain.state_dict().values(), cached.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
