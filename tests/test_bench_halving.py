@@ -16,6 +16,17 @@ def test_halving_gets_twice_the_steps_and_is_switched_on():
     s = settings(60)
     assert "distill.max_steps=60" in s["uniform"] and "distill.halving=true" not in s["uniform"]
     assert "distill.halving=true" in s["halving"] and "distill.max_steps=120" in s["halving"]
+    # max_steps alone sets the steps: the epochs (one epoch of the CPU mode is 32 steps) do not cap them
+    from benchmarks.quality import MODES
+    from lana.config import build_config
+    from lana.distill.core import total_steps
+
+    for name, steps in (("uniform", 60), ("halving", 120)):
+        tree = {**MODES["cpu"]["tree"], "distill": dict(MODES["cpu"]["tree"]["distill"])}
+        for override in s[name]:
+            key, value = override.split("=")
+            tree["distill"][key.split(".")[1]] = {"true": True}.get(value, value)
+        assert total_steps(build_config(tree), 4000) == steps
 
 
 def test_a_difference_within_the_larger_spread_is_a_tie_and_beyond_it_a_win_or_loss():
