@@ -66,6 +66,7 @@ log = logging.getLogger("lana")
 STATE_FILE = "distill_state.pt"
 GROUPS_DIR = "distill_groups"  # older versions kept finished groups here
 STATE_FORMAT = 3  # 3: finished groups are in weights/<block>/<op>.pt
+CPU_CHANNELS_LAST = True  # channels_last batches on a CPU; benchmarks/channels_last.py turns it off to compare
 FAULT_ENV = "LANA_FAULT_KILL_AT_STEP"  # for tests: SIGKILL this process once that many steps are done
 
 
@@ -414,7 +415,7 @@ class _Distiller:
     def _teacher_features(self, tap, x: torch.Tensor, blocks) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The teacher's block inputs and outputs, from a channels_last batch on a CPU unless
         the teacher failed on one (then from contiguous batches from there on)."""
-        fast = x if self.teacher_plain else fast_batch(x)
+        fast = x if self.teacher_plain or not CPU_CHANNELS_LAST else fast_batch(x)
         if fast is not x:
             try:
                 return tap.features(self.teacher, fast, blocks)
@@ -445,7 +446,8 @@ class _Distiller:
             live = [k for k in members if k[0] == block and not self.stats[k]["status"].startswith(("dropped", "stopped"))]
             local = []
             # on a CPU, channels_last batches train convolutions 1.3-2x faster (docs/benchmarks.md)
-            fast, plain = (fast_batch(x), x.contiguous()) if x.device.type == "cpu" and x.dim() == 4 else (x, x)
+            cpu = CPU_CHANNELS_LAST and x.device.type == "cpu" and x.dim() == 4
+            fast, plain = (fast_batch(x), x.contiguous()) if cpu else (x, x)
             for key in live:
                 with torch.set_grad_enabled(self._cand(key).trainable), self.place.autocast(fp16=False):
                     local.append(normalised_mse(self._forward(key, fast, plain), y, var, count))
