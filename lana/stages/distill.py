@@ -128,8 +128,10 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
         # the scoring part of the val split (disjoint from the choice images), read batch by batch, scored on the compute device
         images, labels = validation_tensors(ctx.splits, config.score, 0)
         labels = labels if ctx.splits.labelled else None  # scores by agreement with the teacher
-        # dropped (NaN) and stopped (dominated under successive halving) candidates are not scored
-        live = {b: {n: c for n, c in cs.items() if not distilled[(b, n)]["status"].startswith(("dropped", "stopped"))} for b, cs in candidates.items()}
+        # dropped (NaN) candidates are not scored; stopped ones (dominated under successive halving)
+        # are, with the weights they stopped with: their MACs are not their latency, and a tight
+        # budget may want them (docs/benchmarks.md, the halving runs)
+        live = {b: {n: c for n, c in cs.items() if not distilled[(b, n)]["status"].startswith("dropped")} for b, cs in candidates.items()}
         place = Placement.for_config(config)
         place.model(ctx.teacher)
         try:
