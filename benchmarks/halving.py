@@ -53,7 +53,7 @@ def summarise(frames: dict[str, pd.DataFrame], out: Path, key: str) -> pd.DataFr
         per_seed = timing.get("distill_score_latency_s_per_seed", {})
         cpu = timing.get("distill_score_latency_cpu_s_per_seed", {})
         steps = [steps_per_candidate(out / name / key / f"seed{s}") for s in per_seed]
-        lana = frame[frame["method"] == "lana"]
+        lana = frame[(frame["method"] == "lana") & frame["val_top1"].notna()]  # a seed that missed the band has no student
         for budget, g in lana.groupby("budget"):
             rows.append({"setting": name, "budget": budget, "seeds": len(g),
                          "distill_s": sum(per_seed.values()) / max(len(per_seed), 1),
@@ -75,6 +75,8 @@ def verdicts(table: pd.DataFrame) -> list[str]:
         u, h = (g[g["setting"] == s].iloc[0] for s in ("uniform", "halving"))
         margin, diff = max(u["val_spread"], h["val_spread"]), h["val_top1"] - u["val_top1"]
         word = "tie" if abs(diff) <= margin else ("halving wins" if diff > 0 else "halving LOSES")
+        if min(u["seeds"], h["seeds"]) < 2:  # one seed has no spread: nothing to judge a margin by
+            word = f"no verdict (seeds in the band: uniform {u['seeds']}, halving {h['seeds']})"
         lines.append(f"{budget:g}×: {word}: validation top-1 {h['val_top1']:.2f} against {u['val_top1']:.2f} % "
                      f"(difference {diff:+.2f}, larger spread {margin:.2f}); distillation {h['distill_cpu_s']:.0f} CPU-s against {u['distill_cpu_s']:.0f}")
     return lines

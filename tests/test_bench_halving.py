@@ -41,3 +41,10 @@ def test_a_difference_within_the_larger_spread_is_a_tie_and_beyond_it_a_win_or_l
     assert "only uniform" in lines["0.2"]
     text = markdown(table, "python -m benchmarks.halving")
     assert text.count("| halving |") == 3 and "90.50 ± 0.10 %" in text and "| 100 / 90 |" in text
+
+
+def test_a_budget_one_seed_reached_gets_no_verdict():
+    one = _row("halving", 0.3, 92.0, 0.0)
+    one["seeds"] = 1
+    lines = verdicts(pd.DataFrame([_row("uniform", 0.3, 90.0, 0.2), one]))
+    assert lines[0].startswith("0.3×: no verdict (seeds in the band: uniform 2, halving 1)")
