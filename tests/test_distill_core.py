@@ -17,7 +17,8 @@ from torch import nn
 from lana.config import OpsConfig
 from lana.data import load_data
 from lana.distill.candidates import build_all_candidates
-from lana.distill.core import FeatureTap, distill_candidates, normalised_mse
+from lana.distill.core import distill_candidates
+from lana.distill.features import FeatureTap, normalised_mse
 from lana.run.folder import RunFolder
 from lana.teacher.blocks import discover_blocks
 from op_zoo import _registry, register_op
