@@ -7,10 +7,10 @@ latency is measured after distillation). A candidate that another one beats on b
 worse on either, better on one) is *dominated*: it stops training and keeps the weights it
 has. The survivors train on; with fewer candidates, each step takes less time. A stopped
 candidate is still scored, timed and offered to the solver: MACs are not latency (on a CPU
-a fused MBConv with more MACs can be faster than the op that dominated it), and when
-stopped candidates were left out, the selected students lost 1.5-1.8 validation points at
-a 0.3x budget (docs/benchmarks.md). The table records the steps each candidate trained and
-why it stopped.
+a fused MBConv with more MACs can be faster than the op that dominated it), and the
+students a 0.3x budget selected without halving used ops that halving had stopped
+(docs/benchmarks.md; offering them did not close halving's gap there). The table records
+the steps each candidate trained and why it stopped.
 """
 from __future__ import annotations
 
