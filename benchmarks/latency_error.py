@@ -72,10 +72,12 @@ def run_family(name: str, args) -> dict:
     gpu = args.device.startswith("cuda")
     cfg = LatencyConfig(device=args.device, batch_size=args.batch or batch, dtype=args.dtype, runtime=args.runtime,
                         threads=None if gpu else args.threads, clock="wall" if gpu else args.clock, repeats=args.repeats,
-                        time_cap_s=args.cap, context_rounds=args.rounds, retakes=args.retakes)
-    tick = time.time()
-    record = profile_latency(teacher, specs, candidates, shape, cfg, precise_isolated=True)  # the naive sum below adds them
-    profile_s = time.time() - tick
+                        time_cap_s=args.cap, context_rounds=args.rounds, retakes=args.retakes,
+                        context_repeats=args.context_repeats)
+    tick, cpu = time.time(), time.process_time()
+    # the naive sum below adds the candidates timed alone: precisely, unless --ordering-only (as lana does in context)
+    record = profile_latency(teacher, specs, candidates, shape, cfg, precise_isolated=not args.ordering_only)
+    profile_s, profile_cpu_s = time.time() - tick, time.process_time() - cpu
     used = {b: {} for b in candidates}
     for row in record["candidates"]:
         used[row["block"]][row["candidate"]] = row["median_ms"]
@@ -107,7 +109,8 @@ def run_family(name: str, args) -> dict:
             "chosen_per_fold": {k: kinds.count(k) for k in sorted(set(kinds))}, "choice": summary["choice"],
             "correction": summary["correction"], "noise": summary["before"], "teacher_drift_pct": summary["teacher_drift_pct"],
             "reference_spread_pct": record.get("reference_spread_pct"), "group_takes": summary.get("group_takes", []),
-            "profile_s": profile_s, "check_s": check_s}
+            "profile_s": profile_s, "profile_cpu_s": profile_cpu_s, "check_s": check_s,
+            "in_context_networks": record.get("networks")}
 
 
 def _abs_error(frame) -> np.ndarray:
@@ -128,6 +131,10 @@ def main() -> None:
     parser.add_argument("--cap", type=float, default=1.5, help="seconds per timed module (latency.time_cap_s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=2, help="latency.context_rounds: cover networks per candidate")
+    parser.add_argument("--context-repeats", type=int, default=None,
+                        help="latency.context_repeats: timed calls per cover network (default: as whole networks)")
+    parser.add_argument("--ordering-only", action="store_true",
+                        help="time candidates alone only briefly, to order the cover networks (as lana does); the naive column then uses those figures")
     parser.add_argument("--retakes", type=int, default=0, help="latency.retakes: time a noisy group again up to N times")
     parser.add_argument("--quick", action="store_true", help="6 networks per family")
     parser.add_argument("--json", action="store_true")
@@ -145,7 +152,8 @@ def main() -> None:
         if args.json:
             continue
         print(f"\n{name} ({res['model']}, input {res['input']}, {res['blocks']} blocks, {res['candidates']} candidates, "
-              f"{res['networks']} held-out networks; profile {res['profile_s']:.0f} s, check {res['check_s']:.0f} s)")
+              f"{res['networks']} held-out networks; profile {res['profile_s']:.0f} s wall, {res['profile_cpu_s']:.0f} s CPU, "
+              f"{res['in_context_networks']} networks in context; check {res['check_s']:.0f} s)")
         for label, key in METHODS:
             s = res[key]
             print(f"  {label:<18} median {s['median_error_pct']:5.1f} %   worst {s['worst_error_pct']:5.1f} %   (n={s['networks']})")

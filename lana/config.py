@@ -123,6 +123,10 @@ class LatencyConfig(_Section):
     # context: each candidate timed inside the whole network (what the sum needs); isolated: alone
     method: Literal["context", "isolated"] = "context"
     context_rounds: int = Field(2, ge=1)  # in-context: networks each candidate is timed in (random neighbours)
+    # in-context: timed calls per cover network (after warm-up; whole rounds of 3, at least two);
+    # None = as a whole network (repeats, ci, time_cap_s). Every call clocks every block, and a
+    # candidate's figure is the median over its networks (benchmarks/latency_error.py)
+    context_repeats: int | None = Field(9, ge=6)
     # a group of interleaved networks whose two halves disagree by more than retake_noise (relative)
     # was timed while the machine moved: it is timed again, up to `retakes` times, the calmest take kept
     retake_noise: float = Field(0.04, gt=0)

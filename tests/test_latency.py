@@ -152,6 +152,35 @@ def test_in_context_timing_covers_all_candidates_and_adds_up_for_the_teacher():
     assert halves["half_a_ms"] > 0 and halves["half_b_ms"] > 0
 
 
+def test_cover_networks_take_context_repeats_calls_each(monkeypatch):
+    """context_repeats: every cover network gets that many timed calls, whatever the CI (the figures add up over blocks)."""
+    from lana.distill.candidates import build_all_candidates
+    from lana.latency import measure
+    from lana.teacher.blocks import discover_blocks
+    from lana.teacher.demo_net import demo_resnet
+
+    taken, real = [], core.sample_interleaved
+
+    def spy(steps, **kwargs):
+        results = real(steps, **kwargs)
+        taken.extend(r["repeats"] for r in results)
+        return results
+    monkeypatch.setattr(measure.core, "sample_interleaved", spy)
+    teacher = demo_resnet(in_chans=1, widths=[4, 8], depth=1).eval()
+    specs = discover_blocks(teacher, (1, 1, 8, 8))
+    cands = build_all_candidates(specs, tiny_config(ops={"include": ["identity", "conv_k1"]}).ops)
+    base = tiny_config().latency.model_copy(update={"threads": 1, "clock": "process", "repeats": 12, "ci": 0.0,
+                                                    "time_cap_s": 30.0, "warmup": 1})
+    timings, _ = measure_in_context(teacher, specs, cands, (1, 8, 8), base.model_copy(update={"context_repeats": 6}))
+    assert taken and set(taken) == {6}  # 6 calls each (two rounds of 3), although the CI target (0) is never met
+    assert set(timings) == {(b, n) for b, c in cands.items() for n in c}
+    taken.clear()
+    measure_in_context(teacher, specs, cands, (1, 8, 8), base.model_copy(update={"context_repeats": None, "max_repeats": 15}))
+    assert min(taken) >= 12  # None: as whole networks (repeats, then the CI target up to max_repeats)
+    with pytest.raises(ValueError):
+        LatencyConfig(context_repeats=5)  # fewer than two interleaved rounds (their halves judge the window)
+
+
 # -- latency.json bookkeeping -----------------------------------------------------------------------
 def _record(tag, scale=None, fixed=0.5):
     rec = {"tag": tag, "method": "context", "teacher_latency_ms": 3.0, "measured_fixed_latency_ms": fixed,

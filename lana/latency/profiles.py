@@ -44,9 +44,11 @@ log = logging.getLogger("lana")
 
 # In context, the candidates timed alone only order the first round of cover networks (fast
 # ops among fast neighbours); nothing the solver adds comes from them. A median of a few
-# calls orders them as well as a tight one (benchmarks/latency_rate.py measures both) at a
-# tenth of the calls: with the default knobs, under load, most candidates ran to the cap.
-ORDERING_KNOBS = {"warmup": 3, "repeats": 7, "max_repeats": 7, "ci": 1.0, "time_cap_s": 0.5}
+# calls orders them as well as a tight one (benchmarks/latency_rate.py measures both) at an
+# eighth of the calls: with the default knobs, under load, most candidates ran to the cap.
+# A median of 3 after a warm-up capped at 25 ms: the in-context figures it leads to differ
+# from those ordered by the default knobs less than two passes with one order do.
+ORDERING_KNOBS = {"warmup": 2, "repeats": 3, "max_repeats": 3, "ci": 1.0, "time_cap_s": 0.1}
 
 
 def isolated_settings(cfg: LatencyConfig, method: str, precise: bool = False) -> LatencyConfig:
@@ -91,7 +93,8 @@ def profile_latency(teacher: nn.Module, specs, candidates: dict, input_shape: tu
         log.info("latency: %s cannot be clocked block by block (%s); timing candidates alone (method isolated)", cfg.runtime, why)
         method = "isolated"
     precise = isolated_settings(cfg, method, precise_isolated) is cfg
-    knobs = {k: getattr(cfg, k) for k in ("warmup", "repeats", "max_repeats", "ci", "time_cap_s", "context_rounds")}
+    knobs = {k: getattr(cfg, k) for k in ("warmup", "repeats", "max_repeats", "ci", "time_cap_s", "context_rounds",
+                                         "context_repeats")}
     knobs["isolated_precise"] = precise
     partial = PartialTimings(checkpoint, partial_key(f"{settings_tag(cfg)}-{method}", knobs, candidates, input_shape))
     release_memory(device)  # what earlier stages freed goes back before the timed copies are made
