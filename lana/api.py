@@ -34,7 +34,7 @@ from lana.names import DEFAULT_SOLVER
 from lana.run.context import Context, prepare
 from lana.run.folder import RunFolder, read_json, save_tensors, write_json
 from lana.selection import SolveInputs, build_problem, parse_budget, solve_inputs
-from lana.stages.budget import hold_budget
+from lana.stages.budget import aimed_budget, hold_budget, mark_requested
 from lana.stages.choose import solve_and_choose
 from lana.stages.distill import distill_stage
 from lana.stages.export import export_stage
@@ -274,7 +274,8 @@ def run_pipeline(run: Run, budget: str | None = None, announce: Announce | None 
                  stages: dict | None = None) -> dict:
     """Distil, solve, fine-tune and export: ``lana.accelerate`` and ``lana demo`` both run this.
 
-    The budget holds both ways (:mod:`lana.stages.budget`): the exported student is measured
+    The budget holds both ways (:mod:`lana.stages.budget`): the first solve aims at 97.5 % of
+    it (inside the band that counts as met), the exported student is measured
     against it in its own unit (a ``50%`` budget against the teacher measured beside it, a
     ``5ms`` budget as is), and where it is over, or more than 5 % under, the budget is
     corrected by the measured ratio and the student re-solved, fine-tuned and exported once;
@@ -303,8 +304,11 @@ def run_pipeline(run: Run, budget: str | None = None, announce: Announce | None 
     say("distill, score and time every candidate")
     table = run.distill()
     mark("distill_score_latency")
-    say(f"solve: {len(table)} candidates over {table['block'].nunique()} blocks, budget {text}")
-    selection = run.solve(text)
+    aimed = aimed_budget(text)  # inside the band the check accepts: room for the measurement's noise
+    say(f"solve: {len(table)} candidates over {table['block'].nunique()} blocks, budget {text} (aiming at {aimed})")
+    selection = run.solve(aimed)
+    mark_requested(Path(run.path), text)
+    selection = {**selection, "budget_requested": text}
     mark("solve")
     say("fine-tune the student")
     run.finetune(selection)

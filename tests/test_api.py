@@ -2,6 +2,8 @@
 code path with the CLI, and one-line errors for bad input."""
 from __future__ import annotations
 
+import json
+
 import statistics
 import time
 
@@ -72,6 +74,10 @@ def test_accelerate_an_unseen_network(tmp_path, one_thread, labels):
     assert not result.student.training and result.student(x).shape == teacher(x).shape == (8, 10)
     assert set(result.selection) == set(BLOCKS) and set(result.table["block"]) == set(BLOCKS)
     report = result.report
+    # the first solve aimed at 97.5 % of the budget; the report holds the student to the user's 40 %
+    stored = json.loads((tmp_path / "run" / "selection.json").read_text())
+    assert report["budget"] == "40%" and stored["budget_requested"] == "40%"
+    assert stored["budget"] == "39%" or report["budget_check"]["resolved"]
     assert report["score_kind"] == ("labels" if labels else "teacher_agreement")
     assert (report["student_top1"] is not None) == labels and (report["teacher_top1"] is not None) == labels
     assert 0 <= report["teacher_agreement"] <= 100

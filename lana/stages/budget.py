@@ -5,7 +5,8 @@ The target is milliseconds *now*: a ``%`` budget is that share of the teacher me
 export, side by side with the student; an ``ms`` budget is absolute, compared with the
 student as measured (never rescaled). The solver's figures were profiled earlier and put at
 the speed of ``RUN/reference.json`` by ``lana solve`` (the one drift conversion); the export
-writes that reference from the teacher it timed. The student is *met* when it measures within
+writes that reference from the teacher it timed. The first solve aims at :data:`AIM` × the
+target (:func:`aimed_budget`); the student is *met* when it measures within
 :data:`BAND` × the target. Where it is over, or more than 5 % under, the measured ratio
 (measured / predicted, both at the re-solve's speed) corrects the budget once: the solver
 is asked for ``AIM × target / ratio`` in its own units, and the new student is fine-tuned,
@@ -51,6 +52,26 @@ def budget_verdict(text: str, student_ms: float, teacher_ms: float) -> dict[str,
             "budget_met": verdict == "met"}
 
 
+def aimed_budget(text: str) -> str:
+    """The budget the first solve is asked for: :data:`AIM` × ``text``, in its unit.
+
+    A selection predicted right at the budget measures over it about half the time (the
+    prediction's error and the teacher's drift since profiling go either way), and each miss
+    costs a re-solve, fine-tune and export; aiming inside :data:`BAND` leaves room both ways.
+    """
+    if str(text).strip().endswith("%"):
+        return f"{AIM * parse_budget(text, 100.0):.6g}%"
+    return f"{AIM * parse_budget(text, None):.6g}ms"
+
+
+def mark_requested(run_dir: Path, text: str) -> None:
+    """Keep the user's budget in ``RUN/selection.json`` beside the one solved for."""
+    path = run_dir / "selection.json"
+    record = json.loads(path.read_text())
+    record["budget_requested"] = text
+    write_json_atomic(path, record)
+
+
 def selection_budget(selection: dict) -> str | None:
     """The budget the user asked for: a re-solve's selection keeps it beside its corrected one."""
     return selection.get("budget_requested") or selection.get("budget")
@@ -86,13 +107,6 @@ def corrected_budget_ms(verdict: dict, selection: dict, measured_ms: float, reso
     predicted = convert(selection["predicted_latency_ms"], selection_speed(selection), resolve_speed)
     ratio = measured_ms / predicted
     return AIM * verdict["budget_target_ms"] / ratio, ratio
-
-
-def _mark_requested(run_dir: Path, text: str) -> None:
-    path = run_dir / "selection.json"
-    record = json.loads(path.read_text())
-    record["budget_requested"] = text
-    write_json_atomic(path, record)
 
 
 def _under_note(verdict: dict, selection: dict, budget_ms: float, same: bool) -> str:
@@ -135,7 +149,7 @@ def hold_budget(run: Any, text: str, selection: dict, report: dict, say: Callabl
     except InfeasibleError as exc:
         check["note"] = f"the corrected budget cannot be met ({exc}); the first student is kept"
         return {**report, "budget_check": check}
-    _mark_requested(run_dir, text)
+    mark_requested(run_dir, text)
     if second["choice"] == selection["choice"]:
         if verdict["budget_verdict"] == "under":
             check["note"] = _under_note(verdict, selection, budget_ms, same=True)
