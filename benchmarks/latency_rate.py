@@ -7,7 +7,7 @@ The issue-24 case of ``benchmarks/score_rate.py`` (timm ``mobilenetv3_large_100`
 64, eager) with one thread and the process clock (``--clock wall`` for the wall clock). A profile in context has two passes: every candidate timed
 alone (:func:`lana.latency.measure.measure_candidates`; in context only the order of the
 first cover round comes from it) and the cover networks timed whole, clocked at the blocks
-(:func:`lana.latency.measure.measure_in_context`: what the solver adds). Prints the CPU time
+(:func:`lana.latency.context.measure_in_context`: what the solver adds). Prints the CPU time
 of each pass and its calls, the alone pass with the default knobs against
 :data:`lana.latency.profiles.ORDERING_KNOBS` (same process, one after the other), the rank
 correlation of the two orders within each block, and how far the in-context figures of the
@@ -24,7 +24,8 @@ import torch
 
 from benchmarks.score_rate import setting, spearman
 from lana.config import LatencyConfig
-from lana.latency.measure import measure_candidates, measure_in_context
+from lana.latency.context import measure_in_context
+from lana.latency.measure import measure_candidates
 from lana.latency.profiles import isolated_settings
 from lana.teacher.blocks import discover_blocks
 

@@ -20,10 +20,9 @@ from lana.latency.calibration import (
     random_selections,
     spread_indices,
 )
+from lana.latency.context import cover_selections, measure_in_context
 from lana.latency.correction import choose_correction, choose_correction_nested, fit_kind, nested_loo_errors
 from lana.latency.measure import (
-    cover_selections,
-    measure_in_context,
     measure_networks,
     settings_tag,
     time_module,
@@ -155,7 +154,7 @@ def test_in_context_timing_covers_all_candidates_and_adds_up_for_the_teacher():
 def test_cover_networks_take_context_repeats_calls_each(monkeypatch):
     """context_repeats: every cover network gets that many timed calls, whatever the CI (the figures add up over blocks)."""
     from lana.distill.candidates import build_all_candidates
-    from lana.latency import measure
+    from lana.latency import context
     from lana.teacher.blocks import discover_blocks
     from lana.teacher.demo_net import demo_resnet
 
@@ -165,7 +164,7 @@ def test_cover_networks_take_context_repeats_calls_each(monkeypatch):
         results = real(steps, **kwargs)
         taken.extend(r["repeats"] for r in results)
         return results
-    monkeypatch.setattr(measure.core, "sample_interleaved", spy)
+    monkeypatch.setattr(context.core, "sample_interleaved", spy)
     teacher = demo_resnet(in_chans=1, widths=[4, 8], depth=1).eval()
     specs = discover_blocks(teacher, (1, 1, 8, 8))
     cands = build_all_candidates(specs, tiny_config(ops={"include": ["identity", "conv_k1"]}).ops)

@@ -23,7 +23,7 @@ from lana.distill.candidates import (
 from lana.distill.core import distill_candidates
 from lana.distill.score import score_candidates
 from lana.errors import CheckpointError
-from lana.latency.measure import measure_in_context
+from lana.latency.context import measure_in_context
 from lana.latency.profiles import profile_latency
 from lana.names import TEACHER_OP
 from lana.run.folder import RunFolder, load_tensors, save_tensors

@@ -25,6 +25,7 @@ from torch import nn
 
 from lana.config import LatencyConfig
 from lana.errors import InfeasibleError
+from lana.latency.context import group_noise
 from lana.latency.correction import (  # noqa: F401 (choose_correction, fit_correction re-exported)
     Correction,
     choose_correction,
@@ -32,7 +33,8 @@ from lana.latency.correction import (  # noqa: F401 (choose_correction, fit_corr
     fit_correction,
 )
 from lana.latency.drift import drift_pct, speed_ratio
-from lana.latency.measure import TEACHER_OP, group_noise, measure_networks
+from lana.latency.measure import measure_networks
+from lana.names import TEACHER_OP
 from lana.teacher.blocks import set_submodule
 from solvers import SelectionProblem, solve_selection
 

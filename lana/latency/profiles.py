@@ -28,10 +28,10 @@ from lana.config import LatencyConfig
 from lana.distill.candidates import OneBlockAtATime, release_all
 from lana.errors import RunFolderError
 from lana.latency.checkpoint import PartialTimings, partial_key
+from lana.latency.context import measure_in_context
 from lana.latency.drift import drift_pct, speed_ratio
 from lana.latency.measure import (
     measure_candidates,
-    measure_in_context,
     measure_network,
     resolve_device,
     settings_record,
