@@ -73,7 +73,7 @@ def run_family(name: str, args) -> dict:
     cfg = LatencyConfig(device=args.device, batch_size=args.batch or batch, dtype=args.dtype, runtime=args.runtime,
                         threads=None if gpu else args.threads, clock="wall" if gpu else args.clock, repeats=args.repeats,
                         time_cap_s=args.cap, context_rounds=args.rounds, retakes=args.retakes,
-                        context_repeats=args.context_repeats)
+                        context_repeats=args.context_repeats, context_min_s=args.context_min_s)
     tick, cpu = time.time(), time.process_time()
     # the naive sum below adds the candidates timed alone: precisely, unless --ordering-only (as lana does in context)
     record = profile_latency(teacher, specs, candidates, shape, cfg, precise_isolated=not args.ordering_only)
@@ -133,6 +133,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="latency.context_rounds: cover networks per candidate")
     parser.add_argument("--context-repeats", type=int, default=None,
                         help="latency.context_repeats: timed calls per cover network (default: as whole networks)")
+    parser.add_argument("--context-min-s", type=float, default=0.3,
+                        help="latency.context_min_s: more calls while a cover network's timed calls took less than this")
     parser.add_argument("--ordering-only", action="store_true",
                         help="time candidates alone only briefly, to order the cover networks (as lana does); the naive column then uses those figures")
     parser.add_argument("--retakes", type=int, default=0, help="latency.retakes: time a noisy group again up to N times")

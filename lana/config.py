@@ -127,6 +127,8 @@ class LatencyConfig(_Section):
     # None = as a whole network (repeats, ci, time_cap_s). Every call clocks every block, and a
     # candidate's figure is the median over its networks (benchmarks/latency_error.py)
     context_repeats: int | None = Field(9, ge=6)
+    # in-context: more calls while a cover network's timed calls took less than this (seconds)
+    context_min_s: float = Field(0.3, ge=0)
     # a group of interleaved networks whose two halves disagree by more than retake_noise (relative)
     # was timed while the machine moved: it is timed again, up to `retakes` times, the calmest take kept
     retake_noise: float = Field(0.04, gt=0)

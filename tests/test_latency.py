@@ -170,9 +170,14 @@ def test_cover_networks_take_context_repeats_calls_each(monkeypatch):
     cands = build_all_candidates(specs, tiny_config(ops={"include": ["identity", "conv_k1"]}).ops)
     base = tiny_config().latency.model_copy(update={"threads": 1, "clock": "process", "repeats": 12, "ci": 0.0,
                                                     "time_cap_s": 30.0, "warmup": 1})
-    timings, _ = measure_in_context(teacher, specs, cands, (1, 8, 8), base.model_copy(update={"context_repeats": 6}))
+    timings, _ = measure_in_context(teacher, specs, cands, (1, 8, 8),
+                                    base.model_copy(update={"context_repeats": 6, "context_min_s": 0.0}))
     assert taken and set(taken) == {6}  # 6 calls each (two rounds of 3), although the CI target (0) is never met
     assert set(timings) == {(b, n) for b, c in cands.items() for n in c}
+    taken.clear()
+    # a floor of time: these sub-millisecond networks get more calls, up to 8 x context_repeats
+    measure_in_context(teacher, specs, cands, (1, 8, 8), base.model_copy(update={"context_repeats": 6, "context_min_s": 0.05}))
+    assert min(taken) > 6 and max(taken) <= 48
     taken.clear()
     measure_in_context(teacher, specs, cands, (1, 8, 8), base.model_copy(update={"context_repeats": None, "max_repeats": 15}))
     assert min(taken) >= 12  # None: as whole networks (repeats, then the CI target up to max_repeats)

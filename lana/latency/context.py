@@ -36,11 +36,17 @@ from lana.teacher.blocks import set_submodule
 log = logging.getLogger("lana")
 
 
-def _context_knobs(cfg: LatencyConfig) -> dict:
-    """Sampling of one group of cover networks: ``context_repeats`` calls each, or as whole networks."""
+def _context_knobs(cfg: LatencyConfig, networks: int) -> dict:
+    """Sampling of one group of ``networks`` cover networks, or as whole networks (``context_repeats`` None).
+
+    ``context_repeats`` calls each, more while the group's timed calls took less than
+    ``context_min_s`` per network (a fast network's few calls are mostly noise), up to
+    ``max_repeats`` (8 × ``context_repeats`` by default).
+    """
     if cfg.context_repeats is None:
         return _knobs(cfg)
-    return {"warmup": cfg.warmup, "repeats": cfg.context_repeats, "max_repeats": cfg.context_repeats, "ci": cfg.ci}
+    return {"warmup": cfg.warmup, "repeats": cfg.context_repeats, "max_repeats": cfg.max_repeats, "ci": 1.0,
+            "min_time_s": cfg.context_min_s * networks}
 
 
 
@@ -260,7 +266,7 @@ def _time_group(teacher, specs, candidates, chunk, shapes, cfg, device, example,
         steps = [_closing(core.make_step(net, example, clock=cfg.clock), clock) for net, clock in nets]
         if deployed:  # the deployed teacher, unclocked, interleaved with its clocked twin
             steps.append(core.make_step(prepare_for_timing(teacher, example, cfg), example, _graphs(cfg, example), cfg.clock))
-        takes.append((nets, core.sample_interleaved(steps, **_context_knobs(cfg), time_cap_s=cfg.time_cap_s * len(steps))))
+        takes.append((nets, core.sample_interleaved(steps, **_context_knobs(cfg, len(steps)), time_cap_s=cfg.time_cap_s * len(steps))))
         if group_noise(takes[-1][1]) <= cfg.retake_noise or len(takes) > cfg.retakes:
             break
         log.info("latency (in context): a group was noisy (halves %.1f %% apart), timing it again", 100 * group_noise(takes[-1][1]))

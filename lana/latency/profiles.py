@@ -94,7 +94,7 @@ def profile_latency(teacher: nn.Module, specs, candidates: dict, input_shape: tu
         method = "isolated"
     precise = isolated_settings(cfg, method, precise_isolated) is cfg
     knobs = {k: getattr(cfg, k) for k in ("warmup", "repeats", "max_repeats", "ci", "time_cap_s", "context_rounds",
-                                         "context_repeats")}
+                                         "context_repeats", "context_min_s")}
     knobs["isolated_precise"] = precise
     partial = PartialTimings(checkpoint, partial_key(f"{settings_tag(cfg)}-{method}", knobs, candidates, input_shape))
     release_memory(device)  # what earlier stages freed goes back before the timed copies are made

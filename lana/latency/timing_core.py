@@ -186,11 +186,12 @@ def sample_until_tight(step: Callable[[], float], warmup: int = 5, repeats: int 
 
 def sample_interleaved(steps: list[Callable[[], float]], warmup: int = 5, repeats: int = 25,
                        max_repeats: int | None = None, ci: float = 0.02, time_cap_s: float = 30.0,
-                       per_round: int = 3) -> list[dict]:
+                       per_round: int = 3, min_time_s: float = 0.0) -> list[dict]:
     """Time several callables round-robin, so drift of the machine hits them all alike.
 
     Each round takes ``per_round`` samples of every callable; rounds go on until every
-    median's CI is tight (or ``max_repeats`` / ``time_cap_s``). Odd and even rounds are also
+    median's CI is tight and the timed rounds took ``min_time_s`` (or ``max_repeats`` /
+    ``time_cap_s``): a floor that gives fast callables more calls. Odd and even rounds are also
     summarised apart (``half_a_ms``, ``half_b_ms``): a gap between them says the window was disturbed.
 
     Returns:
@@ -200,7 +201,7 @@ def sample_interleaved(steps: list[Callable[[], float]], warmup: int = 5, repeat
     max_repeats = max(repeats, max_repeats or 8 * repeats)
     warm = [warm_up(step, warmup, time_cap_s / 8 / max(1, len(steps))) for step in steps]
     halves: list[list[list[float]]] = [[[], []] for _ in steps]
-    rounds = 0
+    rounds, sampling = 0, time.perf_counter()
 
     def samples(i: int) -> list[float]:
         return halves[i][0] + halves[i][1]
@@ -212,7 +213,8 @@ def sample_interleaved(steps: list[Callable[[], float]], warmup: int = 5, repeat
         count = len(samples(0))
         if count < repeats or rounds < 2:
             continue
-        loose = any(relative_ci(samples(i)) > ci for i in range(len(steps)))
+        short = time.perf_counter() - sampling < min_time_s
+        loose = short or any(relative_ci(samples(i)) > ci for i in range(len(steps)))
         if not loose or count >= max_repeats or time.perf_counter() - begin > time_cap_s:
             break
     return [{**summarize(samples(i), warm[i]), "half_a_ms": statistics.median(halves[i][0]),
