@@ -34,7 +34,7 @@ from lana.names import DEFAULT_SOLVER
 from lana.run.context import Context, prepare
 from lana.run.folder import RunFolder, read_json, save_tensors, write_json
 from lana.selection import SolveInputs, build_problem, parse_budget, solve_inputs
-from lana.stages.budget import aimed_budget, hold_budget, mark_requested
+from lana.stages.budget import aimed_budget, hold_budget, solve_aimed
 from lana.stages.choose import solve_and_choose
 from lana.stages.distill import distill_stage
 from lana.stages.export import export_stage
@@ -304,11 +304,10 @@ def run_pipeline(run: Run, budget: str | None = None, announce: Announce | None 
     say("distill, score and time every candidate")
     table = run.distill()
     mark("distill_score_latency")
-    aimed = aimed_budget(text)  # inside the band the check accepts: room for the measurement's noise
-    say(f"solve: {len(table)} candidates over {table['block'].nunique()} blocks, budget {text} (aiming at {aimed})")
-    selection = run.solve(aimed)
-    mark_requested(Path(run.path), text)
-    selection = {**selection, "budget_requested": text}
+    # inside the band the check accepts: room for the measurement's noise
+    say(f"solve: {len(table)} candidates over {table['block'].nunique()} blocks, budget {text} "
+        f"(aiming at {aimed_budget(text)})")
+    selection = solve_aimed(run, text)
     mark("solve")
     say("fine-tune the student")
     run.finetune(selection)

@@ -18,7 +18,7 @@ import pytest
 from lana.cli.report import summary_rows
 from lana.latency.drift import convert, speed_ratio
 from lana.latency.profiles import reference_record
-from lana.stages.budget import BAND, aimed_budget, budget_verdict, hold_budget, mark_requested, report_budget
+from lana.stages.budget import BAND, aimed_budget, budget_verdict, hold_budget, mark_requested, report_budget, solve_aimed
 from lana.stages.solve import solve_run
 
 BLOCKS, OPS, FIXED = 6, 15, 0.5
@@ -146,6 +146,18 @@ def test_aiming_inside_the_band_spares_a_resolve_when_the_model_is_a_little_slow
     assert report["budget_met"] and "budget_check" not in report and report["budget"] == "50%" and len(run.exported) == 1
     stored = json.loads((tmp_path / "run" / "selection.json").read_text())
     assert stored["budget"] == "48.75%" and stored["budget_requested"] == "50%"
+
+
+def test_a_budget_just_above_the_fastest_is_solved_as_asked(tmp_path):
+    """Where 97.5 % of the budget is below the fastest selection, the first solve takes the budget itself."""
+    latency, table = _run_folder(tmp_path / "run")
+    fastest = FIXED + _latencies()[:, 0].sum()
+    text = f"{101 * fastest / latency['teacher_latency_ms']:.4f}%"  # 1 % above the fastest: the aim is below it
+    run = FakeRun(tmp_path / "run", latency, table, drift=1.0, error=1.0)
+    selection = solve_aimed(run, text)
+    assert selection["budget"] == text and selection["budget_requested"] == text
+    aimed = solve_aimed(run, "50%")  # room to aim: solved for 48.75 %
+    assert aimed["budget"] == "48.75%" and json.loads((tmp_path / "run" / "selection.json").read_text())["budget_requested"] == "50%"
 
 
 def test_met_budget_is_left_alone(tmp_path):

@@ -72,6 +72,20 @@ def mark_requested(run_dir: Path, text: str) -> None:
     write_json_atomic(path, record)
 
 
+def solve_aimed(run: Any, text: str) -> dict:
+    """The first solve of a pipeline: for :func:`aimed_budget`, or for ``text`` itself where
+    the aim leaves no feasible selection (a budget just above the fastest reachable).
+
+    ``RUN/selection.json`` and the returned selection keep ``budget_requested`` = ``text``.
+    """
+    try:
+        selection = run.solve(aimed_budget(text))
+    except InfeasibleError:
+        selection = run.solve(text)  # raises the user's own infeasibility, if that is one too
+    mark_requested(Path(run.path), text)
+    return {**selection, "budget_requested": text}
+
+
 def selection_budget(selection: dict) -> str | None:
     """The budget the user asked for: a re-solve's selection keeps it beside its corrected one."""
     return selection.get("budget_requested") or selection.get("budget")
