@@ -131,9 +131,10 @@ def main() -> None:
     parser.add_argument("--cap", type=float, default=1.5, help="seconds per timed module (latency.time_cap_s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=2, help="latency.context_rounds: cover networks per candidate")
-    parser.add_argument("--context-repeats", type=int, default=None,
-                        help="latency.context_repeats: timed calls per cover network (default: as whole networks)")
-    parser.add_argument("--context-min-s", type=float, default=0.3,
+    defaults = LatencyConfig()
+    parser.add_argument("--context-repeats", type=lambda v: None if v.lower() == "none" else int(v), default=defaults.context_repeats,
+                        help="latency.context_repeats: timed calls per cover network; none = as whole networks (before 2b83577)")
+    parser.add_argument("--context-min-s", type=float, default=defaults.context_min_s,
                         help="latency.context_min_s: more calls while a cover network's timed calls took less than this")
     parser.add_argument("--ordering-only", action="store_true",
                         help="time candidates alone only briefly, to order the cover networks (as lana does); the naive column then uses those figures")
