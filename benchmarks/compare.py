@@ -44,14 +44,15 @@ from torch import nn
 from benchmarks.baselines import MEMBERS, prune_magnitude, prune_taylor, random_in_band, width_scaled
 from benchmarks.search import BAND, Found, OutOfBand, search_band
 from lana.config import LanaConfig
-from lana.data import take_tensors
+from lana.data import DataSplits, load_data, take_tensors
 from lana.distill.candidates import assemble_student
-from lana.distill.validation import evaluate, validation_counts, validation_order
 from lana.distill.train import TeacherLogits, distil_into
+from lana.distill.validation import evaluate, validation_counts, validation_order
+from lana.errors import InfeasibleError
 from lana.latency.measure import measure_networks
 from lana.run.context import Context, prepare
 from lana.run.folder import RunFolder, atomic_write_bytes, write_json
-from lana.selection import LATENCY, build_problem, solve_inputs
+from lana.selection import LATENCY, Limits, build_problem, solve_inputs
 from lana.stages.distill import distill_stage
 from lana.stages.solve import load_run
 
@@ -60,10 +61,12 @@ METHODS = ("lana", "torch-pruning", "width", "random")  # families the command l
 
 
 def _finetune(ctx: Context, model: nn.Module, targets: TeacherLogits | None, seed: int, epochs: float | None = None,
-              lr: float | None = None, desc: str = "finetune") -> float:
-    """The shared fine-tune: distillation from the teacher (``finetune`` settings). Returns seconds."""
+              lr: float | None = None, desc: str = "finetune", splits: DataSplits | None = None) -> float:
+    """The shared fine-tune: distillation from the teacher (``finetune`` settings) on ``splits``
+    (default the run's, ``data.train_limit`` applied). Returns seconds."""
     tick = time.time()
-    distil_into(model, ctx.teacher, ctx.splits, ctx.config.finetune, ctx.config.data.batch_size, seed, desc, epochs, lr, targets)
+    distil_into(model, ctx.teacher, splits or ctx.splits, ctx.config.finetune, ctx.config.data.batch_size, seed, desc,
+                epochs, lr, targets)
     return time.time() - tick
 
 
@@ -87,6 +90,18 @@ class Comparison:
         self.rows: list[dict[str, Any]] = []
         self.models: list[nn.Module] = []
         self.found: dict[tuple[str, float, int], Found] = {}  # (method, budget, seed) → the network searched
+        self._full: tuple[DataSplits, TeacherLogits | None] | None = None
+
+    def full_train(self) -> tuple[DataSplits, TeacherLogits | None]:
+        """The whole train split (``data.train_limit`` lifted) and the teacher's logits over it, made once."""
+        if self._full is None:
+            ctx = self.ctx
+            splits = load_data(ctx.config.data.model_copy(update={"train_limit": None}))
+            splits.batch_fn, splits.deterministic = ctx.splits.batch_fn, ctx.splits.deterministic
+            tick = time.time()
+            self._full = splits, TeacherLogits.if_it_fits(ctx.teacher, splits, ctx.config.data.batch_size)
+            self.timing["full_teacher_logits_s"] = time.time() - tick
+        return self._full
 
     def taylor_batches(self, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Four training batches drawn with ``seed``: the gradients that rank Taylor's channel groups."""
@@ -126,8 +141,7 @@ class Comparison:
         inputs = self.inputs[seed]
 
         def draw(problem, table_ms):
-            p, limits = build_problem(inputs, f"{table_ms:.6f}ms")
-            return solve_inputs(inputs, p, limits, self.solver)["choice"]
+            return solve_in_window(inputs, table_ms, self.band[0], self.solver)
         found = self.search("lana", share, seed, *self._table(share, seed, draw))
         if found:
             self.found[("lana", share, seed)] = found
@@ -171,12 +185,13 @@ class Comparison:
 
     # -- training and rows ------------------------------------------------------------------
     def train_and_add(self, method: str, share: float, found: Found, seed: int, search_s: float, base_s: float = 0.0,
-                      epochs: float | None = None, setting: str = "") -> None:
+                      epochs: float | None = None, setting: str = "", full: bool = False, **extra: Any) -> None:
         """Fine-tune ``found``'s network with ``seed`` and add its row.
 
         A new network (width, member) is built again with fresh weights for each seed and
         first trained from scratch with the teacher's recipe (with distillation); the
-        others start from a copy of what the search found.
+        others start from a copy of what the search found. ``full``: the fine-tune runs on
+        the whole train split (:meth:`full_train`) instead of the run's.
         """
         torch.manual_seed(seed)
         fresh = found.extra.get("fresh")
@@ -185,9 +200,10 @@ class Comparison:
         if fresh:
             recipe = self.ctx.config.teacher_training
             seconds += _finetune(self.ctx, model, self.targets, seed, recipe.epochs, recipe.lr, desc=f"{method} (from scratch)")
-        ft = _finetune(self.ctx, model, self.targets, seed, epochs, desc=f"{method} {share:g} seed {seed}")
+        splits, targets = self.full_train() if full else (None, self.targets)
+        ft = _finetune(self.ctx, model, targets, seed, epochs, desc=f"{method} {share:g} seed {seed}", splits=splits)
         self.add(model, method=method, budget=share, seed=seed, share=found.share, search_s=search_s, train_s=seconds + ft,
-                 finetune_s=ft, measurements=found.measurements, knob=found.knob, setting=setting or _setting(found))
+                 finetune_s=ft, measurements=found.measurements, knob=found.knob, setting=setting or _setting(found), **extra)
 
     def add(self, model: nn.Module, **row: Any) -> None:
         row["val_top1"] = evaluate(model, *self.val)[1]
@@ -195,6 +211,21 @@ class Comparison:
         self.rows.append(row)
         self.models.append(model)
         log.info("%s", {k: v for k, v in row.items() if k != "setting"})
+
+
+def solve_in_window(inputs, table_ms: float, low: float, solver: str = "auto") -> dict[str, str]:
+    """lana's selection at table budget ``table_ms``: the solver's best predicted within
+    ``[low × table_ms, table_ms]`` (the window random's draws use), else its best under ``table_ms``.
+
+    Without the floor the best selection can jump from one table budget to the next and
+    leave the band between them unreachable (seen at 0.3× and 0.5× of ResNet-18-D, 2026-12-05).
+    """
+    problem, limits = build_problem(inputs, f"{table_ms:.6f}ms")
+    floored = Limits(limits.upper, {LATENCY: low * table_ms}, limits.budget_text)
+    try:
+        return solve_inputs(inputs, problem.with_limits(floored.upper, floored.lower), floored, solver)["choice"]
+    except InfeasibleError:
+        return solve_inputs(inputs, problem, limits, solver)["choice"]
 
 
 def choice_split(ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,7 +250,7 @@ def _setting(found: Found) -> str:
 def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float], seeds: list[int], n_random: int = 3,
                     methods: tuple[str, ...] = METHODS, max_measurements: int = 8, max_equal_epochs: float = 30.0,
                     train_teacher: Callable[[LanaConfig, RunFolder], float] | None = None,
-                    band: tuple[float, float] = BAND) -> pd.DataFrame:
+                    band: tuple[float, float] = BAND, long_finetune: dict | None = None) -> pd.DataFrame:
     """Every method at every budget and seed for one teacher; one row per network (teacher included).
 
     Args:
@@ -234,11 +265,15 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
         max_equal_epochs: cap on the fine-tune epochs of the equal-compute row.
         train_teacher: prepares the teacher's checkpoint when it is missing; returns its training seconds.
         band: the window every search must end in, as fractions of the budget.
+        long_finetune: ``{"shares": [...], "steps": N, "methods": [...]}``: at each of these budgets,
+            each method's network (per seed, searched as above) fine-tuned for N steps on the whole
+            train split; rows ``"<method> (long fine-tune)"`` with ``protocol`` ``"long"``
+            (:func:`_long_finetune`). None or no shares: none.
 
     Returns:
         Columns teacher, method, budget, seed, share, val_top1, top1, search_s, train_s,
         final_share (every network re-timed interleaved with the teacher at the end), note,
-        and details (knob, measurements, setting, finetune_s).
+        and details (knob, measurements, setting, finetune_s, protocol, finetune_steps).
     """
     unknown = set(methods) - set(METHODS)
     if unknown:
@@ -267,23 +302,22 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
     cmp.add(ctx.teacher, method="teacher", budget=1.0, seed=None, share=1.0, search_s=0.0,
             train_s=timing.get("train_teacher_s", 0.0))
     for share in shares:
-        saved = run.file(f"budget_{share:g}.pt")
-        if saved.is_file():  # done by a run that stopped later: its rows and networks, not redone
-            done = torch.load(saved, weights_only=False)  # our own file: whole modules (their classes vary)
-            cmp.rows += done["rows"]
-            cmp.models += done["models"]
-            log.info("budget %.2f×: %d rows reused from %s", share, len(done["rows"]), saved)
-            continue
-        first_row, first_model = len(cmp.rows), len(cmp.models)
-        _budget(cmp, share, methods, n_random, distill_s)
-        _equal_compute(cmp, share, max_equal_epochs, distill_s)
-        buffer = io.BytesIO()
-        torch.save({"rows": cmp.rows[first_row:], "models": cmp.models[first_model:]}, buffer)
-        atomic_write_bytes(saved, buffer.getvalue())
+        def comparison(share: float = share) -> None:
+            _budget(cmp, share, methods, n_random, distill_s)
+            _equal_compute(cmp, share, max_equal_epochs, distill_s)
+        timing[f"budget_{share:g}_s"] = _resumable(cmp, run.file(f"budget_{share:g}.pt"), f"budget {share:.2f}×", comparison)
+    long_finetune = long_finetune or {}
+    for share in long_finetune.get("shares", []):
+        def long(share: float = share) -> None:
+            _long_finetune(cmp, share, int(long_finetune["steps"]), long_finetune.get("methods", LONG_METHODS))
+        timing[f"long_{share:g}_s"] = _resumable(cmp, run.file(f"long_{share:g}.pt"), f"long fine-tune {share:.2f}×", long)
+    timing.update(cmp.timing)
 
     # Every network timed again, interleaved with the teacher: drift since its search shows here.
+    tick = time.time()
     final = measure_networks(cmp.models, ctx.input_shape, config.latency,
                              time_cap_s=max(10.0, 2 * config.latency.time_cap_s * len(cmp.models)))
+    timing["final_timing_s"] = time.time() - tick
     for row, t in zip([r for r in cmp.rows if "val_top1" in r], final):
         row["final_share"] = t["median_ms"] / final[0]["median_ms"]
     frame = pd.DataFrame(cmp.rows)
@@ -291,6 +325,56 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
     frame.to_csv(run.file("quality.csv"), index=False)
     write_json(run.file("quality_timing.json"), timing)
     return frame
+
+
+def _resumable(cmp: Comparison, saved: Path, what: str, work: Callable[[], Any]) -> float:
+    """``work`` (which adds rows and networks to ``cmp``), or its rows and networks from ``saved``
+    where a run that stopped later finished it; saved atomically once done. Returns the
+    seconds the work took (when it was done, in this run or the earlier one)."""
+    if saved.is_file():
+        done = torch.load(saved, weights_only=False)  # our own file: whole modules (their classes vary)
+        cmp.rows += done["rows"]
+        cmp.models += done["models"]
+        log.info("%s: %d rows reused from %s", what, len(done["rows"]), saved)
+        return float(done.get("seconds", float("nan")))
+    first_row, first_model, tick = len(cmp.rows), len(cmp.models), time.time()
+    work()
+    seconds = time.time() - tick
+    buffer = io.BytesIO()
+    torch.save({"rows": cmp.rows[first_row:], "models": cmp.models[first_model:], "seconds": seconds}, buffer)
+    atomic_write_bytes(saved, buffer.getvalue())
+    return seconds
+
+
+LONG_METHODS = ("lana", "tp-taylor")  # the methods whose networks start from the teacher's weights
+
+
+def _long_finetune(cmp: Comparison, share: float, steps: int, methods: tuple[str, ...] | list[str]) -> None:
+    """At ``share``: each method's network per seed, fine-tuned for ``steps`` steps on the whole train split.
+
+    What a user with time to spare would do with the network they keep: the same
+    distillation fine-tune, longer and on every training image. Each method is searched
+    into the band as at the other budgets; rows are named ``"<method> (long fine-tune)"``,
+    with ``protocol`` ``"long"``, and compared only with each other (``benchmarks.report``).
+    """
+    splits, _ = cmp.full_train()
+    epochs = steps * cmp.ctx.config.data.batch_size / max(1, len(splits.train))
+    log.info("long fine-tune at %.2f×: %s, %d steps (%.2f epochs of %d images)", share, ", ".join(methods), steps, epochs,
+             len(splits.train))
+    first = len(cmp.rows)
+    for method in methods:
+        for seed in cmp.seeds:
+            found = cmp.found.get((method, share, seed))
+            if found is None:
+                found = cmp.lana(share, seed) if method == "lana" else cmp.pruned(method, share, seed)
+            if found is not None:
+                setting = f"ratio {found.knob:.3f}" if method.startswith("tp-") else ""
+                cmp.train_and_add(f"{method} (long fine-tune)", share, found, seed, found.seconds, epochs=epochs,
+                                  setting=setting, full=True, finetune_steps=steps)
+    for row in cmp.rows[first:]:  # misses too: they belong to this protocol, not to the budget's comparison
+        row["protocol"] = "long"
+        if not row["method"].endswith(" (long fine-tune)"):
+            row["method"] += " (long fine-tune)"
 
 
 def _budget(cmp: Comparison, share: float, methods: tuple[str, ...], n_random: int, distill_s: dict[int, float]) -> None:

@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pandas as pd
 
-CSV_COLUMNS = ["teacher", "method", "budget", "seed", "share", "val_top1", "top1", "search_s", "train_s", "final_share", "note"]
+CSV_COLUMNS = ["teacher", "method", "budget", "seed", "share", "val_top1", "top1", "search_s", "train_s", "final_share", "note",
+               "protocol"]
+LONG = " (long fine-tune)"  # the suffix of the long fine-tune rows (``benchmarks.compare._long_finetune``)
+
+
+def split_protocols(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The comparison's rows (teachers included) and the long fine-tune's rows (teachers included)."""
+    long = frame["protocol"].eq("long") if "protocol" in frame else pd.Series(False, index=frame.index)
+    teachers = frame["method"] == "teacher"
+    return frame[~long], frame[long | teachers]
 
 # What the report says of the transformer's alternatives when the run has it
 TRANSFORMER_NOTE = (
@@ -68,43 +77,65 @@ def judge(a: pd.Series, b: pd.Series) -> str:
 
 
 def verdict(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """lana against every other method in every cell, and one line per teacher and budget plus the headline."""
+    """lana against every other method in every cell, and one line per teacher and budget plus the headline.
+
+    The long fine-tune rows (``protocol`` ``"long"``) are judged only against each other
+    (:func:`long_verdict`); the headline counts every lana row, saying which fine-tune it had.
+    """
+    short, _ = split_protocols(frame)
+    judged, lines = _judge_cells(cells(short), "lana")
     table = cells(frame)
-    judged, lines = [], []
-    for (teacher, budget), g in table.groupby(["teacher", "budget"], sort=False):
-        reached = g[g["seeds"] > 0]
-        lana = reached[reached["method"] == "lana"]
-        if lana.empty:
-            lines.append(f"{teacher} at {budget:g}×: lana cannot reach this budget")
-            continue
-        ours = lana.iloc[0]
-        for _, other in reached[reached["method"] != "lana"].iterrows():
-            judged.append({"teacher": teacher, "budget": budget, "other": other["method"], "result": judge(ours, other),
-                           "lana": ours["top1"], "them": other["top1"], "margin": max(ours["spread"], other["spread"])})
-        others = reached[reached["method"] != "lana"]
-        if others.empty:
-            lines.append(f"{teacher} at {budget:g}×: lana {ours['top1']:.2f} % (no other method reached the band)")
-            continue
-        best = others.loc[others["val_top1"].idxmax()]  # the best other, chosen on validation
-        lines.append(f"{teacher} at {budget:g}×: lana {ours['top1']:.2f} ± {ours['spread'] / 2:.2f} % "
-                     f"{ {'win': 'wins against', 'loss': 'LOSES to', 'tie': 'ties with'}[judge(ours, best)] } "
-                     f"the best other by validation, {best['method']} {best['top1']:.2f} ± {best['spread'] / 2:.2f} %")
     for teacher, g in frame.groupby("teacher", sort=False):
         lines.append(headline(g, table[table["teacher"] == teacher]))
     return pd.DataFrame(judged), lines
 
 
+def long_verdict(frame: pd.DataFrame) -> list[str]:
+    """lana's long fine-tune rows against the other methods' long fine-tune rows, cell by cell."""
+    _, long = split_protocols(frame)
+    if not (long["method"] != "teacher").any():
+        return []
+    return _judge_cells(cells(long), "lana" + LONG)[1]
+
+
+def _judge_cells(table: pd.DataFrame, ours_name: str) -> tuple[list[dict], list[str]]:
+    """``ours_name`` against every other method per teacher and budget (the judged pairs), and one
+    line per teacher and budget against the best other by validation."""
+    judged, lines = [], []
+    for (teacher, budget), g in table.groupby(["teacher", "budget"], sort=False):
+        reached = g[g["seeds"] > 0]
+        lana = reached[reached["method"] == ours_name]
+        if lana.empty:
+            lines.append(f"{teacher} at {budget:g}×: {ours_name} cannot reach this budget")
+            continue
+        ours = lana.iloc[0]
+        for _, other in reached[reached["method"] != ours_name].iterrows():
+            judged.append({"teacher": teacher, "budget": budget, "other": other["method"], "result": judge(ours, other),
+                           "lana": ours["top1"], "them": other["top1"], "margin": max(ours["spread"], other["spread"])})
+        others = reached[reached["method"] != ours_name]
+        if others.empty:
+            lines.append(f"{teacher} at {budget:g}×: {ours_name} {ours['top1']:.2f} % (no other method reached the band)")
+            continue
+        best = others.loc[others["val_top1"].idxmax()]  # the best other, chosen on validation
+        lines.append(f"{teacher} at {budget:g}×: {ours_name} {ours['top1']:.2f} ± {ours['spread'] / 2:.2f} % "
+                     f"{ {'win': 'wins against', 'loss': 'LOSES to', 'tie': 'ties with'}[judge(ours, best)] } "
+                     f"the best other by validation, {best['method']} {best['top1']:.2f} ± {best['spread'] / 2:.2f} %")
+    return judged, lines
+
+
 def headline(group: pd.DataFrame, table: pd.DataFrame) -> str:
-    """The fastest lana budget whose mean *validation* top-1 is within 0.5 points of the teacher's."""
+    """The fastest lana budget whose mean *validation* top-1 is within 0.5 points of the teacher's
+    (the comparison's fine-tune or the long one: the line says which)."""
     teacher = group[group["method"] == "teacher"].iloc[0]
-    lana = table[(table["method"] == "lana") & (table["seeds"] > 0)]
+    lana = table[table["method"].isin(["lana", "lana" + LONG]) & (table["seeds"] > 0)]
     close = lana[lana["val_top1"] >= teacher["val_top1"] - 0.5]
     name = teacher["teacher"]
     if close.empty:
         return f"{name}: no lana budget within 0.5 points of the teacher on validation"
     best = close.loc[close["final_share"].idxmin()]
+    how = ", long fine-tune" if best["method"] != "lana" else ""
     return (f"{name}: fastest lana student within 0.5 validation points of the teacher: {1 / best['final_share']:.2f}× "
-            f"(budget {best['budget']:g}×; validation {best['val_top1']:.2f} vs {teacher['val_top1']:.2f} %, "
+            f"(budget {best['budget']:g}×{how}; validation {best['val_top1']:.2f} vs {teacher['val_top1']:.2f} %, "
             f"test {best['top1']:.2f} vs {teacher['top1']:.2f} %)")
 
 

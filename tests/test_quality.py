@@ -19,7 +19,8 @@ from torch import nn
 
 from benchmarks import search as search_mod
 from benchmarks.baselines import EFFICIENTNET, MEMBERS, prune_magnitude, prune_taylor, random_in_band, width_scaled
-from benchmarks.report import cells, headline, judge, verdict
+from benchmarks.compare import solve_in_window
+from benchmarks.report import cells, headline, judge, long_verdict, verdict
 from benchmarks.search import OutOfBand, search_band
 from lana.errors import ConfigError, InfeasibleError
 from solvers import SelectionProblem
@@ -181,6 +182,39 @@ def test_win_needs_more_than_the_larger_spread_and_choices_use_validation():
     assert "budget 0.5×" in text and f"{1 / 0.49:.2f}×" in text
 
 
+def test_lanas_selection_is_the_best_inside_the_window_when_one_is_there():
+    """Selections predict 9.8, 7.8, 6.0, 4.8, 4.0 and 1.0 ms; lana's search draws the best one
+    predicted inside [0.97 × table budget, table budget] when there is one, else the plain best."""
+    from lana.selection import SolveInputs
+
+    table = pd.DataFrame({"block": ["a", "a", "a", "b", "b"], "candidate": ["teacher", "slim", "tiny", "teacher", "skip"],
+                          "latency_ms": [6.0, 4.0, 1.0, 3.8, 0.0], "score": [0.0, -0.1, -0.2, 0.0, -3.0]})
+    inputs = SolveInputs(table, ROOT, teacher_ms=9.8)
+    assert solve_in_window(inputs, 10.0, 0.97) == {"a": "teacher", "b": "teacher"}  # 9.8 ms: the best, inside
+    # 6 ms: the best under it predicts 4.8 ms, far under the band; 6.0 ms lies inside [5.82, 6]
+    assert solve_in_window(inputs, 6.0, 0.97) == {"a": "teacher", "b": "skip"}
+    # 7 ms: nothing predicted inside [6.79, 7]: the best under 7 ms (4.8), as the solver alone gives it
+    assert solve_in_window(inputs, 7.0, 0.97) == {"a": "tiny", "b": "teacher"}
+
+
+def test_long_fine_tune_rows_are_judged_apart_and_can_make_the_headline():
+    frame = _rows(("lana", 0.5, [89.0, 89.2], [88.0, 88.4], 0.49), ("tp-taylor", 0.5, [88.0, 88.0], [87.0, 87.9], 0.49),
+                  ("lana (long fine-tune)", 0.4, [92.8, 92.9], [92.5, 92.6], 0.39),
+                  ("tp-taylor (long fine-tune)", 0.4, [91.0, 91.2], [90.7, 91.0], 0.39))
+    frame.loc[frame["method"].str.endswith("(long fine-tune)"), "protocol"] = "long"
+    teacher = {"teacher": "t", "method": "teacher", "budget": 1.0, "seed": None, "share": 1.0, "final_share": 1.0,
+               "val_top1": 93.0, "top1": 92.9, "search_s": 0, "train_s": 1}
+    frame = pd.concat([pd.DataFrame([teacher]), frame], ignore_index=True)
+    judged, lines = verdict(frame)
+    assert set(judged["other"]) == {"tp-taylor"}  # the long rows are not judged against the comparison's
+    assert not any("0.4×" in line and "cannot reach" in line for line in lines)
+    assert "2.56× (budget 0.4×, long fine-tune" in lines[-1]  # within 0.5 validation points only after the long one
+    long = long_verdict(frame)
+    assert long == [f"t at 0.4×: lana (long fine-tune) 92.55 ± 0.05 % wins against the best other by validation, "
+                    f"tp-taylor (long fine-tune) 90.85 ± 0.15 %"]
+    assert long_verdict(frame[frame["protocol"].ne("long")]) == []
+
+
 TINY_BAND = (0.88, 1.00)
 
 
@@ -207,11 +241,27 @@ def test_reduced_benchmark_runs_every_method_inside_the_band(tmp_path, monkeypat
     monkeypatch.setenv("LANA_TEACHER_CACHE", str(tmp_path / "teachers"))
     monkeypatch.setitem(bench.MODES, "tiny", {"image_size": 32, "tree": tree, "random": 2, "threads": 1, "jobs": 1, "recipe": recipe,
                                               "shares": [0.7], "seeds": [0, 1], "max_measurements": 10, "max_equal_epochs": 0.4,
+                                              "long_finetune": {"shares": [0.7], "steps": 4, "methods": ["lana", "tp-taylor"]},
                                               "band": TINY_BAND,
                                               "teachers": {"resnet": ("timm:resnet18d", TINY_RESNET)}})
+    from benchmarks import compare
+
+    trained_on = {}  # fine-tune label → training images
+    real_finetune = compare._finetune
+    monkeypatch.setattr(compare, "_finetune", lambda ctx, model, targets, seed, epochs=None, lr=None, desc="", splits=None: (
+        trained_on.setdefault(desc, len((splits or ctx.splits).train)), real_finetune(ctx, model, targets, seed, epochs, lr, desc, splits))[1])
     code = bench.main(["--mode", "tiny", "--run", str(tmp_path / "q"), "--docs", str(tmp_path / "docs")])
     assert code == 0
     frame = pd.read_csv(tmp_path / "q" / "quality.csv")
+    # the long fine-tune: lana's and Torch-Pruning's networks again, on every training image, judged apart
+    long = frame[frame["protocol"].eq("long")]
+    assert set(long["method"]) <= {"lana (long fine-tune)", "tp-taylor (long fine-tune)"} and not long.empty
+    assert (long.dropna(subset=["top1"])["finetune_steps"] == 4).all()
+    short_sizes = {n for d, n in trained_on.items() if "long" not in d}
+    long_sizes = {n for d, n in trained_on.items() if "long fine-tune" in d}
+    assert long_sizes and max(short_sizes) < min(long_sizes), trained_on  # tree's train_limit lifted
+    assert "## Long fine-tune" in (tmp_path / "docs" / "quality.md").read_text()
+    all_rows, frame = frame, frame[frame["protocol"].ne("long")]
     expected = {"lana", "random", "random-best", "tp-taylor", "tp-magnitude", "width", "member:resnet14t", "member:resnet10t"}
     assert expected <= set(frame["method"]), set(frame["method"])
     networks = frame[frame["method"] != "teacher"].dropna(subset=["top1"])
@@ -242,7 +292,7 @@ def test_reduced_benchmark_runs_every_method_inside_the_band(tmp_path, monkeypat
     assert networks["final_share"].notna().all() and (networks["search_s"] > 0).all()
     docs_csv = pd.read_csv(tmp_path / "docs" / "quality.csv")
     assert list(docs_csv.columns[:9]) == ["teacher", "method", "budget", "seed", "share", "val_top1", "top1", "search_s", "train_s"]
-    assert len(docs_csv) == len(frame)
+    assert len(docs_csv) == len(all_rows)
     text = (tmp_path / "docs" / "quality.md").read_text()
     assert "| lana |" in text and "tp-taylor" in text
     assert ("wins | ties | losses" if "lana" in set(networks["method"]) else "No cell where lana") in text
@@ -252,13 +302,11 @@ def test_reduced_benchmark_runs_every_method_inside_the_band(tmp_path, monkeypat
     assert bench.main(["--mode", "tiny", "--run", str(tmp_path / "q"), "--docs", str(tmp_path / "docs"), "--report-only"]) == 0
     assert (tmp_path / "docs" / "quality.md").read_text() == text
     # a run started again reuses every finished budget: no network is searched or fine-tuned again
-    from benchmarks import compare
-
     monkeypatch.setattr(compare.Comparison, "train_and_add", lambda *a, **k: pytest.fail("a finished budget was redone"))
     monkeypatch.setattr(compare.Comparison, "search", lambda *a, **k: pytest.fail("a finished budget was searched again"))
     assert bench.main(["--mode", "tiny", "--run", str(tmp_path / "q"), "--docs", ""]) == 0
     again = pd.read_csv(tmp_path / "q" / "quality.csv")
-    pd.testing.assert_series_equal(again["top1"], frame["top1"])
+    pd.testing.assert_series_equal(again.loc[frame.index, "top1"], frame["top1"])
 
 
 def test_unknown_method_is_one_usage_line(capsys):
