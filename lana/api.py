@@ -307,7 +307,7 @@ def run_pipeline(run: Run, budget: str | None = None, announce: Announce | None 
     # inside the band the check accepts: room for the measurement's noise
     say(f"solve: {len(table)} candidates over {table['block'].nunique()} blocks, budget {text} "
         f"(aiming at {aimed_budget(text)})")
-    selection = solve_aimed(run, text)
+    selection = solve_aimed(run, text, say)
     mark("solve")
     say("fine-tune the student")
     run.finetune(selection)

@@ -154,9 +154,12 @@ def test_a_budget_just_above_the_fastest_is_solved_as_asked(tmp_path):
     fastest = FIXED + _latencies()[:, 0].sum()
     text = f"{101 * fastest / latency['teacher_latency_ms']:.4f}%"  # 1 % above the fastest: the aim is below it
     run = FakeRun(tmp_path / "run", latency, table, drift=1.0, error=1.0)
-    selection = solve_aimed(run, text)
+    said = []
+    selection = solve_aimed(run, text, said.append)
     assert selection["budget"] == text and selection["budget_requested"] == text
-    aimed = solve_aimed(run, "50%")  # room to aim: solved for 48.75 %
+    assert said == [f"no selection fits {aimed_budget(text)} (the aim inside the budget): solving for {text} as asked"]
+    aimed = solve_aimed(run, "50%", said.append)  # room to aim: solved for 48.75 %, nothing said
+    assert len(said) == 1
     assert aimed["budget"] == "48.75%" and json.loads((tmp_path / "run" / "selection.json").read_text())["budget_requested"] == "50%"
 
 

@@ -72,15 +72,19 @@ def mark_requested(run_dir: Path, text: str) -> None:
     write_json_atomic(path, record)
 
 
-def solve_aimed(run: Any, text: str) -> dict:
+def solve_aimed(run: Any, text: str, say: Callable[[str], None] | None = None) -> dict:
     """The first solve of a pipeline: for :func:`aimed_budget`, or for ``text`` itself where
-    the aim leaves no feasible selection (a budget just above the fastest reachable).
+    the aim leaves no feasible selection (a budget just above the fastest reachable; ``say``
+    tells which it was).
 
     ``RUN/selection.json`` and the returned selection keep ``budget_requested`` = ``text``.
     """
+    aimed = aimed_budget(text)
     try:
-        selection = run.solve(aimed_budget(text))
+        selection = run.solve(aimed)
     except InfeasibleError:
+        if say:
+            say(f"no selection fits {aimed} (the aim inside the budget): solving for {text} as asked")
         selection = run.solve(text)  # raises the user's own infeasibility, if that is one too
     mark_requested(Path(run.path), text)
     return {**selection, "budget_requested": text}
