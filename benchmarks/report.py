@@ -1,4 +1,4 @@
-"""The quality benchmark's figures from its rows: cells over seeds, wins/ties, headline, CSV, table, plot.
+"""The quality benchmark's figures from its rows: cells over seeds, wins/ties, headline, CSV, table, plot, docs/quality.md.
 
 Rules (issue 14): a method *wins* a cell (teacher × budget) against another only when its
 mean test top-1 over seeds beats the other's by more than the larger of the two spreads
@@ -8,6 +8,7 @@ validation top-1; test top-1 is only reported.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -199,3 +200,109 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# -- docs/quality.md ---------------------------------------------------------------------
+def work_seconds(timing: dict) -> float:
+    """One teacher's benchmark work in seconds, from its ``quality_timing.json`` (see the Teachers table)."""
+    parts = sum(timing.get("distill_score_latency_s_per_seed", {}).values())
+    parts += sum(v for k, v in timing.items() if (k.startswith(("budget_", "long_")) and k.endswith("_s")
+                                                   and isinstance(v, (int, float)) and v == v))
+    return parts + timing.get("final_timing_s", 0.0) + timing.get("teacher_logits_s", 0.0)
+
+
+def long_section(frame: pd.DataFrame, preset: dict) -> list[str]:
+    """The long fine-tune's section of the doc (nothing when the run has no long fine-tune rows)."""
+    lines = long_verdict(frame)
+    if not lines:
+        return []
+    steps = sorted({int(s) for s in frame.loc[frame["protocol"].eq("long"), "finetune_steps"].dropna()})
+    long = preset.get("long_finetune", {})
+    return [
+        f"## Long fine-tune ({', '.join(map(str, steps))} steps on the whole train split)",
+        "",
+        f"At {', '.join(f'{s:g}×' for s in long.get('shares', []))} the networks that start from the teacher's weights "
+        f"({', '.join(long.get('methods', []))}) are searched into the band as above, then fine-tuned by the same "
+        "distillation for that many steps on all the training images instead of the comparison's short fine-tune: what a "
+        "user would do with the network they keep. They are judged only against each other (same rule); the headline "
+        "above counts them and says so.",
+        "",
+        *[f"- {line}" for line in lines],
+        "",
+    ]
+
+
+def quality_markdown(frame: pd.DataFrame, meta: dict, preset: dict) -> str:
+    """``docs/quality.md`` from the run's rows, its meta (command, machine, timing, commits) and its mode's ``preset``."""
+    from benchmarks.search import BAND
+
+    mode, timing = meta["mode"], meta["timing"]
+    judged, lines = verdict(frame)
+    band = preset.get("band", BAND)
+    vit_tree = preset.get("teacher_trees", {}).get("vit", {})
+    out = [
+        "# Quality against the alternatives",
+        "",
+        f"Made by `{meta['command']}` ({mode} mode) on {meta['machine']}, {meta['date']}, "
+        f"{meta['seconds'] / 60:.1f} min wall. Written by `benchmarks/quality.py`; do not edit by hand "
+        "(`--report-only` rewrites it from the run folder). Rows: [quality.csv](quality.csv).",
+        "",
+        f"Protocol: Fashion-MNIST at {preset['image_size']}×{preset['image_size']}; every method's knob (lana's and "
+        "random's table budget, Torch-Pruning's ratio, the width multiplier) is searched on the share of the teacher's "
+        "latency measured interleaved with it (`benchmarks/search.py`: interpolation inside a bracket, a network just "
+        "outside the band measured once more and judged by the mean), into the same band (budget × "
+        f"[{band[0]:.2f}, {band[1]:.2f}]) with at "
+        f"most {preset['max_measurements']} measurements; a method that does not get inside says why. Every network gets the "
+        f"same {preset['tree']['finetune']['epochs']}-epoch fine-tune by distillation, once per seed ({preset['seeds']}); "
+        "width and family members are first trained from scratch by distillation for the `teacher_training` epochs. "
+        "Teachers: converged once on the whole train split with the recipe below and cached by its hash "
+        "(`benchmarks/teachers.py`). Seeds vary every random choice of every method: lana's distillation (its own run "
+        "per seed, so its table and selection), the random draws, Torch-Pruning's Taylor batches, from-scratch "
+        "initialisation and the fine-tune's data order. `training s` includes lana's (and random's) whole distillation "
+        "+ scoring + profiling. Swap-one scores use the first "
+        f"{preset['tree']['score']['val_images']} validation images; every choice (random-best, best other method, "
+        "headline) is made on validation top-1 of the other "
+        f"{preset['tree']['data']['val_size'] - preset['tree']['score']['val_images']}; test top-1 (10 000 images) is "
+        "evaluated once per network. A win needs the mean to beat the other's by more than the larger of the two spreads "
+        "(max − min over seeds); otherwise it is a tie. At every budget the best other method by validation also gets "
+        "lana's total compute as a longer fine-tune (\"(lana's compute)\" rows)."
+        + (" " + transformer_note(vit_tree) if vit_tree and "key" in frame and (frame["key"] == "vit").any() else ""),
+        "",
+        "Settings: " + "; ".join(f"`{section}`: " + ", ".join(f"{k}={v}" for k, v in values.items() if k != "include")
+                                 for section, values in preset["tree"].items() if isinstance(values, dict) and section != "ops") + ".",
+        "",
+        "![accuracy against measured share](quality.png)",
+        "",
+        "## Verdict (measured)",
+        "",
+        *[f"- {line}" for line in lines],
+        "",
+        *long_section(frame, preset),
+        "## lana against each method (cells both reached)",
+        "",
+        *tally(judged),
+        "",
+        "## Teachers",
+        "",
+        f"Recipe (`benchmarks/teachers.py`): {json.dumps(meta['recipe']) if meta.get('recipe') else 'not recorded'}."
+        + (f" Per teacher: {json.dumps(meta['teacher_recipes'])}." if meta.get("teacher_recipes") else ""),
+        "",
+        "| teacher | recipe hash | choice val top-1 | test top-1 | teacher training (cached) / distill+score+latency per seed "
+        "/ teacher logits (s) | benchmark work (min) | commits |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for _, row in frame[frame["method"] == "teacher"].iterrows():
+        t = timing.get(row["key"], {})
+        out.append(f"| {row['teacher']} | {row.get('recipe_hash', '—')} | {row['val_top1']:.2f} % | {row['top1']:.2f} % | "
+                   f"{t.get('train_teacher_s', 0):.0f} / {t.get('distill_score_latency_s', 0):.0f} / "
+                   f"{t.get('teacher_logits_s', 0):.0f} | {work_seconds(t) / 60:.0f} | "
+                   f"{', '.join(meta.get('commits', {}).get(row['key'], [])) or '—'} |")
+    out += ["", "`benchmark work`: one teacher's distillation, scoring and profiling (every seed), its budgets, long "
+            "fine-tunes and final re-timing, each counted once however many attempts the run took (work lost to a stop "
+            "is not counted). `commits`: the checkouts whose attempts made the rows."]
+    out += ["", "## Every method at every budget", "", *markdown_table(frame)]
+    misses = frame[(frame["method"] != "teacher") & frame["top1"].isna()] if "note" in frame else frame.iloc[:0]
+    out += ["", "## What was tried", "",
+            "Searches that did not end inside the band (no network, no figures):", ""]
+    out += [f"- {r['teacher']} {r['method']} at {r['budget']:g}×: {r['note']}" for _, r in misses.iterrows()] or ["- none"]
+    return "\n".join(out) + "\n"
