@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from lana.distill.core import FAULT_ENV, STATE_FILE
+from lana.distill.checkpoint import STATE_FILE
+from lana.distill.core import FAULT_ENV
 from lana.distill.distributed import (
     Dist,
     GlobalBatches,

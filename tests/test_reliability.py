@@ -21,7 +21,8 @@ from torch import nn
 
 from lana.data import load_data
 from lana.distill.candidates import build_all_candidates
-from lana.distill.core import FAULT_ENV, STATE_FILE, STATE_FORMAT, _Distiller, distill_candidates
+from lana.distill.checkpoint import STATE_FILE, STATE_FORMAT
+from lana.distill.core import FAULT_ENV, _Distiller, distill_candidates
 from lana.distill.distributed import parse_bytes, plan_groups
 from lana.errors import ConfigError, RunFolderError
 from lana.latency.checkpoint import LATENCY_FAULT_ENV, PARTIAL_FILE

@@ -20,12 +20,9 @@ saving. Under ``torchrun`` each rank takes a slice of every batch (``lana.distri
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
-import shutil
 import signal
 import time
 
@@ -37,6 +34,7 @@ from lana.config import LanaConfig
 from lana.data import DataSplits, is_loader, num_images
 from lana.device import Placement, distill_device_name
 from lana.distill.candidates import TEACHER_OP, Candidate, candidate_file, save_candidate
+from lana.distill.checkpoint import STATE_FILE, join_key, load_state, save_state, settings_hash, split_key
 from lana.distill.distributed import (
     FLOAT,
     Dist,
@@ -56,15 +54,11 @@ from lana.distill.distributed import (
 from lana.distill.features import FeatureTap, normalised_mse
 from lana.distill.halving import cut_steps, dominated
 from lana.distill.inference import fast_batch
-from lana.errors import CheckpointError, RunFolderError
-from lana.run.folder import RunFolder, load_tensors, save_tensors
+from lana.run.folder import RunFolder
 from lana.run.memory import release_memory
 from op_zoo import BlockSpec
 
 log = logging.getLogger("lana")
-STATE_FILE = "distill_state.pt"
-GROUPS_DIR = "distill_groups"  # older versions kept finished groups here
-STATE_FORMAT = 3  # 3: finished groups are in weights/<block>/<op>.pt
 CPU_CHANNELS_LAST = True  # channels_last batches on a CPU; benchmarks/channels_last.py turns it off to compare
 FAULT_ENV = "LANA_FAULT_KILL_AT_STEP"  # for tests: SIGKILL this process once that many steps are done
 
@@ -75,30 +69,6 @@ def total_steps(config: LanaConfig, n_train: int, per_epoch: int | None = None) 
     batch = config.distill.batch_size or config.data.batch_size
     steps = math.ceil(config.distill.epochs * (per_epoch if per_epoch is not None else n_train / batch))
     return max(1, min(steps, config.distill.max_steps or steps))
-
-
-def clear_state(run: RunFolder) -> None:
-    """Delete the resumable state (after ``distill.json`` is written, or to start over)."""
-    run.file(STATE_FILE).unlink(missing_ok=True)
-    shutil.rmtree(run.file(GROUPS_DIR), ignore_errors=True)
-
-
-def _settings_hash(config: LanaConfig, steps: int, n_train: int, keys: list[Key]) -> str:
-    cfg = config.distill
-    what = [STATE_FORMAT, cfg.epochs, cfg.max_steps, cfg.lr, cfg.weight_decay, cfg.batch_size or config.data.batch_size,
-            config.seed, steps, n_train, sorted("\t".join(k) for k in keys)]
-    if cfg.halving:
-        what.append(["halving", cfg.halving_warmup])
-    return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
-
-
-def _join(key: Key) -> str:
-    return "\t".join(key)
-
-
-def _split(text: str) -> Key:
-    block, name = text.split("\t")
-    return block, name
 
 
 class _Distiller:
@@ -124,7 +94,7 @@ class _Distiller:
         self.keys = [(b, n) for b, cs in candidates.items() for n in cs]
         self.stats = {k: {"loss_sum": 0.0, "loss_n": 0, "status": "ok", "steps": 0, "win_sum": 0.0, "win_n": 0} for k in self.keys}
         self.cuts = set(cut_steps(self.steps, self.cfg.halving_warmup)) if self.cfg.halving else set()
-        self.settings = _settings_hash(config, self.steps, n_train, self.keys)
+        self.settings = settings_hash(config, self.steps, n_train, self.keys)
         self.profile = profile if profile is not None else {}
         self.profile.update({k: 0.0 for k in ("teacher_s", "candidates_s", "data_s")}, teacher_passes=0, cached_steps=0, steps=0, images=0)
         self.state_path = run.file(STATE_FILE)
@@ -133,31 +103,12 @@ class _Distiller:
 
     # -- state ---------------------------------------------------------------------------
     def _load_state(self) -> dict | None:
-        state = None
-        if self.dist.is_main:
-            for stale in [*self.run.path.glob(f".{STATE_FILE}.*.tmp"), *self.run.weights_dir.glob("*/.*.tmp")]:
-                stale.unlink(missing_ok=True)
-            if self.state_path.is_file():
-                state = load_tensors(self.state_path)
-                if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-                    raise CheckpointError(f"{self.state_path} was written by another lana version; pass --force to restart distillation")
-                if state.get("settings") != self.settings:
-                    raise RunFolderError(f"{self.state_path} was written with other distill settings (epochs, steps, lr, batch or ops); "
-                                         "rerun with the same settings, or pass --force to restart distillation")
-        return self.dist.broadcast_tensors(state)
+        return load_state(self.run, self.state_path, self.settings, self.dist)
 
     def _save_state(self, groups: list[list[Key]], index: int, step: int, members: list[Key], optimiser, scheduler) -> None:
-        if not self.dist.is_main:
-            return
-        save_tensors(self.state_path, {
-            "format": STATE_FORMAT, "settings": self.settings, "group": index, "step": step,
-            "groups": [[_join(k) for k in g] for g in groups],
-            "weights": {_join(k): self._module(k).state_dict() for k in members if self._cand(k).trainable},
-            "optimiser": optimiser.state_dict() if optimiser else None,
-            "scheduler": scheduler.state_dict() if scheduler else None,
-            "stats": {_join(k): v for k, v in self.stats.items()},
-            "rng": torch.get_rng_state(),
-        })
+        if self.dist.is_main:
+            weights = {join_key(k): self._module(k).state_dict() for k in members if self._cand(k).trainable}
+            save_state(self.state_path, self.settings, groups, index, step, weights, optimiser, scheduler, self.stats)
 
     def _cand(self, key: Key) -> Candidate:
         return self.candidates[key[0]][key[1]]
@@ -169,9 +120,9 @@ class _Distiller:
     def run_all(self) -> dict[Key, dict]:
         state = self._load_state()
         if state is not None:
-            groups = [[_split(k) for k in g] for g in state["groups"]]
+            groups = [[split_key(k) for k in g] for g in state["groups"]]
             first, start = int(state["group"]), int(state["step"])
-            self.stats.update({_split(k): {**self.stats[_split(k)], **v} for k, v in state["stats"].items()})
+            self.stats.update({split_key(k): {**self.stats[split_key(k)], **v} for k, v in state["stats"].items()})
             torch.set_rng_state(state["rng"])
             if self.dist.is_main:  # finished groups: their weights are on disk, loaded when a stage builds them
                 for key in (k for g in groups[:first] for k in g):
@@ -212,10 +163,10 @@ class _Distiller:
             budget = group_budget(limit, self.device)  # what is already held comes off the limit
             planned, self.group_peak = plan_groups(self.teacher, self.specs, self.candidates, self.local_batch, budget, self.input_shape)
             self.budget = budget
-            groups = [[_join(k) for k in g] for g in planned]
+            groups = [[join_key(k) for k in g] for g in planned]
             if len(groups) > 1:
                 log.info("distill: %d groups fit %s (about %s each at most)", len(groups), mib(budget), mib(self.group_peak))
-        return [[_split(k) for k in g] for g in self.dist.broadcast_json(groups)]
+        return [[split_key(k) for k in g] for g in self.dist.broadcast_json(groups)]
 
     def _cache_plan(self, groups: list[list[Key]], first: int, start: int) -> set[str]:
         """Blocks shared by several groups, if their features for every step fit the cache limit."""
@@ -253,7 +204,7 @@ class _Distiller:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))) if optimiser else None
         if state is not None:
             for key, weights in state["weights"].items():
-                self._module(_split(key)).load_state_dict(weights)
+                self._module(split_key(key)).load_state_dict(weights)
             if optimiser is not None and state["optimiser"]:
                 optimiser.load_state_dict(state["optimiser"])
                 scheduler.load_state_dict(state["scheduler"])

@@ -18,7 +18,8 @@ from lana.config import LanaConfig
 from lana.data import DataSplits
 from lana.device import Placement, distill_device_name
 from lana.distill.candidates import BUILDS, OneBlockAtATime, attach_weights, build_all_candidates
-from lana.distill.core import clear_state, distill_candidates, memory_limits
+from lana.distill.checkpoint import clear_state
+from lana.distill.core import distill_candidates, memory_limits
 from lana.distill.distributed import init_distributed
 from lana.distill.score import score_candidates, score_column
 from lana.distill.validation import validation_tensors
