@@ -54,6 +54,7 @@ from lana.latency.measure import measure_networks
 from lana.run.context import Context, prepare
 from lana.run.folder import RunFolder, atomic_write_bytes, write_json
 from lana.selection import LATENCY, Limits, build_problem, solve_inputs
+from lana.stages.choose import best_of, measure_selections
 from lana.stages.distill import distill_stage
 from lana.stages.solve import load_run
 
@@ -141,8 +142,10 @@ class Comparison:
         """lana's selection from ``seed``'s own distillation, its table budget searched into the band."""
         inputs = self.inputs[seed]
 
+        ctx = self.contexts[seed]
+
         def draw(problem, table_ms):
-            return solve_in_window(inputs, table_ms, self.band[0], self.solver)
+            return choose_in_window(ctx, inputs, table_ms, self.band[0], self.solver)
         found = self.search("lana", share, seed, *self._table(share, seed, draw))
         if found:
             self.found[("lana", share, seed)] = found
@@ -214,9 +217,10 @@ class Comparison:
         log.info("%s", {k: v for k, v in row.items() if k != "setting"})
 
 
-def solve_in_window(inputs, table_ms: float, low: float, solver: str = "auto") -> dict[str, str]:
-    """lana's selection at table budget ``table_ms``: the solver's best predicted within
-    ``[low × table_ms, table_ms]`` (the window random's draws use), else its best under ``table_ms``.
+def solve_in_window(inputs, table_ms: float, low: float, solver: str = "auto", top_k: int = 1) -> list[dict[str, str]]:
+    """lana's ``top_k`` best selections at table budget ``table_ms``, best first: the solver's
+    best predicted within ``[low × table_ms, table_ms]`` (the window random's draws use), else
+    its best under ``table_ms``.
 
     Without the floor the best selection can jump from one table budget to the next and
     leave the band between them unreachable (seen at 0.3× and 0.5× of ResNet-18-D, 2026-12-05).
@@ -224,9 +228,21 @@ def solve_in_window(inputs, table_ms: float, low: float, solver: str = "auto") -
     problem, limits = build_problem(inputs, f"{table_ms:.6f}ms")
     floored = Limits(limits.upper, {LATENCY: low * table_ms}, limits.budget_text)
     try:
-        return solve_inputs(inputs, problem.with_limits(floored.upper, floored.lower), floored, solver)["choice"]
+        record = solve_inputs(inputs, problem.with_limits(floored.upper, floored.lower), floored, solver, top_k=top_k)
     except InfeasibleError:
-        return solve_inputs(inputs, problem, limits, solver)["choice"]
+        record = solve_inputs(inputs, problem, limits, solver, top_k=top_k)
+    return [r["choice"] for r in record.get("top_k") or [record]]
+
+
+def choose_in_window(ctx: Context, inputs, table_ms: float, low: float, solver: str = "auto") -> dict[str, str]:
+    """lana's selection as its pipeline makes it (:func:`lana.stages.choose.solve_and_choose`),
+    inside the window of :func:`solve_in_window`: the ``solve.top_k`` best, assembled and
+    compared on the choice images, the one that keeps the teacher's outputs best."""
+    choices = solve_in_window(inputs, table_ms, low, solver, ctx.config.solve.top_k)
+    if len(choices) == 1:
+        return choices[0]
+    figures = measure_selections(ctx, [{"choice": c} for c in choices])
+    return choices[best_of(figures, ctx.config.score.metric)]
 
 
 def choice_split(ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:

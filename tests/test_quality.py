@@ -190,11 +190,13 @@ def test_lanas_selection_is_the_best_inside_the_window_when_one_is_there():
     table = pd.DataFrame({"block": ["a", "a", "a", "b", "b"], "candidate": ["teacher", "slim", "tiny", "teacher", "skip"],
                           "latency_ms": [6.0, 4.0, 1.0, 3.8, 0.0], "score": [0.0, -0.1, -0.2, 0.0, -3.0]})
     inputs = SolveInputs(table, ROOT, teacher_ms=9.8)
-    assert solve_in_window(inputs, 10.0, 0.97) == {"a": "teacher", "b": "teacher"}  # 9.8 ms: the best, inside
+    assert solve_in_window(inputs, 10.0, 0.97) == [{"a": "teacher", "b": "teacher"}]  # 9.8 ms: the best, inside
     # 6 ms: the best under it predicts 4.8 ms, far under the band; 6.0 ms lies inside [5.82, 6]
-    assert solve_in_window(inputs, 6.0, 0.97) == {"a": "teacher", "b": "skip"}
+    assert solve_in_window(inputs, 6.0, 0.97) == [{"a": "teacher", "b": "skip"}]
     # 7 ms: nothing predicted inside [6.79, 7]: the best under 7 ms (4.8), as the solver alone gives it
-    assert solve_in_window(inputs, 7.0, 0.97) == {"a": "tiny", "b": "teacher"}
+    assert solve_in_window(inputs, 7.0, 0.97) == [{"a": "tiny", "b": "teacher"}]
+    # top-k: the k best inside the window, best first; none inside: the k best under the budget
+    assert solve_in_window(inputs, 7.0, 0.97, top_k=2) == [{"a": "tiny", "b": "teacher"}, {"a": "teacher", "b": "skip"}]
 
 
 def test_long_fine_tune_rows_are_judged_apart_and_can_make_the_headline():
@@ -436,3 +438,20 @@ def test_the_comparisons_choice_images_are_every_validation_image_lana_did_not_s
     scored = set(split_validation(data, cfg)[0].indices)
     assert sorted(x.view(-1).long().tolist()) == sorted(set(range(40)) - scored) and len(scored) == 10
     assert torch.equal(y, x.view(-1).long() % 4)
+
+
+def test_lanas_draw_keeps_the_top_k_selection_that_keeps_the_teachers_outputs_best(trained_run, one_thread):
+    """As lana's pipeline does (``solve.top_k``): the k best in the window, assembled, compared on the choice images."""
+    from benchmarks.compare import choose_in_window
+    from lana.run.context import prepare
+    from lana.stages.choose import measure_selections
+    from lana.stages.solve import load_run
+
+    run, config, _ = trained_run
+    inputs = load_run(run.path)
+    ctx = prepare(config, run, writes=False)
+    table_ms = 0.6 * inputs.teacher_ms
+    choices = solve_in_window(inputs, table_ms, 0.97, top_k=config.solve.top_k)
+    assert len(choices) == config.solve.top_k == 3 and len({tuple(sorted(c.items())) for c in choices}) == 3
+    kl = [f["choice_kl"] for f in measure_selections(ctx, [{"choice": c} for c in choices])]
+    assert choose_in_window(ctx, inputs, table_ms, 0.97) == choices[kl.index(min(kl))]
