@@ -212,8 +212,8 @@ def test_long_fine_tune_rows_are_judged_apart_and_can_make_the_headline():
     assert not any("0.4×" in line and "cannot reach" in line for line in lines)
     assert "2.56× (budget 0.4×, long fine-tune" in lines[-1]  # within 0.5 validation points only after the long one
     long = long_verdict(frame)
-    assert long == [f"t at 0.4×: lana (long fine-tune) 92.55 ± 0.05 % wins against the best other by validation, "
-                    f"tp-taylor (long fine-tune) 90.85 ± 0.15 %"]
+    assert long == ["t at 0.4×: lana (long fine-tune) 92.55 ± 0.05 % wins against the best other by validation, "
+                    "tp-taylor (long fine-tune) 90.85 ± 0.15 %"]
     assert long_verdict(frame[frame["protocol"].ne("long")]) == []
 
 
