@@ -450,8 +450,9 @@ def test_lanas_draw_keeps_the_top_k_selection_that_keeps_the_teachers_outputs_be
     run, config, _ = trained_run
     inputs = load_run(run.path)
     ctx = prepare(config, run, writes=False)
-    table_ms = 0.6 * inputs.teacher_ms
-    choices = solve_in_window(inputs, table_ms, 0.97, top_k=config.solve.top_k)
+    # a window from 0 to the teacher's latency: many selections in it, whatever this machine's timings were
+    table_ms = inputs.teacher_ms
+    choices = solve_in_window(inputs, table_ms, 0.0, top_k=config.solve.top_k)
     assert len(choices) == config.solve.top_k == 3 and len({tuple(sorted(c.items())) for c in choices}) == 3
     kl = [f["choice_kl"] for f in measure_selections(ctx, [{"choice": c} for c in choices])]
-    assert choose_in_window(ctx, inputs, table_ms, 0.97) == choices[kl.index(min(kl))]
+    assert choose_in_window(ctx, inputs, table_ms, 0.0) == choices[kl.index(min(kl))]
