@@ -153,6 +153,36 @@ def markdown_table(frame: pd.DataFrame) -> list[str]:
     return out
 
 
+EQUAL = " (lana's compute)"  # the suffix of the equal-compute rows (``benchmarks.budget_cells.equal_compute``)
+
+
+def losses_explained(frame: pd.DataFrame, judged: pd.DataFrame) -> list[str]:
+    """One line per cell lana loses, from the run's own rows: against an equal-compute row, what
+    the same method got at lana's fine-tune and how many epochs the row had; otherwise both
+    networks' settings and lana's validation top-1 before the choice."""
+    if judged.empty or not (judged["result"] == "loss").any():
+        return []
+    table = cells(split_protocols(frame)[0]).set_index(["teacher", "budget", "method"])
+    out = ["", "Where lana loses, from this run's rows:", ""]
+    for _, j in judged[judged["result"] == "loss"].iterrows():
+        ours = table.loc[(j["teacher"], j["budget"], "lana")]
+        them = table.loc[(j["teacher"], j["budget"], j["other"])]
+        line = (f"- {j['teacher']} at {j['budget']:g}×, {j['other']} {them['top1']:.2f} % against lana {ours['top1']:.2f} % "
+                f"(margin {j['margin']:.2f}): ")
+        base = j["other"].removesuffix(EQUAL)
+        if base != j["other"] and (j["teacher"], j["budget"], base) in table.index:
+            same = table.loc[(j["teacher"], j["budget"], base)]
+            verdict_same = judge(ours, same)
+            line += (f"that row is {base} fine-tuned for {them['setting']} instead of the shared fine-tune; with the "
+                     f"shared fine-tune {base} got {same['top1']:.2f} % and lana "
+                     f"{ {'win': 'wins', 'tie': 'ties', 'loss': 'loses'}[verdict_same] } against it. lana's own network "
+                     "was not given the longer fine-tune.")
+        else:
+            line += f"lana's selection {ours['setting'] or '—'}; {j['other']}'s setting {them['setting'] or '—'}."
+        out.append(line)
+    return out
+
+
 def tally(judged: pd.DataFrame) -> list[str]:
     """Wins / ties / losses of lana per other method, over every cell both reached."""
     if judged.empty:
@@ -225,7 +255,7 @@ def long_section(frame: pd.DataFrame, preset: dict) -> list[str]:
         f"({', '.join(long.get('methods', []))}) are searched into the band as above, then fine-tuned by the same "
         "distillation for that many steps on all the training images instead of the comparison's short fine-tune: what a "
         "user would do with the network they keep. They are judged only against each other (same rule); the headline "
-        "above counts them and says so.",
+        "above counts them and says so. Their `training s` is the long fine-tune alone.",
         "",
         *[f"- {line}" for line in lines],
         "",
@@ -284,6 +314,7 @@ def quality_markdown(frame: pd.DataFrame, meta: dict, preset: dict) -> str:
         "## lana against each method (cells both reached)",
         "",
         *tally(judged),
+        *losses_explained(frame, judged),
         "",
         "## Teachers",
         "",

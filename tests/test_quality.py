@@ -456,3 +456,16 @@ def test_lanas_draw_keeps_the_top_k_selection_that_keeps_the_teachers_outputs_be
     assert len(choices) == config.solve.top_k == 3 and len({tuple(sorted(c.items())) for c in choices}) == 3
     kl = [f["choice_kl"] for f in measure_selections(ctx, [{"choice": c} for c in choices])]
     assert choose_in_window(ctx, inputs, table_ms, 0.0) == choices[kl.index(min(kl))]
+
+
+def test_a_loss_to_an_equal_compute_row_is_explained_from_the_runs_rows():
+    from benchmarks.report import losses_explained
+
+    frame = _rows(("lana", 0.5, [90.4, 90.4], [89.8, 90.2], 0.49), ("tp-magnitude", 0.5, [89.5, 89.5], [89.8, 89.9], 0.49),
+                  ("tp-magnitude (lana's compute)", 0.5, [90.7, 90.7], [91.0, 91.0], 0.49))
+    frame.loc[frame["method"].str.endswith("compute)"), "setting"] = "8.0 fine-tune epochs"
+    judged, _ = verdict(frame)
+    lines = losses_explained(frame, judged)
+    assert len(lines) == 4 and "tp-magnitude (lana's compute) 91.00 % against lana 90.00 %" in lines[-1]
+    assert "fine-tuned for 8.0 fine-tune epochs" in lines[-1] and "tp-magnitude got 89.85 % and lana ties" in lines[-1]
+    assert losses_explained(frame[~frame["method"].str.endswith("compute)")], verdict(frame.iloc[:4])[0]) == []
