@@ -144,8 +144,10 @@ class Comparison:
 
         ctx = self.contexts[seed]
 
+        picked: dict = {}  # the same top-k from another table budget: not assembled and compared again
+
         def draw(problem, table_ms):
-            return choose_in_window(ctx, inputs, table_ms, self.band[0], self.solver)
+            return choose_in_window(ctx, inputs, table_ms, self.band[0], self.solver, picked)
         found = self.search("lana", share, seed, *self._table(share, seed, draw))
         if found:
             self.found[("lana", share, seed)] = found
@@ -234,15 +236,23 @@ def solve_in_window(inputs, table_ms: float, low: float, solver: str = "auto", t
     return [r["choice"] for r in record.get("top_k") or [record]]
 
 
-def choose_in_window(ctx: Context, inputs, table_ms: float, low: float, solver: str = "auto") -> dict[str, str]:
+def choose_in_window(ctx: Context, inputs, table_ms: float, low: float, solver: str = "auto",
+                     picked: dict | None = None) -> dict[str, str]:
     """lana's selection as its pipeline makes it (:func:`lana.stages.choose.solve_and_choose`),
     inside the window of :func:`solve_in_window`: the ``solve.top_k`` best, assembled and
-    compared on the choice images, the one that keeps the teacher's outputs best."""
+    compared on the choice images, the one that keeps the teacher's outputs best.
+    ``picked`` remembers the choice per set of alternatives across calls (a search's table budgets)."""
     choices = solve_in_window(inputs, table_ms, low, solver, ctx.config.solve.top_k)
     if len(choices) == 1:
         return choices[0]
-    figures = measure_selections(ctx, [{"choice": c} for c in choices])
-    return choices[best_of(figures, ctx.config.score.metric)]
+    key = tuple(tuple(sorted(c.items())) for c in choices)
+    if picked is None or key not in picked:
+        figures = measure_selections(ctx, [{"choice": c} for c in choices])
+        chosen = choices[best_of(figures, ctx.config.score.metric)]
+        if picked is None:
+            return chosen
+        picked[key] = chosen
+    return picked[key]
 
 
 def choice_split(ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:

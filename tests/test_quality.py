@@ -456,6 +456,18 @@ def test_lanas_draw_keeps_the_top_k_selection_that_keeps_the_teachers_outputs_be
     assert len(choices) == config.solve.top_k == 3 and len({tuple(sorted(c.items())) for c in choices}) == 3
     kl = [f["choice_kl"] for f in measure_selections(ctx, [{"choice": c} for c in choices])]
     assert choose_in_window(ctx, inputs, table_ms, 0.0) == choices[kl.index(min(kl))]
+    # a search asks again at other table budgets: the same alternatives are compared once
+    import benchmarks.compare as compare_mod
+
+    picked, calls = {}, []
+    real = compare_mod.measure_selections
+    compare_mod.measure_selections = lambda *a: (calls.append(1), real(*a))[1]
+    try:
+        first = choose_in_window(ctx, inputs, table_ms, 0.0, picked=picked)
+        assert choose_in_window(ctx, inputs, table_ms * 1.000001, 0.0, picked=picked) == first == choices[kl.index(min(kl))]
+    finally:
+        compare_mod.measure_selections = real
+    assert len(calls) == 1 and len(picked) == 1
 
 
 def test_a_loss_to_an_equal_compute_row_is_explained_from_the_runs_rows():
