@@ -48,6 +48,7 @@ def long_finetune(cmp: Comparison, share: float, steps: int, methods: tuple[str,
                                   setting=setting, full=True, finetune_steps=steps)
     for row in cmp.rows[first:]:  # misses too: they belong to this protocol, not to the budget's comparison
         row["protocol"] = "long"
+        row.setdefault("finetune_steps", steps)
         if not row["method"].endswith(" (long fine-tune)"):
             row["method"] += " (long fine-tune)"
 

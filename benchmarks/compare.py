@@ -337,7 +337,9 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
     for share in long.get("shares", []):
         def longer(share: float = share) -> None:
             long_finetune(cmp, share, int(long["steps"]), long.get("methods", LONG_METHODS))
-        timing[f"long_{share:g}_s"] = _resumable(cmp, run.file(f"long_{share:g}.pt"), f"long fine-tune {share:.2f}×", longer)
+        settings = {"steps": int(long["steps"]), "methods": list(long.get("methods", LONG_METHODS))}
+        timing[f"long_{share:g}_s"] = _resumable(cmp, run.file(f"long_{share:g}.pt"), f"long fine-tune {share:.2f}×", longer,
+                                                 settings)
     timing.update(cmp.timing)
 
     # Every network timed again, interleaved with the teacher: drift since its search shows here.
@@ -354,12 +356,15 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
     return frame
 
 
-def _resumable(cmp: Comparison, saved: Path, what: str, work: Callable[[], Any]) -> float:
+def _resumable(cmp: Comparison, saved: Path, what: str, work: Callable[[], Any], settings: dict | None = None) -> float:
     """``work`` (which adds rows and networks to ``cmp``), or its rows and networks from ``saved``
-    where a run that stopped later finished it; saved atomically once done. Returns the
-    seconds the work took (when it was done, in this run or the earlier one)."""
-    if saved.is_file():
-        done = torch.load(saved, weights_only=False)  # our own file: whole modules (their classes vary)
+    where a run that stopped later finished it with the same ``settings``; saved atomically once
+    done. Returns the seconds the work took (when it was done, in this run or the earlier one)."""
+    done = torch.load(saved, weights_only=False) if saved.is_file() else None  # our own file: whole modules
+    if done is not None and done.get("settings") != settings:
+        log.info("%s: %s was made with %s, not %s: done again", what, saved, done.get("settings"), settings)
+        done = None
+    if done is not None:
         cmp.rows += done["rows"]
         cmp.models += done["models"]
         log.info("%s: %d rows reused from %s", what, len(done["rows"]), saved)
@@ -368,6 +373,7 @@ def _resumable(cmp: Comparison, saved: Path, what: str, work: Callable[[], Any])
     work()
     seconds = time.time() - tick
     buffer = io.BytesIO()
-    torch.save({"rows": cmp.rows[first_row:], "models": cmp.models[first_model:], "seconds": seconds}, buffer)
+    torch.save({"rows": cmp.rows[first_row:], "models": cmp.models[first_model:], "seconds": seconds,
+                "settings": settings}, buffer)
     atomic_write_bytes(saved, buffer.getvalue())
     return seconds

@@ -15,7 +15,7 @@ import pandas as pd
 
 CSV_COLUMNS = ["teacher", "method", "budget", "seed", "share", "val_top1", "top1", "search_s", "train_s", "final_share", "note",
                "protocol"]
-LONG = " (long fine-tune)"  # the suffix of the long fine-tune rows (``benchmarks.compare._long_finetune``)
+LONG = " (long fine-tune)"  # the suffix of the long fine-tune rows (``benchmarks.budget_cells.long_finetune``)
 
 
 def split_protocols(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -241,21 +241,28 @@ def work_seconds(timing: dict) -> float:
     return parts + timing.get("final_timing_s", 0.0) + timing.get("teacher_logits_s", 0.0)
 
 
-def long_section(frame: pd.DataFrame, preset: dict) -> list[str]:
+def long_section(frame: pd.DataFrame) -> list[str]:
     """The long fine-tune's section of the doc (nothing when the run has no long fine-tune rows)."""
     lines = long_verdict(frame)
     if not lines:
         return []
-    steps = sorted({int(s) for s in frame.loc[frame["protocol"].eq("long"), "finetune_steps"].dropna()})
-    long = preset.get("long_finetune", {})
+    long = frame[frame["protocol"].eq("long") & frame["method"].ne("teacher")]
+    if "finetune_steps" not in long:
+        long = long.assign(finetune_steps=float("nan"))
+    per_teacher = []  # each teacher's budgets and steps, from its own rows (a mode can set them per teacher)
+    for teacher, rows in long.groupby("teacher", sort=False):
+        steps = sorted({int(s) for s in rows["finetune_steps"].dropna()})
+        per_teacher.append(f"{teacher} at {', '.join(f'{b:g}×' for b in sorted(rows['budget'].unique()))}, "
+                           f"{' and '.join(f'{s:,}'.replace(',', ' ') for s in steps) or 'no'} steps")
+    methods = sorted({m.removesuffix(LONG) for m in long["method"]})
     return [
-        f"## Long fine-tune ({', '.join(map(str, steps))} steps on the whole train split)",
+        "## Long fine-tune",
         "",
-        f"At {', '.join(f'{s:g}×' for s in long.get('shares', []))} the networks that start from the teacher's weights "
-        f"({', '.join(long.get('methods', []))}) are searched into the band as above, then fine-tuned by the same "
-        "distillation for that many steps on all the training images instead of the comparison's short fine-tune: what a "
-        "user would do with the network they keep. They are judged only against each other (same rule); the headline "
-        "above counts them and says so. Their `training s` is the long fine-tune alone.",
+        f"The networks that start from the teacher's weights ({', '.join(methods)}) are searched into the band as "
+        "above, then fine-tuned by the same distillation for longer, on all the training images, instead of the "
+        f"comparison's short fine-tune: what a user would do with the network they keep ({'; '.join(per_teacher)}). "
+        "They are judged only against each other (same rule); the headline above counts them and says so. Their "
+        "`training s` is the long fine-tune alone.",
         "",
         *[f"- {line}" for line in lines],
         "",
@@ -310,7 +317,7 @@ def quality_markdown(frame: pd.DataFrame, meta: dict, preset: dict) -> str:
         "",
         *[f"- {line}" for line in lines],
         "",
-        *long_section(frame, preset),
+        *long_section(frame),
         "## lana against each method (cells both reached)",
         "",
         *tally(judged),

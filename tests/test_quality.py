@@ -227,7 +227,7 @@ def _load_benchmark():
     return module
 
 
-def test_reduced_benchmark_runs_every_method_inside_the_band(tmp_path, monkeypatch, one_thread):
+def test_reduced_benchmark_runs_every_method_inside_the_band(tmp_path, monkeypatch, one_thread, caplog):
     """One tiny timm ResNet teacher, one budget, two seeds, few steps: every method runs, every network is in its band."""
     bench = _load_benchmark()
     config = tiny_config(latency={"batch_size": 16, "warmup": 1, "repeats": 5, "threads": 1, "clock": "process", "time_cap_s": 0.15},
@@ -309,6 +309,18 @@ def test_reduced_benchmark_runs_every_method_inside_the_band(tmp_path, monkeypat
     assert bench.main(["--mode", "tiny", "--run", str(tmp_path / "q"), "--docs", ""]) == 0
     again = pd.read_csv(tmp_path / "q" / "quality.csv")
     pd.testing.assert_series_equal(again.loc[frame.index, "top1"], frame["top1"])
+    # a longer long fine-tune redoes the long rows alone; the budget's rows are still reused
+    retrained = []
+    monkeypatch.setattr(compare.Comparison, "train_and_add", lambda self, method, *a, **k: retrained.append(method))
+    monkeypatch.setattr(compare.Comparison, "search", lambda self, method, share, seed, *a: self.rows.append(
+        {"method": method, "budget": share, "seed": seed, "note": "missed the band"}))  # a miss row, no network
+    monkeypatch.setitem(bench.MODES["tiny"], "long_finetune", {"shares": [0.7], "steps": 5, "methods": ["lana", "tp-taylor"]})
+    assert bench.main(["--mode", "tiny", "--run", str(tmp_path / "q"), "--docs", ""]) == 0
+    assert retrained == [] and "made with {'steps': 4" in caplog.text
+    longer = pd.read_csv(tmp_path / "q" / "quality.csv")
+    redone = longer[longer["protocol"].eq("long")]
+    assert not redone.empty and redone["top1"].isna().all() and redone["note"].eq("missed the band").all()
+    pd.testing.assert_series_equal(longer.loc[frame.index, "top1"], frame["top1"])
 
 
 def test_unknown_method_is_one_usage_line(capsys):

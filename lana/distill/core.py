@@ -28,7 +28,6 @@ import time
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from lana.config import LanaConfig
 from lana.data import DataSplits, is_loader, num_images
@@ -54,6 +53,7 @@ from lana.distill.distributed import (
 from lana.distill.features import FeatureTap, normalised_mse
 from lana.distill.halving import cut_steps, dominated
 from lana.distill.inference import fast_batch
+from lana.progress import bar as progress
 from lana.run.folder import RunFolder
 from lana.run.memory import release_memory
 from op_zoo import BlockSpec
@@ -134,8 +134,8 @@ class _Distiller:
         self.cache: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
         self.place.model(self.teacher).eval()
         tap = FeatureTap(self.teacher, [s.name for s in self.specs])
-        bar = tqdm(total=len(groups) * self.steps, initial=first * self.steps + start, desc="distill", unit="step",
-                   dynamic_ncols=True, **({} if self.dist.is_main else {"disable": True}))  # TQDM_DISABLE still applies
+        bar = progress(total=len(groups) * self.steps, initial=first * self.steps + start, desc="distill", unit="step",
+                   **({} if self.dist.is_main else {"disable": True}))  # TQDM_DISABLE still applies
         fault = int(os.environ.get(FAULT_ENV, "0") or 0)
         started = time.time()
         try:

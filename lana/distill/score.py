@@ -34,7 +34,6 @@ import logging
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from lana.device import Placement, module_device
 from lana.distill.candidates import Candidate
@@ -42,6 +41,7 @@ from lana.distill.inference import fast_batch, fast_convs
 from lana.distill.swap import Prefix, replayed
 from lana.distill.validation import loss_hits, teacher_targets
 from lana.errors import DataError
+from lana.progress import bar as progress
 from lana.teacher.blocks import get_submodule, set_submodule
 from lana.teacher.outputs import feature_distance, flatten_outputs, is_logits
 
@@ -212,7 +212,7 @@ def score_candidates(
     scorer.fast = scorer.fast and not plain
     replay = not plain
     results: dict[tuple[str, str], dict] = {}
-    bar = tqdm(total=sum(len(c) for c in candidates.values()), desc="score", unit="cand", dynamic_ncols=True)
+    bar = progress(total=sum(len(c) for c in candidates.values()), desc="score", unit="cand")
     for block, cands in candidates.items():
         try:
             means = scorer(block, cands, replay)
@@ -306,7 +306,7 @@ def score_by_features(teacher: nn.Module, candidates: dict[str, dict[str, Candid
     """
     teacher.eval()
     results: dict[tuple[str, str], dict] = {}
-    bar = tqdm(total=sum(len(c) for c in candidates.values()), desc="score", unit="cand", dynamic_ncols=True)
+    bar = progress(total=sum(len(c) for c in candidates.values()), desc="score", unit="cand")
     stackable = True
     group_size = max(1, max_stack // batch_size - 1)  # the original block rides in the stack too
     for block, cands in candidates.items():

@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from lana.config import FinetuneConfig
 from lana.data import NO_LABEL, BatchFn, DataSplits, epoch_steps, is_loader, iterate, make_loader, to_pair
 from lana.device import Placement, module_device
 from lana.distill.inference import fast_batch
+from lana.progress import bar as progress
 from lana.teacher.outputs import feature_distance, is_logits
 
 log = logging.getLogger("lana")
@@ -105,7 +105,7 @@ def fit(
     model.train()
     recent: list[float] = []
     step, epoch, fast = 0, 0, None
-    with tqdm(total=steps, desc=desc, unit="step", dynamic_ncols=True) as bar:
+    with progress(total=steps, desc=desc, unit="step") as bar:
         while step < steps:
             for batch in _batches(train, splits, batch_size, True, seed + epoch, place):
                 if step >= steps:
@@ -249,7 +249,7 @@ class TeacherLogits(Dataset):
         chunks = []
         with torch.no_grad():
             batches = iterate(dataset, batch_size, batch_fn=batch_fn, num_workers=num_workers, pin_memory=place.pin_memory)
-            for images, _ in tqdm(batches, desc=desc, unit="batch", dynamic_ncols=True):
+            for images, _ in progress(batches, desc=desc, unit="batch"):
                 chunks.append(teacher(place.batch(images)).float().cpu())
         self.logits = torch.cat(chunks)
 

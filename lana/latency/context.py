@@ -158,7 +158,7 @@ def measure_in_context(teacher: nn.Module, specs, candidates: dict, input_shape:
         block), in other runtimes plus deployed minus clocked teacher, which also adds what
         deploying the whole network changes; ``runtime_adjust_ms`` is what was added).
     """
-    from tqdm.auto import tqdm
+    from lana.progress import bar as progress
 
     device = resolve_device(cfg.device)
     shapes = {s.name: s.in_shape for s in specs}
@@ -169,7 +169,7 @@ def measure_in_context(teacher: nn.Module, specs, candidates: dict, input_shape:
     chunks = [[reference] + covers[i : i + per_group] for i in range(0, len(covers), per_group)]
     example = example_input(input_shape, cfg)
     groups = []
-    with _measuring(cfg), tqdm(total=len(covers), desc="latency (in context)", unit="net", dynamic_ncols=True) as bar:
+    with _measuring(cfg), progress(total=len(covers), desc="latency (in context)", unit="net") as bar:
         for index, chunk in enumerate(chunks):
             stored = partial.get("context", str(index))
             if stored is None or stored.get("choices") != chunk:

@@ -177,12 +177,12 @@ def measure_candidates(candidates: dict, input_shapes: dict[str, tuple[int, ...]
     Returns:
         Timing per (block, op).
     """
-    from tqdm.auto import tqdm
+    from lana.progress import bar as progress
 
     partial = partial or PartialTimings(None, "")
     results = {}
     total = sum(len(c) for c in candidates.values())
-    with tqdm(total=total, desc="latency (isolated)", unit="cand", dynamic_ncols=True) as bar:
+    with progress(total=total, desc="latency (isolated)", unit="cand") as bar:
         for block, cands in candidates.items():
             stored = partial.get("isolated", block)
             if stored is None:
