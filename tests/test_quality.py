@@ -327,6 +327,9 @@ def test_unknown_method_is_one_usage_line(capsys):
     with pytest.raises(SystemExit) as info:
         _load_benchmark().main(["--methods", "lana,prunning"])
     assert info.value.code == 2 and "prunning" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        _load_benchmark().main(["--long-shares", "0.4x"])
+    assert info.value.code == 2 and "'0.4x'" in capsys.readouterr().err
 
 
 def test_report_only_without_a_finished_run_says_what_is_missing(tmp_path, capsys):
@@ -493,3 +496,12 @@ def test_a_loss_to_an_equal_compute_row_is_explained_from_the_runs_rows():
     assert len(lines) == 4 and "tp-magnitude (lana's compute) 91.00 % against lana 90.00 %" in lines[-1]
     assert "fine-tuned for 8.0 fine-tune epochs" in lines[-1] and "tp-magnitude got 89.85 % and lana ties" in lines[-1]
     assert losses_explained(frame[~frame["method"].str.endswith("compute)")], verdict(frame.iloc[:4])[0]) == []
+
+
+def test_each_teacher_gets_its_own_long_fine_tune_settings_over_the_modes():
+    bench = _load_benchmark()
+    base = bench.MODES["cpu"]["long_finetune"]
+    assert bench.long_finetune_for("cpu", "resnet") == base
+    assert bench.long_finetune_for("cpu", "mobilenet") == {**base, "steps": 16000}  # its own, the rest the mode's
+    assert bench.long_finetune_for("cpu", "vit")["shares"] == []
+    assert bench.long_finetune_for("cpu", "vit", shares=[0.5])["shares"] == [0.5]  # --long-shares wins
