@@ -8,23 +8,34 @@ any ``TQDM_*`` setting in the environment leaves the choice to tqdm.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
+import time
 from typing import Any, Iterable, TextIO
 
 LOG_INTERVAL_S = 30.0
 
 
 class _Lines:
-    """A stream for a bar in a log: each redraw becomes one whole line instead of a carriage return."""
+    """A stream for a bar in a log: a redraw becomes one whole line, at most every ``interval`` seconds.
 
-    def __init__(self, stream: TextIO):
-        self.stream = stream
+    A bar redraws on every ``set_postfix`` too, so the stream itself keeps the pace; the state
+    held back is written when the bar closes (its final newline), so the last line is the end.
+    """
+
+    def __init__(self, stream: TextIO, interval: float):
+        self.stream, self.interval = stream, interval
+        self.last, self.pending = -math.inf, ""
 
     def write(self, text: str) -> int:
         line = text.replace("\r", "").rstrip()
-        if line:
-            self.stream.write(line + "\n")
+        now = time.monotonic()
+        if line and now - self.last < self.interval:
+            self.pending = line
+        elif line or ("\n" in text and self.pending):  # the bar's close: its last state
+            self.stream.write((line or self.pending) + "\n")
+            self.last, self.pending = now, ""
         return len(text)
 
     def flush(self) -> None:
@@ -47,7 +58,7 @@ def bar(iterable: Iterable | None = None, **kwargs: Any):
         kwargs["disable"] = True
     watched = interactive(kwargs.get("file"))
     if not watched and not any(k.startswith("TQDM_") for k in os.environ):
-        kwargs["file"] = _Lines(kwargs.get("file") or sys.stderr)
+        kwargs["file"] = _Lines(kwargs.get("file") or sys.stderr, LOG_INTERVAL_S)
         kwargs.setdefault("mininterval", LOG_INTERVAL_S)
         kwargs["dynamic_ncols"] = False
         kwargs.setdefault("ncols", 100)
