@@ -177,7 +177,7 @@ def recipe_for(mode: str, key: str, overrides: dict | None = None) -> dict:
     return merge_recipe(overrides, own)
 
 
-def prepare_teachers(mode: str, keys: list[str], overrides: dict | None, data_root: str | None) -> int:
+def prepare_teachers(mode: str, keys: list[str], overrides: dict | None, data_root: str | None, threads: int | None = None) -> int:
     """``--teachers-only``: every teacher trained (or resumed, or reused) in turn; their table printed."""
     import logging
 
@@ -188,8 +188,8 @@ def prepare_teachers(mode: str, keys: list[str], overrides: dict | None, data_ro
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("lana").setLevel(logging.INFO)
     preset = MODES[mode]
-    if preset["threads"]:
-        torch.set_num_threads(preset["threads"])
+    if threads or preset["threads"]:  # a teacher's recipe does not depend on it: a resumed teacher may take more
+        torch.set_num_threads(threads or preset["threads"])
     rows = []
     for key in keys:
         model, kwargs = preset["teachers"][key]
@@ -304,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override KEY=VALUE for every teacher")
     parser.add_argument("--teachers-only", action="store_true",
                         help="train (or resume) the converged teachers into the cache, print their table, and stop")
+    parser.add_argument("--threads", type=int, default=None, help="with --teachers-only: torch threads (mode default)")
     parser.add_argument("--recipe", default=None, help="teacher recipe overrides as JSON, e.g. '{\"epochs\": 2}' (a new hash)")
     args = parser.parse_args(argv)
 
@@ -330,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError) as exc:
         parser.error(f"--recipe: {exc}")
     if args.teachers_only:
-        return prepare_teachers(args.mode, keys, recipe_overrides, args.data)
+        return prepare_teachers(args.mode, keys, recipe_overrides, args.data, args.threads)
     jobs = args.jobs or preset["jobs"]
     out = Path(args.run)
     meta_path = out / "quality_meta.json"

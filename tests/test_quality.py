@@ -435,6 +435,12 @@ def test_teachers_only_prints_the_table_of_cached_teachers(tmp_path, monkeypatch
     assert bench.main(["--mode", "tiny", "--teachers-only"]) == 0
     out = capsys.readouterr().out
     assert "| demo | lana.teacher.demo_net:demo_resnet |" in out and "| 1 / 1 |" in out and str(tmp_path) in out
+    import torch
+
+    asked = []
+    monkeypatch.setattr(torch, "set_num_threads", asked.append)
+    assert bench.main(["--mode", "tiny", "--teachers-only", "--threads", "2"]) == 0  # the cached teacher, on 2 threads
+    assert asked == [2] and "| demo |" in capsys.readouterr().out
 
 
 def test_the_comparisons_choice_images_are_every_validation_image_lana_did_not_score():
