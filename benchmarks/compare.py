@@ -52,7 +52,7 @@ from lana.distill.validation import evaluate, validation_counts, validation_orde
 from lana.errors import InfeasibleError
 from lana.latency.measure import measure_networks
 from lana.run.context import Context, prepare
-from lana.run.folder import RunFolder, atomic_write_bytes, write_json
+from lana.run.folder import RunFolder, atomic_write_bytes, setup_logging, write_json
 from lana.selection import LATENCY, Limits, build_problem, solve_inputs
 from lana.stages.choose import best_of, measure_selections
 from lana.stages.distill import distill_stage
@@ -323,6 +323,7 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
     timing["distill_score_latency_s"] = sum(distill_s.values()) / len(distill_s)
     timing["distill_score_latency_s_per_seed"] = {str(seed): seconds for seed, seconds in distill_s.items()}
     timing["distill_score_latency_cpu_s_per_seed"] = {str(seed): seconds for seed, seconds in distill_cpu.items()}
+    setup_logging(run)  # the comparison's own log, RUN/<teacher>/logs/lana.log, after the seeds' runs
     cmp = Comparison(contexts, n_random, max_measurements, band)
     timing.update(cmp.timing)
     ctx, model_name = cmp.ctx, config.teacher.model

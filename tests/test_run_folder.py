@@ -69,3 +69,20 @@ def test_config_file_paths_are_found_beside_it_first(tmp_path, monkeypatch) -> N
     assert config.teacher.checkpoint == str(tmp_path / "configs" / "teacher.pt")  # beside the file
     assert config.data.root == "data"  # only in the working directory: as written
     assert config.ops.modules == ["my_ops.py", "mypkg.ops"]
+
+
+def test_a_process_that_goes_on_to_another_run_stops_writing_the_earlier_runs_log(tmp_path):
+    import logging
+
+    from lana.run.folder import setup_logging
+
+    first, second = RunFolder(tmp_path / "a"), RunFolder(tmp_path / "b")
+    log = setup_logging(first)
+    log.info("budget 0.5 of run a")
+    setup_logging(second).info("budget 0.3 of run b")
+    setup_logging(second).info("run b again")  # the same run: one handler, each line once
+    for handler in logging.getLogger("lana").handlers:
+        handler.flush()
+    a, b = ((tmp_path / r / "logs" / "lana.log").read_text() for r in "ab")
+    assert "run a" in a and "run b" not in a
+    assert "run a" not in b and b.count("budget 0.3 of run b") == 1 and b.count("run b again") == 1

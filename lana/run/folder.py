@@ -198,14 +198,22 @@ class RunFolder:
 
 
 def setup_logging(run: RunFolder) -> logging.Logger:
-    """Log to ``RUN/logs/lana.log`` (progress bars go to the terminal)."""
+    """Log to ``RUN/logs/lana.log`` (progress bars go to the terminal).
+
+    One run folder's log at a time: a process that goes on to another run (a loop over
+    budgets, a benchmark) stops writing into the earlier run's log.
+    """
     log_dir = run.path / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger("lana")
     logger.setLevel(logging.INFO)
-    target = str(log_dir / "lana.log")
-    if not any(getattr(h, "baseFilename", None) == os.path.abspath(target) for h in logger.handlers):
+    target = os.path.abspath(log_dir / "lana.log")
+    for old in [h for h in logger.handlers if getattr(h, "lana_run_log", False) and h.baseFilename != target]:
+        logger.removeHandler(old)
+        old.close()
+    if not any(getattr(h, "baseFilename", None) == target for h in logger.handlers):
         handler = logging.FileHandler(target)
+        handler.lana_run_log = True
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
     return logger
