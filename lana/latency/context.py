@@ -31,6 +31,7 @@ from lana.latency.measure import (
     resolve_device,
 )
 from lana.names import TEACHER_OP
+from lana.progress import bar as progress
 from lana.teacher.blocks import set_submodule
 
 log = logging.getLogger("lana")
@@ -158,7 +159,6 @@ def measure_in_context(teacher: nn.Module, specs, candidates: dict, input_shape:
         block), in other runtimes plus deployed minus clocked teacher, which also adds what
         deploying the whole network changes; ``runtime_adjust_ms`` is what was added).
     """
-    from lana.progress import bar as progress
 
     device = resolve_device(cfg.device)
     shapes = {s.name: s.in_shape for s in specs}

@@ -29,6 +29,7 @@ from lana.errors import ConfigError, DeviceError
 from lana.latency import timing_core as core
 from lana.latency.checkpoint import PartialTimings
 from lana.latency.runtimes import CLOCKABLE, deployable
+from lana.progress import bar as progress
 
 log = logging.getLogger("lana")
 DTYPES = core.DTYPES
@@ -177,7 +178,6 @@ def measure_candidates(candidates: dict, input_shapes: dict[str, tuple[int, ...]
     Returns:
         Timing per (block, op).
     """
-    from lana.progress import bar as progress
 
     partial = partial or PartialTimings(None, "")
     results = {}
