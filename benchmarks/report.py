@@ -280,8 +280,10 @@ def quality_markdown(frame: pd.DataFrame, meta: dict, preset: dict) -> str:
     out = [
         "# Quality against the alternatives",
         "",
-        f"Made by `{meta['command']}` ({mode} mode) on {meta['machine']}, {meta['date']}, "
-        f"{meta['seconds'] / 60:.1f} min wall. Written by `benchmarks/quality.py`; do not edit by hand "
+        f"Made by `{meta['command']}` ({mode} mode) on {meta['machine']}, {meta['date']}: "
+        f"{sum(work_seconds(t) for t in timing.values()) / 60:.0f} min of benchmark work in all (each teacher's under "
+        f"Teachers), this invocation {meta['seconds'] / 60:.1f} min wall (a resumed run reuses what its earlier "
+        "attempts finished). Written by `benchmarks/quality.py`; do not edit by hand "
         "(`--report-only` rewrites it from the run folder). Rows: [quality.csv](quality.csv).",
         "",
         f"Protocol: Fashion-MNIST at {preset['image_size']}×{preset['image_size']}; every method's knob (lana's and "

@@ -297,6 +297,7 @@ def test_reduced_benchmark_runs_every_method_inside_the_band(tmp_path, monkeypat
     assert len(docs_csv) == len(all_rows)
     text = (tmp_path / "docs" / "quality.md").read_text()
     assert "| lana |" in text and "tp-taylor" in text
+    assert "min of benchmark work in all (each teacher's under Teachers), this invocation" in text
     assert ("wins | ties | losses" if "lana" in set(networks["method"]) else "No cell where lana") in text
     assert (tmp_path / "docs" / "quality.png").stat().st_size > 1000
     # --report-only rewrites the docs from the run folder alone, with the run's figures
