@@ -227,7 +227,7 @@ def solve_in_window(inputs, table_ms: float, low: float, solver: str = "auto", t
     Without the floor the best selection can jump from one table budget to the next and
     leave the band between them unreachable (seen at 0.3× and 0.5× of ResNet-18-D, 2026-12-05).
     """
-    problem, limits = build_problem(inputs, f"{table_ms:.6f}ms")
+    problem, limits = build_problem(inputs, f"{table_ms:.9f}ms")  # 6 decimals could round the fastest knob below reach
     floored = Limits(limits.upper, {LATENCY: low * table_ms}, limits.budget_text)
     try:
         record = solve_inputs(inputs, problem.with_limits(floored.upper, floored.lower), floored, solver, top_k=top_k)
