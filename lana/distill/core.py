@@ -135,7 +135,7 @@ class _Distiller:
         self.place.model(self.teacher).eval()
         tap = FeatureTap(self.teacher, [s.name for s in self.specs])
         bar = progress(total=len(groups) * self.steps, initial=first * self.steps + start, desc="distill", unit="step",
-                   **({} if self.dist.is_main else {"disable": True}))  # TQDM_DISABLE still applies
+                       **({} if self.dist.is_main else {"disable": True}))  # TQDM_DISABLE still applies
         fault = int(os.environ.get(FAULT_ENV, "0") or 0)
         started = time.time()
         try:
