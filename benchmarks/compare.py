@@ -245,13 +245,11 @@ def choose_in_window(ctx: Context, inputs, table_ms: float, low: float, solver: 
     choices = solve_in_window(inputs, table_ms, low, solver, ctx.config.solve.top_k)
     if len(choices) == 1:
         return choices[0]
+    picked = {} if picked is None else picked
     key = tuple(tuple(sorted(c.items())) for c in choices)
-    if picked is None or key not in picked:
+    if key not in picked:
         figures = measure_selections(ctx, [{"choice": c} for c in choices])
-        chosen = choices[best_of(figures, ctx.config.score.metric)]
-        if picked is None:
-            return chosen
-        picked[key] = chosen
+        picked[key] = choices[best_of(figures, ctx.config.score.metric)]
     return picked[key]
 
 
