@@ -5,8 +5,12 @@ held out for validation, the 10 000 test images only reported) with one recorded
 (:data:`RECIPE`): SGD with Nesterov momentum, a linear warm-up then a cosine decay,
 label smoothing, random crops from a padded image and horizontal flips. A teacher may
 change keys of it (``"optimizer": "adamw"`` for the vision transformer, with its own lr,
-weight decay, warm-up and epochs): another recipe, another hash. The epoch whose
-validation top-1 is best is the teacher; test top-1 is recorded per epoch, never used.
+weight decay, warm-up and epochs): another recipe, another hash. A recipe may also start
+from another cached teacher's weights (``"init"``) and mix a third one's soft targets into
+its loss (``"kd"``, Hinton's distillation, as DeiT is trained from a CNN): each is named by
+its model, kwargs and whole recipe, so they are part of the hash, and trained first when
+missing. The epoch whose validation top-1 is best is the teacher; test top-1 is recorded per
+epoch, never used.
 
 The cache lives outside the repository (``$LANA_TEACHER_CACHE``, default
 ``~/.cache/lana/quality-teachers/``), one folder per recipe hash (sha256 of the JSON of
@@ -63,6 +67,12 @@ RECIPE: dict[str, Any] = {
     "choose": "best validation top-1 over epochs",
 }
 OPTIMIZERS = ("sgd", "adamw")  # recipe["optimizer"]; see _optimiser
+# Keys a recipe may add (absent from RECIPE, so the hashes of the recipes without them stay):
+# another cached teacher, each ``{"model", "kwargs", "recipe"}``, trained first when missing.
+OPTIONAL = {
+    "init": "start from that teacher's chosen weights (a second schedule: fine-tuning it)",
+    "kd": "mix that teacher's soft targets into the loss (also 'alpha', its weight, and 'temperature')",
+}
 
 
 def cache_root() -> Path:
@@ -76,8 +86,8 @@ def merge_recipe(overrides: dict | None = None, base: dict | None = None) -> dic
     for key, value in (overrides or {}).items():
         if key == "data":
             recipe["data"] = {**recipe["data"], **value}
-        elif key not in recipe:
-            raise KeyError(f"unknown recipe key '{key}'; known: {', '.join(sorted(recipe))}")
+        elif key not in recipe and key not in OPTIONAL:
+            raise KeyError(f"unknown recipe key '{key}'; known: {', '.join(sorted({*recipe, *OPTIONAL}))}")
         elif key == "optimizer" and value not in OPTIMIZERS:
             raise ValueError(f"recipe optimizer '{value}' is not one of {', '.join(OPTIMIZERS)}")
         else:
@@ -155,6 +165,23 @@ def _optimiser(model: nn.Module, recipe: dict) -> torch.optim.Optimizer:
     raise ValueError(f"recipe optimizer '{kind}' is not one of {', '.join(OPTIMIZERS)}")
 
 
+def soft_loss(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's distillation term: KL(teacher ‖ student) at ``temperature``, times its square."""
+    t = temperature
+    return F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(targets / t, 1), reduction="batchmean",
+                    log_target=True) * t * t
+
+
+def _other(spec: dict, root: Path, data_root: str | None, label: str) -> nn.Module:
+    """The teacher ``spec`` names (``recipe["init"]`` or ``["kd"]``) with its chosen weights, trained first when missing;
+    its record is the module's ``teacher_record``."""
+    info = prepare_teacher(spec["model"], spec["kwargs"], spec["recipe"], root=root, data_root=data_root, label=label)
+    model = build_model(spec["model"], spec["kwargs"])
+    model.load_state_dict(load_tensors(Path(info["weights"])))
+    model.teacher_record = info
+    return model
+
+
 def _lr(recipe: dict, step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return recipe["lr"] * (0.1 + 0.9 * step / warmup)
@@ -200,13 +227,24 @@ def _train(model_name: str, kwargs: dict, recipe: dict, folder: Path, data_root:
     fill = (-torch.tensor(cfg.mean) / torch.tensor(cfg.std)).view(1, -1, 1, 1)
     torch.manual_seed(recipe["seed"])
     model = build_model(model_name, kwargs)
+    path = folder / "checkpoint.pt"
+    for role in ("init", "kd"):
+        if recipe.get(role) and merge_recipe(None, recipe[role]["recipe"])["data"] != recipe["data"]:
+            raise ValueError(f"{label}: the '{role}' teacher's recipe has another data split; it must be this one's")
+    before_s = 0.0  # the init teacher's training: part of this teacher's
+    if recipe.get("init"):
+        start = _other(recipe["init"], folder.parent, data_root, f"{label} init")
+        before_s = start.teacher_record["wall_s"]
+        if not path.is_file():  # a resumed run has its own weights in the checkpoint
+            model.load_state_dict(start.state_dict())
+    kd = recipe.get("kd")
+    kd_model = _other(kd, folder.parent, data_root, f"{label} kd").eval().requires_grad_(False) if kd else None
     optimiser = _optimiser(model, recipe)
     bs = recipe["batch_size"]
     per_epoch = len(x_train) // bs  # the last partial batch is dropped (BatchNorm needs > 1 image)
     total, warmup = per_epoch * recipe["epochs"], per_epoch * recipe["warmup_epochs"]
     state: dict[str, Any] = {"epoch": 0, "history": [], "best_epoch": 0, "best_val": -1.0, "wall_s": 0.0}
     best_weights = None
-    path = folder / "checkpoint.pt"
     if path.is_file():
         saved = load_tensors(path)
         model.load_state_dict(saved["model"])
@@ -232,7 +270,12 @@ def _train(model_name: str, kwargs: dict, recipe: dict, folder: Path, data_root:
                 group["lr"] = _lr(recipe, step, total, warmup)
             idx = order[i * bs:(i + 1) * bs]
             images = augment(x_train[idx], gen, recipe["pad_crop"], recipe["hflip"], fill)
-            loss = F.cross_entropy(model(images), y_train[idx], label_smoothing=recipe["label_smoothing"])
+            logits = model(images)
+            loss = F.cross_entropy(logits, y_train[idx], label_smoothing=recipe["label_smoothing"])
+            if kd_model is not None:
+                with torch.no_grad():
+                    targets = kd_model(images)
+                loss = (1 - kd["alpha"]) * loss + kd["alpha"] * soft_loss(logits, targets, kd["temperature"])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{label}: loss became {loss.item()} at step {step}; lower the recipe's lr")
             optimiser.zero_grad(set_to_none=True)
@@ -256,8 +299,8 @@ def _train(model_name: str, kwargs: dict, recipe: dict, folder: Path, data_root:
     chosen = state["history"][state["best_epoch"] - 1]
     info = {"model": model_name, "kwargs": kwargs, "recipe": recipe, "hash": digest, "epochs": recipe["epochs"],
             "chosen_epoch": state["best_epoch"], "val_top1": chosen["val_top1"], "test_top1": chosen["test_top1"],
-            "wall_s": state["wall_s"], "threads": torch.get_num_threads(), "machine": f"{platform.node()} ({os.cpu_count()} cores)",
-            "history": state["history"]}
+            "wall_s": state["wall_s"] + before_s, "own_wall_s": state["wall_s"], "threads": torch.get_num_threads(),
+            "machine": f"{platform.node()} ({os.cpu_count()} cores)", "history": state["history"]}
     save_tensors(folder / "teacher.pt", best_weights)
     write_json(folder / "teacher.json", info)
     path.unlink(missing_ok=True)  # the finished teacher is teacher.pt; the resume state is no longer needed
@@ -269,7 +312,7 @@ def teachers_table(rows: list[tuple[str, dict]]) -> str:
     out = ["| teacher | model | recipe hash | epochs (chosen / run) | val top-1 | test top-1 | wall (min) | s / epoch |",
            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key, info in rows:
-        per = info["wall_s"] / max(1, len(info["history"]))
+        per = info.get("own_wall_s", info["wall_s"]) / max(1, len(info["history"]))
         out.append(f"| {key} | {info['model']} | {info['hash'][:16]} | {info['chosen_epoch']} / {info['epochs']} | "
                    f"{info['val_top1']:.2f} % | {info['test_top1']:.2f} % | {info['wall_s'] / 60:.1f} | {per:.0f} |")
     return "\n".join(out)

@@ -60,7 +60,11 @@ def test_vit_recipe_uses_adamw_and_leaves_the_cnn_teachers_hashes_alone(tmp_path
 
     bench = _load_benchmark()
     vit = bench.recipe_for("cpu", "vit")
-    assert vit["optimizer"] == "adamw" and vit["epochs"] > bench.recipe_for("cpu", "resnet")["epochs"]
+    assert vit["optimizer"] == "adamw" and vit["init"]["recipe"]["epochs"] > bench.recipe_for("cpu", "resnet")["epochs"]
+    # the ViT's second schedule starts from its first (the cached 40-epoch run) and learns from ResNet-18-D's teacher
+    assert recipe_hash(vit["init"]["model"], vit["init"]["kwargs"], vit["init"]["recipe"])[:16] == "c0aa0e9e29bf1118"
+    assert recipe_hash(vit["kd"]["model"], vit["kd"]["kwargs"], vit["kd"]["recipe"])[:16] == "25a77904e4e4b812"
+    assert vit["kd"]["alpha"] == 0.5 and "key" not in vit["kd"] and vit["init"]["recipe"]["optimizer"] == "adamw"
     # the CNN teachers' cache folders (docs/benchmarks.md) are the same after the ViT's recipe keys were added
     model, kwargs = bench.MODES["cpu"]["teachers"]["resnet"]
     assert recipe_hash(model, kwargs, bench.recipe_for("cpu", "resnet"))[:16] == "25a77904e4e4b812"
@@ -71,6 +75,7 @@ def test_vit_recipe_uses_adamw_and_leaves_the_cnn_teachers_hashes_alone(tmp_path
     # --recipe comes last: a short trial shortens a teacher that has its own epoch count
     assert bench.recipe_for("cpu", "vit", {"epochs": 2})["epochs"] == 2
     assert bench.recipe_for("cpu", "vit", {"epochs": 2})["optimizer"] == "adamw"
+    assert bench.recipe_for("cpu", "vit", {"epochs": 2})["init"]["recipe"]["epochs"] == 2  # the teachers it starts from too
     with pytest.raises(ValueError, match="optimizer 'adam' is not one of sgd, adamw"):
         merge_recipe({"optimizer": "adam"})
     with pytest.raises(SystemExit) as info:
@@ -140,3 +145,47 @@ def test_the_vit_gets_its_own_lana_settings_and_the_cnns_keep_theirs():
     assert vit.ops.include == bench.VIT_OPS and vit.latency.batch_size == 32 and vit.teacher_training.lr == 1e-3
     assert resnet.ops.include == bench.CPU_OPS and resnet.latency.batch_size == 128 and resnet.teacher_training.lr == 4e-3
     assert vit.finetune == resnet.finetune and vit.distill == resnet.distill and vit.data == resnet.data  # the same rules
+
+
+DEMO = "lana.teacher.demo_net:demo_resnet"
+DEMO_KWARGS = {"num_classes": 10, "in_chans": 1, "widths": [8, 16], "depth": 1}
+
+
+def _tiny_recipe(**changes):
+    from benchmarks.teachers import merge_recipe
+
+    data = {"kind": "synthetic", "image_size": 12, "val_size": 100, "seed": 3, **changes.pop("data", {})}
+    return merge_recipe({"epochs": 2, "batch_size": 20, "lr": 0.05, "data": data, "pad_crop": 0, "hflip": False, **changes})
+
+
+def test_a_teacher_can_start_from_another_and_learn_from_a_third(tmp_path, one_thread):
+    """``init``: the second schedule starts from the first's chosen weights; ``kd``: soft targets in the loss."""
+    from benchmarks import teachers
+
+    first = _tiny_recipe(epochs=1)
+    other = {"model": DEMO, "kwargs": DEMO_KWARGS, "recipe": first}
+    # lr 0: the weights stay the first teacher's (BatchNorm's running statistics still move)
+    frozen = teachers.prepare_teacher(DEMO, DEMO_KWARGS, _tiny_recipe(epochs=1, lr=0.0, init=other), root=tmp_path)
+    parent = teachers.cached(DEMO, DEMO_KWARGS, first, tmp_path)  # trained first, as it was missing
+    assert parent is not None
+    a, b = torch.load(frozen["weights"], weights_only=True), torch.load(parent["weights"], weights_only=True)
+    weights = [k for k in a if k.endswith(("weight", "bias"))]
+    assert len(weights) > 4 and all(torch.equal(a[k], b[k]) for k in weights)
+    fresh = build_model(DEMO, DEMO_KWARGS).state_dict()
+    assert not all(torch.equal(fresh[k], b[k]) for k in weights)  # not the initialisation: the first teacher's
+    assert frozen["wall_s"] == pytest.approx(frozen["own_wall_s"] + parent["wall_s"])
+    # the soft targets change the loss (same start, same batches); alpha 0 is the plain loss
+    plain = teachers.prepare_teacher(DEMO, DEMO_KWARGS, _tiny_recipe(epochs=1, init=other), root=tmp_path)
+    taught = teachers.prepare_teacher(DEMO, DEMO_KWARGS, _tiny_recipe(epochs=1, init=other, kd={**other, "alpha": 0.5, "temperature": 2.0}),
+                                      root=tmp_path)
+    none = teachers.prepare_teacher(DEMO, DEMO_KWARGS, _tiny_recipe(epochs=1, init=other, kd={**other, "alpha": 0.0, "temperature": 2.0}),
+                                    root=tmp_path)
+    assert taught["history"][0]["train_loss"] != plain["history"][0]["train_loss"] == none["history"][0]["train_loss"]
+    assert len({plain["hash"], taught["hash"], none["hash"], parent["hash"]}) == 4
+    # a teacher on another split cannot start the schedule
+    elsewhere = {**other, "recipe": _tiny_recipe(epochs=1, data={"image_size": 16})}
+    with pytest.raises(ValueError, match="'init' teacher's recipe has another data split"):
+        teachers.prepare_teacher(DEMO, DEMO_KWARGS, _tiny_recipe(init=elsewhere), root=tmp_path)
+    temp = torch.tensor([[2.0, 0.0, -1.0]])
+    assert teachers.soft_loss(temp, temp, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert teachers.soft_loss(temp, -temp, 2.0).item() > 0
