@@ -9,7 +9,8 @@ Fashion-MNIST (Debian's ``dataset-fashion-mnist``; 55 000 train / 5 000 validati
 test). Four teacher families, adapted to one input channel and 10 classes: timm
 ResNet-18-D, torchvision MobileNetV2, timm EfficientNet-B0 and a DeiT-Tiny-shaped timm
 vision transformer with small patches (4×4 at 28×28), trained once to convergence
-on the whole train split with a recorded recipe and cached by its hash
+on the whole train split with a recorded recipe (the ViT in two schedules, the second
+taught by the ResNet-18-D teacher) and cached by its hash
 (``benchmarks.teachers``; ``--teachers-only`` prepares them, a stopped run resumes). At
 each budget (a share of the teacher's measured latency) every method's knob is searched
 into the same band of measured share (``benchmarks.search``), every network gets the same
