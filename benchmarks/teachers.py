@@ -172,13 +172,15 @@ def soft_loss(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -
                     log_target=True) * t * t
 
 
-def _other(spec: dict, root: Path, data_root: str | None, label: str) -> nn.Module:
-    """The teacher ``spec`` names (``recipe["init"]`` or ``["kd"]``) with its chosen weights, trained first when missing;
-    its record is the module's ``teacher_record``."""
-    info = prepare_teacher(spec["model"], spec["kwargs"], spec["recipe"], root=root, data_root=data_root, label=label)
+def _other(spec: dict, root: Path, data_root: str | None, label: str) -> dict:
+    """The record of the teacher ``spec`` names (``recipe["init"]`` or ``["kd"]``), trained first when missing."""
+    return prepare_teacher(spec["model"], spec["kwargs"], spec["recipe"], root=root, data_root=data_root, label=label)
+
+
+def _load(spec: dict, info: dict) -> nn.Module:
+    """``spec``'s network with the chosen weights of its record ``info``."""
     model = build_model(spec["model"], spec["kwargs"])
     model.load_state_dict(load_tensors(Path(info["weights"])))
-    model.teacher_record = info
     return model
 
 
@@ -234,11 +236,11 @@ def _train(model_name: str, kwargs: dict, recipe: dict, folder: Path, data_root:
     before_s = 0.0  # the init teacher's training: part of this teacher's
     if recipe.get("init"):
         start = _other(recipe["init"], folder.parent, data_root, f"{label} init")
-        before_s = start.teacher_record["wall_s"]
+        before_s = start["wall_s"]
         if not path.is_file():  # a resumed run has its own weights in the checkpoint
-            model.load_state_dict(start.state_dict())
+            model.load_state_dict(load_tensors(Path(start["weights"])))
     kd = recipe.get("kd")
-    kd_model = _other(kd, folder.parent, data_root, f"{label} kd").eval().requires_grad_(False) if kd else None
+    kd_model = _load(kd, _other(kd, folder.parent, data_root, f"{label} kd")).eval().requires_grad_(False) if kd else None
     optimiser = _optimiser(model, recipe)
     bs = recipe["batch_size"]
     per_epoch = len(x_train) // bs  # the last partial batch is dropped (BatchNorm needs > 1 image)

@@ -159,7 +159,6 @@ def measure_in_context(teacher: nn.Module, specs, candidates: dict, input_shape:
         block), in other runtimes plus deployed minus clocked teacher, which also adds what
         deploying the whole network changes; ``runtime_adjust_ms`` is what was added).
     """
-
     device = resolve_device(cfg.device)
     shapes = {s.name: s.in_shape for s in specs}
     partial = partial or PartialTimings(None, "")

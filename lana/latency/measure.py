@@ -178,7 +178,6 @@ def measure_candidates(candidates: dict, input_shapes: dict[str, tuple[int, ...]
     Returns:
         Timing per (block, op).
     """
-
     partial = partial or PartialTimings(None, "")
     results = {}
     total = sum(len(c) for c in candidates.values())
