@@ -9,7 +9,9 @@ weight decay, warm-up and epochs): another recipe, another hash. A recipe may al
 from another cached teacher's weights (``"init"``) and mix a third one's soft targets into
 its loss (``"kd"``, Hinton's distillation, as DeiT is trained from a CNN): each is named by
 its model, kwargs and whole recipe, so they are part of the hash, and trained first when
-missing. The epoch whose validation top-1 is best is the teacher; test top-1 is recorded per
+missing. With ``"ema"`` (a decay per step) each epoch's network is the exponential moving
+average of the weights (``torch.optim.swa_utils.AveragedModel``, buffers averaged too), as
+timm trains DeiT; the raw weights' validation top-1 is recorded beside it. The epoch whose validation top-1 is best is the teacher; test top-1 is recorded per
 epoch, never used.
 
 The cache lives outside the repository (``$LANA_TEACHER_CACHE``, default
@@ -41,6 +43,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from lana.config import DataConfig
 from lana.data import load_data, take_tensors
@@ -72,6 +75,7 @@ OPTIMIZERS = ("sgd", "adamw")  # recipe["optimizer"]; see _optimiser
 OPTIONAL = {
     "init": "start from that teacher's chosen weights (a second schedule: fine-tuning it)",
     "kd": "mix that teacher's soft targets into the loss (also 'alpha', its weight, and 'temperature')",
+    "ema": "keep an exponential moving average of the weights (this decay per step): each epoch's network is the average",
 }
 
 
@@ -81,13 +85,16 @@ def cache_root() -> Path:
 
 
 def merge_recipe(overrides: dict | None = None, base: dict | None = None) -> dict:
-    """``base`` (default :data:`RECIPE`) with ``overrides`` applied; ``data`` is merged key by key."""
+    """``base`` (default :data:`RECIPE`) with ``overrides`` applied; ``data`` is merged key by key,
+    and an :data:`OPTIONAL` key given as None is removed."""
     recipe = copy.deepcopy(base or RECIPE)
     for key, value in (overrides or {}).items():
         if key == "data":
             recipe["data"] = {**recipe["data"], **value}
         elif key not in recipe and key not in OPTIONAL:
             raise KeyError(f"unknown recipe key '{key}'; known: {', '.join(sorted({*recipe, *OPTIONAL}))}")
+        elif key in OPTIONAL and value is None:
+            recipe.pop(key, None)  # an optional key set to null is left out: the recipe (and hash) without it
         elif key == "optimizer" and value not in OPTIMIZERS:
             raise ValueError(f"recipe optimizer '{value}' is not one of {', '.join(OPTIMIZERS)}")
         else:
@@ -242,6 +249,8 @@ def _train(model_name: str, kwargs: dict, recipe: dict, folder: Path, data_root:
     kd = recipe.get("kd")
     kd_model = _load(kd, _other(kd, folder.parent, data_root, f"{label} kd")).eval().requires_grad_(False) if kd else None
     optimiser = _optimiser(model, recipe)
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe["ema"]), use_buffers=True)
+           if recipe.get("ema") else None)
     bs = recipe["batch_size"]
     per_epoch = len(x_train) // bs  # the last partial batch is dropped (BatchNorm needs > 1 image)
     total, warmup = per_epoch * recipe["epochs"], per_epoch * recipe["warmup_epochs"]
@@ -251,6 +260,8 @@ def _train(model_name: str, kwargs: dict, recipe: dict, folder: Path, data_root:
         saved = load_tensors(path)
         model.load_state_dict(saved["model"])
         optimiser.load_state_dict(saved["optimiser"])
+        if ema is not None:
+            ema.load_state_dict(saved["ema"])
         torch.set_rng_state(saved["rng"])
         best_weights = saved["best_model"]
         state = saved["state"]
@@ -283,21 +294,27 @@ def _train(model_name: str, kwargs: dict, recipe: dict, folder: Path, data_root:
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+            if ema is not None:
+                ema.update_parameters(model)
             losses.append(loss.item())
         train_s = time.time() - tick
-        val, test = top1(model, x_val, y_val), top1(model, x_test, y_test)
+        kept = model if ema is None else ema.module  # the epoch's network
+        val, test = top1(kept, x_val, y_val), top1(kept, x_test, y_test)
+        record = {"epoch": epoch + 1, "train_loss": sum(losses) / len(losses), "val_top1": val, "test_top1": test}
+        if ema is not None:
+            record["raw_val_top1"] = top1(model, x_val, y_val)
         seconds = time.time() - tick
         state["epoch"] = epoch + 1
         state["wall_s"] += seconds
-        state["history"].append({"epoch": epoch + 1, "train_loss": sum(losses) / len(losses), "val_top1": val,
-                                 "test_top1": test, "train_s": train_s, "seconds": seconds})
+        state["history"].append({**record, "train_s": train_s, "seconds": seconds})
         if val > state["best_val"]:
             state["best_val"], state["best_epoch"] = val, epoch + 1
-            best_weights = copy.deepcopy(model.state_dict())
+            best_weights = copy.deepcopy(kept.state_dict())
         save_tensors(path, {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "rng": torch.get_rng_state(),
-                            "best_model": best_weights, "state": state})
-        log.info("[%s] epoch %d/%d: loss %.4f, val %.2f %%, test %.2f %%, %.0f s (train %.0f s)", label, epoch + 1,
-                 recipe["epochs"], sum(losses) / len(losses), val, test, seconds, train_s)
+                            "best_model": best_weights, "state": state, **({"ema": ema.state_dict()} if ema else {})})
+        raw = f" (raw weights {record['raw_val_top1']:.2f} %)" if ema is not None else ""
+        log.info("[%s] epoch %d/%d: loss %.4f, val %.2f %%%s, test %.2f %%, %.0f s (train %.0f s)", label, epoch + 1,
+                 recipe["epochs"], sum(losses) / len(losses), val, raw, test, seconds, train_s)
     chosen = state["history"][state["best_epoch"] - 1]
     info = {"model": model_name, "kwargs": kwargs, "recipe": recipe, "hash": digest, "epochs": recipe["epochs"],
             "chosen_epoch": state["best_epoch"], "val_top1": chosen["val_top1"], "test_top1": chosen["test_top1"],

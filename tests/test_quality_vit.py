@@ -190,3 +190,28 @@ def test_a_teacher_can_start_from_another_and_learn_from_a_third(tmp_path, one_t
     temp = torch.tensor([[2.0, 0.0, -1.0]])
     assert teachers.soft_loss(temp, temp, 2.0).item() == pytest.approx(0.0, abs=1e-6)
     assert teachers.soft_loss(temp, -temp, 2.0).item() > 0
+
+
+def test_a_teacher_can_keep_a_moving_average_of_its_weights_and_resume_it(tmp_path, one_thread):
+    """``ema``: each epoch's network is the average (chosen, saved); a stopped run resumes it exactly."""
+    from benchmarks import teachers
+
+    recipe = _tiny_recipe(ema=0.9)
+    assert teachers.recipe_hash(DEMO, DEMO_KWARGS, recipe) != teachers.recipe_hash(DEMO, DEMO_KWARGS, _tiny_recipe())
+    assert teachers.recipe_hash(DEMO, DEMO_KWARGS, _tiny_recipe()) == teachers.recipe_hash(DEMO, DEMO_KWARGS, _tiny_recipe(ema=None))
+    stopped, straight, plain = tmp_path / "stopped", tmp_path / "straight", tmp_path / "plain"
+    assert teachers.prepare_teacher(DEMO, DEMO_KWARGS, recipe, root=stopped, stop_after=1) is None
+    resumed = teachers.prepare_teacher(DEMO, DEMO_KWARGS, recipe, root=stopped)
+    whole = teachers.prepare_teacher(DEMO, DEMO_KWARGS, recipe, root=straight)
+    assert resumed["trained_now"] == 1 and whole["trained_now"] == 2
+    assert [h["val_top1"] for h in resumed["history"]] == [h["val_top1"] for h in whole["history"]]
+    a, b = torch.load(resumed["weights"], weights_only=True), torch.load(whole["weights"], weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the saved network is the average, not the last raw weights: it differs from the same schedule without ema
+    assert all("raw_val_top1" in h for h in whole["history"])
+    without = teachers.prepare_teacher(DEMO, DEMO_KWARGS, _tiny_recipe(), root=plain)
+    assert "raw_val_top1" not in without["history"][0]
+    c = torch.load(without["weights"], weights_only=True)
+    assert a.keys() == c.keys() and not all(torch.equal(a[k], c[k]) for k in a if k.endswith("weight"))
+    model = build_model(DEMO, DEMO_KWARGS)
+    model.load_state_dict(a)  # an ordinary state_dict: lana loads it as any teacher
