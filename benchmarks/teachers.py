@@ -74,7 +74,8 @@ OPTIMIZERS = ("sgd", "adamw")  # recipe["optimizer"]; see _optimiser
 # another cached teacher, each ``{"model", "kwargs", "recipe"}``, trained first when missing.
 OPTIONAL = {
     "init": "start from that teacher's chosen weights (a second schedule: fine-tuning it)",
-    "kd": "mix that teacher's soft targets into the loss (also 'alpha', its weight, and 'temperature')",
+    "kd": "mix that teacher's soft targets into the loss (also 'alpha', its weight, and 'temperature'; "
+          "'hard': true uses its top class instead, as DeiT's hard distillation)",
     "ema": "keep an exponential moving average of the weights (this decay per step): each epoch's network is the average",
 }
 
@@ -288,7 +289,11 @@ def _train(model_name: str, kwargs: dict, recipe: dict, folder: Path, data_root:
             if kd_model is not None:
                 with torch.no_grad():
                     targets = kd_model(images)
-                loss = (1 - kd["alpha"]) * loss + kd["alpha"] * soft_loss(logits, targets, kd["temperature"])
+                if kd.get("hard"):  # DeiT's hard distillation: the teacher's top class as a second label
+                    taught = F.cross_entropy(logits, targets.argmax(1))
+                else:
+                    taught = soft_loss(logits, targets, kd["temperature"])
+                loss = (1 - kd["alpha"]) * loss + kd["alpha"] * taught
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{label}: loss became {loss.item()} at step {step}; lower the recipe's lr")
             optimiser.zero_grad(set_to_none=True)

@@ -183,6 +183,10 @@ def test_a_teacher_can_start_from_another_and_learn_from_a_third(tmp_path, one_t
                                     root=tmp_path)
     assert taught["history"][0]["train_loss"] != plain["history"][0]["train_loss"] == none["history"][0]["train_loss"]
     assert len({plain["hash"], taught["hash"], none["hash"], parent["hash"]}) == 4
+    # hard distillation: the teacher's top class as a second label, another loss again
+    hard = teachers.prepare_teacher(DEMO, DEMO_KWARGS, _tiny_recipe(epochs=1, init=other, kd={**other, "alpha": 0.5, "temperature": 2.0,
+                                                                                              "hard": True}), root=tmp_path)
+    assert len({hard["history"][0]["train_loss"], taught["history"][0]["train_loss"], plain["history"][0]["train_loss"]}) == 3
     # a teacher on another split cannot start the schedule
     elsewhere = {**other, "recipe": _tiny_recipe(epochs=1, data={"image_size": 16})}
     with pytest.raises(ValueError, match="'init' teacher's recipe has another data split"):
