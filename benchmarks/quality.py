@@ -127,7 +127,9 @@ MODES = {
         "random": 2,
         # for every method's search. Near a table budget the selections' measured shares scatter
         # by a few per cent around the table's prediction, as wide as the band: lana's search at
-        # EfficientNet-B0 0.5×, seed 1, missed it in 10 (2026-12-05; 3-8 when redone alone, 2026-12-06)
+        # EfficientNet-B0 0.5×, seed 1, missed it in 10 (2026-12-05; 3-8 when redone alone, 2026-12-06).
+        # With the probing of a closed bracket, 12 miss about a third as often as 10 did before
+        # (benchmarks/search_sim.py; docs/benchmarks.md)
         "max_measurements": 12,
         "max_equal_epochs": 8,
         "threads": 1,

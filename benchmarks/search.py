@@ -6,7 +6,8 @@ ratio, the width multiplier) is held to its budget by :func:`search_band`: the s
 measurements allowed, each measurement one interleaved run of the network and the teacher
 (:func:`measure_share`), so the machine's drift cancels out of the share. The search is a
 safeguarded interpolation inside a bracket; a network measured just outside the band is
-measured once more (the mean decides), for every method alike. A method whose
+measured once more (the mean decides), and a bracket closed on two networks either side of
+the band is probed around, for every method alike. A method whose
 fastest setting measures above the band cannot reach the budget and says so; one that is
 not inside the band after the allowed measurements is reported as missing it.
 """
@@ -14,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from torch import nn
 
@@ -61,7 +62,7 @@ class Found:
 
 def search_band(build: Callable[[float], nn.Module | tuple[nn.Module, dict]], fast: float, slow: float, budget: float,
                 reference: nn.Module, input_shape: tuple[int, ...], cfg: LatencyConfig, band: tuple[float, float] = BAND,
-                max_measurements: int = 8, near: float | None = None) -> Found:
+                max_measurements: int = 8, near: float | None = None, probe_step: float = 0.005) -> Found:
     """Search ``knob`` between ``fast`` and ``slow`` until ``build(knob)`` measures inside the band.
 
     The search keeps a bracket (a knob measured under the band, one above it) and steps by
@@ -72,7 +73,13 @@ def search_band(build: Callable[[float], nn.Module | tuple[nn.Module, dict]], fa
     - a network measured just outside the band (within ``near`` of it) is measured once
       more and judged by the mean of its two shares;
     - a knob that builds a network already measured (``extra["key"]``, e.g. a table
-      method's selection) is not measured again: the bracket moves on that network's mean.
+      method's selection) is not measured again: the bracket moves on that network's mean;
+    - once the bracket has closed to within ``probe_step`` of the knob (on two networks
+      either side of the band, as a table method's selections can be), the search probes
+      knobs around it instead, alternately above and below, one step (``probe_step`` of the
+      knob) further each time: a knob-to-network map that is not monotonic (selections
+      whose measured shares scatter around the table's prediction) may have a network inside
+      the band there. Knobs that build a network already measured cost no measurement.
 
     Args:
         build: knob → network (or ``(network, extra)``); the network's latency is assumed to
@@ -83,7 +90,8 @@ def search_band(build: Callable[[float], nn.Module | tuple[nn.Module, dict]], fa
         budget: the target, as a share of ``reference``'s latency.
         band: the accepted window, as fractions of ``budget``.
         max_measurements: measurements allowed, the first (at ``fast``) and retakes included.
-        near: how far outside the band (as a share) earns a retake; default the band's width.
+        near: how far outside the band (as a share) earns a retake; default half the band's
+            width (about a measurement's spread: 1-2 % of the share on the 2-core VM).
 
     Returns:
         The network found, inside the band (``share`` the mean of its measurements).
@@ -94,7 +102,7 @@ def search_band(build: Callable[[float], nn.Module | tuple[nn.Module, dict]], fa
     """
     tick = time.time()
     low, high = budget * band[0], budget * band[1]
-    near = (high - low) if near is None else near
+    near = (high - low) / 2 if near is None else near
     target = (low + high) / 2
     nets: dict = {}  # key → [model, extra, shares, latencies]
     count = 0
@@ -135,10 +143,22 @@ def search_band(build: Callable[[float], nn.Module | tuple[nn.Module, dict]], fa
     # (knob, mean share) of a setting known to be under the band and one above it (``slow`` taken as 1×)
     under, over = (fast, share), (slow, max(1.0, high + near))
     moved: list[str] = []
-    builds = 0
+    builds = probes = 0
+    centre = None
     while count < max_measurements and builds < 4 * max_measurements:
         builds += 1
         span = over[0] - under[0]
+        if centre is not None or abs(span) <= probe_step * max(abs(under[0]), abs(over[0])):
+            # the bracket has closed on two networks either side of the band (a table method's
+            # selections can jump over it): probe knobs around it, alternately above and below
+            probes += 1
+            centre = under[0] + span / 2 if centre is None else centre
+            step = probe_step * max(abs(centre), 1e-9)
+            knob = min(max(centre + (1 if probes % 2 else -1) * ((probes + 1) // 2) * step, min(fast, slow)), max(fast, slow))
+            share, found = try_knob(knob)
+            if found:
+                return found
+            continue
         if len(moved) >= 2 and moved[-1] == moved[-2]:
             t = 0.5  # the same end moved twice: bisect
         else:

@@ -95,15 +95,44 @@ def test_search_interpolates_and_retakes_a_near_miss(monkeypatch):
     monkeypatch.setattr(search_mod, "measure_share", measure)
     found = search_band(_Knob, 1.0, 0.0, 0.5, None, (1, 8, 8), None, max_measurements=8)
     assert found.measurements == len(calls) == 2 and 0.485 <= found.share <= 0.5
-    # noise: the same network reads 0.51× then 0.49×; the mean (0.50×) is inside 0.5 × [0.97, 1]
-    readings = iter([0.2, 0.51, 0.49])
+    # noise: the same network reads 0.505× then 0.495×; the mean (0.50×) is inside 0.5 × [0.97, 1]
+    readings = iter([0.2, 0.505, 0.495])
     monkeypatch.setattr(search_mod, "measure_share", lambda m, r, s, c, rounds=3: (1.0, next(readings)))
     found = search_band(_Knob, 1.0, 0.0, 0.5, None, (1, 8, 8), None)
     assert found.measurements == 3 and found.share == pytest.approx(0.5)
-    # far outside the band: no retake
-    readings = iter([0.2, 0.8, 0.3, 0.5])
-    monkeypatch.setattr(search_mod, "measure_share", lambda m, r, s, c, rounds=3: (1.0, next(readings)))
-    assert search_band(_Knob, 1.0, 0.0, 0.5, None, (1, 8, 8), None).measurements == 4
+    # further outside than half the band's width (0.0075× here): no retake
+    for outside in (0.8, 0.51):
+        readings = iter([0.2, outside, 0.3, 0.5])
+        monkeypatch.setattr(search_mod, "measure_share", lambda m, r, s, c, rounds=3, readings=readings: (1.0, next(readings)))
+        assert search_band(_Knob, 1.0, 0.0, 0.5, None, (1, 8, 8), None).measurements == 4
+
+
+def test_search_probes_around_a_closed_bracket(monkeypatch):
+    """Selections either side of the band at every knob in between: the search looks just outside."""
+    def share(knob):  # fastest (knob 1) 0.2×; over the band below knob 0.5, under it above, except one network
+        if knob >= 0.5:
+            return 0.2 if knob == 1.0 else 0.4
+        return 0.49 if 0.485 <= knob < 0.49 else 0.6
+
+    def build(knob):
+        key = "inside" if 0.485 <= knob < 0.49 else ("fast" if knob == 1.0 else "under" if knob >= 0.5 else "over")
+        return _Knob(knob), {"key": key}
+    measure, calls = _fake_share(share)
+    monkeypatch.setattr(search_mod, "measure_share", measure)
+    found = search_band(build, 1.0, 0.0, 0.5, None, (1, 8, 8), None, max_measurements=8)
+    assert 0.485 <= found.share <= 0.5 and 0.485 <= found.knob < 0.49
+    assert found.measurements == len(calls) == 4  # fastest, under, over, inside: no network timed twice
+    # without probing the bracket closes on "under" and "over" and the search gives up
+    with pytest.raises(OutOfBand, match="missed the band"):
+        search_band(build, 1.0, 0.0, 0.5, None, (1, 8, 8), None, max_measurements=8, probe_step=0.0)
+
+
+def test_search_simulation_finds_a_noiseless_table_every_time_and_misses_some_noisy_ones():
+    from benchmarks.search_sim import miss_rate
+
+    assert miss_rate(20, 10, 0.0, 0.0, 0.003) == (0.0, pytest.approx(2.0, abs=1.5))
+    rate, spent = miss_rate(200, 10, 0.05, 0.02, 0.01)
+    assert 0.0 < rate < 0.5 and 2 <= spent <= 10
 
 
 def test_search_does_not_time_the_same_network_twice(monkeypatch):
