@@ -74,10 +74,10 @@ def search_band(build: Callable[[float], nn.Module | tuple[nn.Module, dict]], fa
       more and judged by the mean of its two shares;
     - a knob that builds a network already measured (``extra["key"]``, e.g. a table
       method's selection) is not measured again: the bracket moves on that network's mean;
-    - once the bracket has closed to within ``probe_step`` of the knob (on two networks
+    - once the bracket has closed to ``probe_step`` of the knob's range (on two networks
       either side of the band, as a table method's selections can be), the search probes
-      knobs around it instead, alternately above and below, one step (``probe_step`` of the
-      knob) further each time: a knob-to-network map that is not monotonic (selections
+      knobs around it instead, alternately above and below, one such step further each
+      time: a knob-to-network map that is not monotonic (selections
       whose measured shares scatter around the table's prediction) may have a network inside
       the band there. Knobs that build a network already measured cost no measurement.
 
@@ -144,16 +144,15 @@ def search_band(build: Callable[[float], nn.Module | tuple[nn.Module, dict]], fa
     under, over = (fast, share), (slow, max(1.0, high + near))
     moved: list[str] = []
     builds = probes = 0
-    centre = None
+    centre, step = None, probe_step * abs(slow - fast)
     while count < max_measurements and builds < 4 * max_measurements:
         builds += 1
         span = over[0] - under[0]
-        if centre is not None or abs(span) <= probe_step * max(abs(under[0]), abs(over[0])):
+        if centre is not None or abs(span) <= step:
             # the bracket has closed on two networks either side of the band (a table method's
             # selections can jump over it): probe knobs around it, alternately above and below
             probes += 1
             centre = under[0] + span / 2 if centre is None else centre
-            step = probe_step * max(abs(centre), 1e-9)
             knob = min(max(centre + (1 if probes % 2 else -1) * ((probes + 1) // 2) * step, min(fast, slow)), max(fast, slow))
             share, found = try_knob(knob)
             if found:
