@@ -77,9 +77,9 @@ def search_band(build: Callable[[float], nn.Module | tuple[nn.Module, dict]], fa
     - once the bracket has closed to ``probe_step`` of the knob's range (on two networks
       either side of the band, as a table method's selections can be), the search probes
       knobs around it instead, alternately above and below, one such step further each
-      time: a knob-to-network map that is not monotonic (selections
-      whose measured shares scatter around the table's prediction) may have a network inside
-      the band there. Knobs that build a network already measured cost no measurement.
+      time: a knob-to-network map that is not monotonic (selections whose measured shares
+      scatter around the table's prediction) may have a network inside the band there.
+      Knobs that build a network already measured cost no measurement.
 
     Args:
         build: knob → network (or ``(network, extra)``); the network's latency is assumed to

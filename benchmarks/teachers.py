@@ -11,8 +11,8 @@ its loss (``"kd"``, Hinton's distillation, as DeiT is trained from a CNN): each 
 its model, kwargs and whole recipe, so they are part of the hash, and trained first when
 missing. With ``"ema"`` (a decay per step) each epoch's network is the exponential moving
 average of the weights (``torch.optim.swa_utils.AveragedModel``, buffers averaged too), as
-timm trains DeiT; the raw weights' validation top-1 is recorded beside it. The epoch whose validation top-1 is best is the teacher; test top-1 is recorded per
-epoch, never used.
+timm trains DeiT; the raw weights' validation top-1 is recorded beside it. The epoch whose
+validation top-1 is best is the teacher; test top-1 is recorded per epoch, never used.
 
 The cache lives outside the repository (``$LANA_TEACHER_CACHE``, default
 ``~/.cache/lana/quality-teachers/``), one folder per recipe hash (sha256 of the JSON of
