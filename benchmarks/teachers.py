@@ -316,7 +316,7 @@ def _train(model_name: str, kwargs: dict, recipe: dict, folder: Path, data_root:
             state["best_val"], state["best_epoch"] = val, epoch + 1
             best_weights = copy.deepcopy(kept.state_dict())
         save_tensors(path, {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "rng": torch.get_rng_state(),
-                            "best_model": best_weights, "state": state, **({"ema": ema.state_dict()} if ema else {})})
+                            "best_model": best_weights, "state": state, **({"ema": ema.state_dict()} if ema is not None else {})})
         raw = f" (raw weights {record['raw_val_top1']:.2f} %)" if ema is not None else ""
         log.info("[%s] epoch %d/%d: loss %.4f, val %.2f %%%s, test %.2f %%, %.0f s (train %.0f s)", label, epoch + 1,
                  recipe["epochs"], sum(losses) / len(losses), val, raw, test, seconds, train_s)
