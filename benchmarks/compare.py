@@ -275,7 +275,8 @@ def _setting(found: Found) -> str:
 def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float], seeds: list[int], n_random: int = 3,
                     methods: tuple[str, ...] = METHODS, max_measurements: int = 8, max_equal_epochs: float = 30.0,
                     train_teacher: Callable[[LanaConfig, RunFolder], float] | None = None,
-                    band: tuple[float, float] = BAND, long: dict | None = None) -> pd.DataFrame:
+                    band: tuple[float, float] = BAND, long: dict | None = None, distill: bool = True,
+                    final: bool = True) -> pd.DataFrame:
     """Every method at every budget and seed for one teacher; one row per network (teacher included).
 
     Args:
@@ -294,6 +295,10 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
             each method's network (per seed, searched as above) fine-tuned for N steps on the whole
             train split; rows ``"<method> (long fine-tune)"`` with ``protocol`` ``"long"``
             (:func:`benchmarks.budget_cells.long_finetune`). None or no shares: none.
+        distill: run each seed's distill stage (resuming it); False: the seeds' runs are finished
+            (``benchmarks.schedule``'s units: another process distilled them) and are only read.
+        final: add the teacher's row, re-time every network and write ``quality.csv`` and
+            ``quality_timing.json``; False (one unit of the work): only this call's budgets' rows.
 
     Returns:
         Columns teacher, method, budget, seed, share, val_top1, top1, search_s, train_s,
@@ -310,14 +315,7 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
         timing["train_teacher_s"] = train_teacher(config, run)
     contexts, distill_s, distill_cpu = {}, {}, {}
     for seed in seeds:  # lana's distillation per seed: its initialisation and data order are random choices too
-        seeded = config.model_copy(update={"seed": seed})
-        seed_run = RunFolder(run.path / f"seed{seed}")
-        seed_run.path.mkdir(parents=True, exist_ok=True)
-        distill_stage(seeded, seed_run)
-        parts = json.loads((seed_run.path / "distill_timing.json").read_text())  # summed over a stopped run's attempts
-        distill_s[seed] = sum(parts.get(k, 0.0) for k in ("distill", "score", "latency"))
-        distill_cpu[seed] = sum(parts.get(k, 0.0) for k in ("distill_cpu", "score_cpu", "latency_cpu"))
-        contexts[seed] = prepare(seeded, seed_run)
+        contexts[seed], distill_s[seed], distill_cpu[seed] = distill_seed(config, run.path, seed, run_stage=distill)
     timing["distill_score_latency_s"] = sum(distill_s.values()) / len(distill_s)
     timing["distill_score_latency_s_per_seed"] = {str(seed): seconds for seed, seconds in distill_s.items()}
     timing["distill_score_latency_cpu_s_per_seed"] = {str(seed): seconds for seed, seconds in distill_cpu.items()}
@@ -325,8 +323,9 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
     cmp = Comparison(contexts, n_random, max_measurements, band)
     timing.update(cmp.timing)
     ctx, model_name = cmp.ctx, config.teacher.model
-    cmp.add(ctx.teacher, method="teacher", budget=1.0, seed=None, share=1.0, search_s=0.0,
-            train_s=timing.get("train_teacher_s", 0.0))
+    if final:
+        cmp.add(ctx.teacher, method="teacher", budget=1.0, seed=None, share=1.0, search_s=0.0,
+                train_s=timing.get("train_teacher_s", 0.0))
     for share in shares:
         def comparison(share: float = share) -> None:
             run_budget(cmp, share, methods, n_random, distill_s)
@@ -340,6 +339,10 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
         timing[f"long_{share:g}_s"] = _resumable(cmp, run.file(f"long_{share:g}.pt"), f"long fine-tune {share:.2f}×", longer,
                                                  settings)
     timing.update(cmp.timing)
+    if not final:
+        frame = pd.DataFrame(cmp.rows)
+        frame.insert(0, "teacher", model_name)
+        return frame
 
     # Every network timed again, interleaved with the teacher: drift since its search shows here.
     tick = time.time()
@@ -353,6 +356,21 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
     frame.to_csv(run.file("quality.csv"), index=False)
     write_json(run.file("quality_timing.json"), timing)
     return frame
+
+
+def distill_seed(config: LanaConfig, run_dir: Path, seed: int, run_stage: bool = True) -> tuple[Context, float, float]:
+    """lana's distill stage for ``seed`` in ``run_dir/seed<N>`` (resumed, or reused when done; only
+    read when ``run_stage`` is False): its context, and its distillation + scoring + profiling
+    seconds, wall and CPU, summed over the attempts a stopped run took."""
+    seeded = config.model_copy(update={"seed": seed})
+    seed_run = RunFolder(Path(run_dir) / f"seed{seed}")
+    if run_stage:
+        seed_run.path.mkdir(parents=True, exist_ok=True)
+        distill_stage(seeded, seed_run)
+    parts = json.loads((seed_run.path / "distill_timing.json").read_text())
+    wall = sum(parts.get(k, 0.0) for k in ("distill", "score", "latency"))
+    cpu = sum(parts.get(k, 0.0) for k in ("distill_cpu", "score_cpu", "latency_cpu"))
+    return prepare(seeded, seed_run), wall, cpu
 
 
 def _resumable(cmp: Comparison, saved: Path, what: str, work: Callable[[], Any], settings: dict | None = None) -> float:

@@ -94,7 +94,8 @@ def markdown(table: pd.DataFrame, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Both settings in turn (each resumable), then the comparison."""
-    from benchmarks.quality import MODES, run_teacher
+    from benchmarks.quality import MODES
+    from benchmarks.quality_run import run_teacher
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.halving", description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", default="resnet", help="a quality CPU-mode teacher (resnet, mobilenet, efficientnet)")

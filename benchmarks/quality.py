@@ -18,8 +18,10 @@ fine-tune by distillation, once per seed (``benchmarks.compare``), and the figur
 judged by ``benchmarks.report``.
 
 Writes RUN/<teacher>/quality.csv, RUN/quality.csv, and with ``--docs`` (default ``docs/``)
-``quality.csv``, ``quality.md`` and ``quality.png``. Teachers run in parallel processes
-with ``--jobs`` (CPU mode: one thread each, latency by process CPU time).
+``quality.csv``, ``quality.md`` and ``quality.png``. With ``--jobs N`` the work runs in N
+processes, in units (a teacher's training, each seed's distillation, each budget, the final
+pass; ``benchmarks.schedule``) taken longest path first (CPU mode: one thread each, latency
+by process CPU time).
 """
 from __future__ import annotations
 
@@ -29,8 +31,6 @@ import os
 import platform
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import pandas as pd
@@ -139,6 +139,14 @@ MODES = {
         "max_equal_epochs": 8,
         "threads": 1,
         "jobs": 2,
+        # minutes per unit of work on one core (benchmarks.schedule: which unit a free worker takes
+        # first), from the 2026-12-05/06 runs (docs/benchmarks.md) and the teachers' epochs on a quiet core
+        "unit_minutes": {
+            "resnet": {"teacher": 25, "distill": 4, "budget": 6, "long": 10, "final": 1},
+            "mobilenet": {"teacher": 45, "distill": 4.5, "budget": 4, "long": 60, "final": 1},
+            "efficientnet": {"teacher": 100, "distill": 16, "budget": 16, "long": 35, "final": 2},
+            "vit": {"teacher": 480, "distill": 20, "budget": 20, "final": 3},
+        },
     },
     "gpu": {
         "image_size": 64,
@@ -173,8 +181,6 @@ MODES = {
 }
 
 
-# Teachers by cost in the CPU mode, lightest first (measured training steps: docs/benchmarks.md)
-HEAVY = ["resnet", "mobilenet", "efficientnet", "vit"]
 
 # Blocks lana may replace, where the automatic ones (the residual blocks) are not enough:
 # ResNet-18-D's deep stem and its max-pool cost about a quarter of the teacher's latency at
@@ -263,19 +269,6 @@ def teacher_config(mode: str, key: str, checkpoint: str, recipe: dict, data_root
     return build_config(tree, overrides)
 
 
-def git_commit() -> str:
-    """This checkout's commit (short; ``+`` when it has changes), or ``unknown``."""
-    import subprocess
-
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, check=False)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
-
-
 def long_finetune_for(mode: str, key: str, shares: list[float] | None = None) -> dict:
     """Teacher ``key``'s long fine-tune settings: the mode's, its own changes, then ``shares`` (``--long-shares``)."""
     preset = MODES[mode]
@@ -283,52 +276,6 @@ def long_finetune_for(mode: str, key: str, shares: list[float] | None = None) ->
     if shares is not None:
         out["shares"] = shares
     return out
-
-
-def run_teacher(mode: str, key: str, out: str, data_root: str | None, overrides: list[str], shares: list[float],
-                seeds: list[int], methods: list[str], quiet: bool = False, recipe_overrides: dict | None = None,
-                long_shares: list[float] | None = None) -> pd.DataFrame:
-    """One teacher's whole comparison (run in its own process with ``--jobs``)."""
-    if quiet:  # parallel teachers: one prefixed log line per step instead of interleaved progress bars
-        import logging
-
-        os.environ["TQDM_DISABLE"] = "1"  # read when tqdm is first imported (torch imports it)
-        lana_log = logging.getLogger("lana")
-        for old in [h for h in lana_log.handlers if getattr(h, "quality_teacher", False)]:
-            lana_log.removeHandler(old)  # a worker's previous teacher: one prefix per line
-        handler = logging.StreamHandler()
-        handler.quality_teacher = True
-        handler.setFormatter(logging.Formatter(f"[{key}] %(asctime)s %(message)s", "%H:%M:%S"))
-        lana_log.addHandler(handler)
-        lana_log.setLevel(logging.INFO)
-    import torch
-
-    preset = MODES[mode]
-    if preset["threads"]:
-        torch.set_num_threads(preset["threads"])
-    from benchmarks.compare import compare_teacher
-    from benchmarks.search import BAND
-    from benchmarks.teachers import prepare_teacher
-
-    out_path = Path(out)
-    (out_path / key).mkdir(parents=True, exist_ok=True)
-    attempts = out_path / key / "attempts.json"  # which checkout made each attempt's rows
-    before = json.loads(attempts.read_text()) if attempts.is_file() else []
-    attempts.write_text(json.dumps(before + [{"commit": git_commit(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}]) + "\n")
-    recipe = recipe_for(mode, key, recipe_overrides)
-    model, kwargs = preset["teachers"][key]
-    teacher = prepare_teacher(model, kwargs, recipe, data_root=data_root, label=key)  # from the cache, trained if missing
-    config = teacher_config(mode, key, teacher["weights"], recipe, data_root, overrides)
-    tick = time.time()
-    long = long_finetune_for(mode, key, long_shares)
-    frame = compare_teacher(config, out_path / key, shares, seeds, preset["random"], tuple(methods),
-                            preset["max_measurements"], preset["max_equal_epochs"],
-                            train_teacher=lambda *_: teacher["wall_s"], band=tuple(preset.get("band", BAND)),
-                            long=long if "lana" in methods else None)
-    frame["recipe_hash"] = teacher["hash"][:16]
-    frame["key"] = key
-    frame["wall_s"] = time.time() - tick
-    return frame
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -343,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", default="runs/quality", help="output folder (stages done there are reused)")
     parser.add_argument("--data", default=None, help="Fashion-MNIST folder (default: Debian's location)")
     parser.add_argument("--docs", default="docs", help="where quality.csv, quality.md and quality.png go ('' for nowhere)")
-    parser.add_argument("--jobs", type=int, default=None, help="teachers run at once (mode default)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="worker processes: units of the teachers' work run at once, the longest path first (mode default)")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the docs from RUN/quality.csv and RUN/quality_meta.json without running anything")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override KEY=VALUE for every teacher")
@@ -388,17 +336,21 @@ def main(argv: list[str] | None = None) -> int:
     else:
         out.mkdir(parents=True, exist_ok=True)
         tick = time.time()
-        parallel = jobs > 1 and len(keys) > 1
-        jobs_args = [(args.mode, k, str(out), args.data, args.overrides, shares, seeds, methods, parallel, recipe_overrides,
-                      long_shares) for k in keys]
-        if parallel:
-            # the heaviest teachers first, so the last one to start is a light one (the wall is the longest queue)
-            order = sorted(range(len(keys)), key=lambda i: HEAVY.index(keys[i]) if keys[i] in HEAVY else -1, reverse=True)
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-                futures = {i: pool.submit(run_teacher, *jobs_args[i]) for i in order}
-                frames = [futures[i].result() for i in range(len(keys))]
+        run_args = (args.mode, str(out), args.data, args.overrides, shares, seeds, methods, recipe_overrides, long_shares)
+        if jobs > 1:  # the teachers' work in units over the workers, the longest path first
+            from benchmarks.quality_run import run_scheduled
+            from benchmarks.schedule import UnitsFailed
+
+            try:
+                frames = run_scheduled(keys, jobs, *run_args)
+            except UnitsFailed as exc:
+                print(f"quality: some units failed (their logs above; rerun to resume): {exc}", file=sys.stderr)
+                return 1
         else:
-            frames = [run_teacher(*a) for a in jobs_args]
+            from benchmarks.quality_run import run_teacher
+
+            frames = [run_teacher(args.mode, k, str(out), args.data, args.overrides, shares, seeds, methods,
+                                  recipe_overrides=recipe_overrides, long_shares=long_shares) for k in keys]
         frame = pd.concat(frames, ignore_index=True)
         frame.to_csv(out / "quality.csv", index=False)
         command = "python -m benchmarks.quality " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -7,7 +7,7 @@ pruners, the win/tie rule and the headline chosen on validation.
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -250,14 +250,12 @@ TINY_BAND = (0.88, 1.00)
 
 
 def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("quality_bench", ROOT / "benchmarks" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``benchmarks.quality`` itself: a mode a test adds to its ``MODES`` is seen by ``benchmarks.quality_run`` too."""
+    return importlib.import_module("benchmarks.quality")
 
 
-def test_reduced_benchmark_runs_every_method_inside_the_band(tmp_path, monkeypatch, one_thread, caplog):
-    """One tiny timm ResNet teacher, one budget, two seeds, few steps: every method runs, every network is in its band."""
+def _tiny_mode(monkeypatch, tmp_path):
+    """The benchmark with a mode "tiny": one tiny timm ResNet teacher on digits, one budget, two seeds, few steps."""
     bench = _load_benchmark()
     config = tiny_config(latency={"batch_size": 16, "warmup": 1, "repeats": 5, "threads": 1, "clock": "process", "time_cap_s": 0.15},
                          data={"image_size": 32})
@@ -275,6 +273,12 @@ def test_reduced_benchmark_runs_every_method_inside_the_band(tmp_path, monkeypat
                                               "long_finetune": {"shares": [0.7], "steps": 4, "methods": ["lana", "tp-taylor"]},
                                               "band": TINY_BAND,
                                               "teachers": {"resnet": ("timm:resnet18d", TINY_RESNET)}})
+    return bench
+
+
+def test_reduced_benchmark_runs_every_method_inside_the_band(tmp_path, monkeypatch, one_thread, caplog):
+    """One tiny timm ResNet teacher, one budget, two seeds, few steps: every method runs, every network is in its band."""
+    bench = _tiny_mode(monkeypatch, tmp_path)
     from benchmarks import compare
 
     trained_on = {}  # fine-tune label → training images
@@ -353,6 +357,36 @@ def test_reduced_benchmark_runs_every_method_inside_the_band(tmp_path, monkeypat
     pd.testing.assert_series_equal(longer.loc[frame.index, "top1"], frame["top1"])
 
 
+def test_jobs_run_the_work_in_units_that_a_single_job_run_then_reuses(tmp_path, monkeypatch, one_thread):
+    """--jobs 2: the teacher's training, each seed's distillation, the budget, the long budget and the final
+    pass run as units (threads here; processes in a real run); a later --jobs 1 run redoes none of it."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    from benchmarks import compare, schedule
+
+    bench = _tiny_mode(monkeypatch, tmp_path)
+    monkeypatch.setattr(schedule, "ProcessPoolExecutor", lambda max_workers, mp_context: ThreadPoolExecutor(max_workers))
+    monkeypatch.setitem(bench.MODES["tiny"], "long_finetune", {"shares": [0.7], "steps": 4, "methods": ["lana"]})
+    args = ["--mode", "tiny", "--methods", "lana", "--run", str(tmp_path / "q"), "--docs", ""]
+    assert bench.main([*args, "--jobs", "2"]) == 0
+    frame = pd.read_csv(tmp_path / "q" / "quality.csv")
+    assert (frame["method"] == "teacher").sum() == 1  # the final pass alone adds the teacher
+    assert set(frame["method"]) == {"teacher", "lana", "lana (long fine-tune)"}
+    assert frame.loc[frame["method"] != "teacher", "seed"].dropna().astype(int).isin([0, 1]).all()
+    assert frame.dropna(subset=["top1"])["final_share"].notna().all()
+    units = [a.get("unit") for a in json.loads((tmp_path / "q" / "resnet" / "attempts.json").read_text())]
+    assert sorted(units) == ["resnet 0.7×", "resnet distill seed 0", "resnet distill seed 1", "resnet final", "resnet long 0.7×"]
+    assert len(list((tmp_path / "teachers").glob("*/teacher.pt"))) == 1  # trained once, by its own unit
+    timing = json.loads((tmp_path / "q" / "resnet" / "quality_timing.json").read_text())
+    assert timing["budget_0.7_s"] > 0 and set(timing["distill_score_latency_s_per_seed"]) == {"0", "1"}
+    # one job, the same run folder: every unit's work is reused, the rows are the same
+    monkeypatch.setattr(compare.Comparison, "train_and_add", lambda *a, **k: pytest.fail("a finished unit was redone"))
+    monkeypatch.setattr(compare.Comparison, "search", lambda *a, **k: pytest.fail("a finished unit was searched again"))
+    assert bench.main([*args, "--jobs", "1"]) == 0
+    pd.testing.assert_series_equal(pd.read_csv(tmp_path / "q" / "quality.csv")["top1"], frame["top1"])
+
+
 def test_unknown_method_is_one_usage_line(capsys):
     with pytest.raises(SystemExit) as info:
         _load_benchmark().main(["--methods", "lana,prunning"])
@@ -374,7 +408,8 @@ def test_parallel_teachers_can_still_silence_progress_bars():
     import subprocess
     import sys
 
-    code = "import sys, benchmarks.quality; print('tqdm' in sys.modules, 'torch' in sys.modules)"
+    code = ("import sys, benchmarks.quality, benchmarks.quality_run, benchmarks.schedule; "
+            "print('tqdm' in sys.modules, 'torch' in sys.modules)")  # a worker unpickles quality_run.run_unit first
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "False"]
 

@@ -1,0 +1,151 @@
+"""Running the quality benchmark's teachers (``python -m benchmarks.quality``): each one whole
+(:func:`run_teacher`), or all of them as units over ``--jobs`` worker processes
+(:func:`run_scheduled`, ``benchmarks.schedule``): a teacher's training when it is not cached,
+each seed's distillation, each budget and long fine-tune budget, and the final pass.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks.quality import MODES, long_finetune_for, recipe_for, teacher_config
+
+
+def git_commit() -> str:
+    """This checkout's commit (short; ``+`` when it has changes), or ``unknown``."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, check=False)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
+
+
+def _quiet_logging(label: str) -> None:
+    """Parallel workers: one ``[label]``-prefixed log line per step instead of interleaved progress bars."""
+    import logging
+
+    os.environ["TQDM_DISABLE"] = "1"  # read when tqdm is first imported (torch imports it)
+    lana_log = logging.getLogger("lana")
+    for old in [h for h in lana_log.handlers if getattr(h, "quality_teacher", False)]:
+        lana_log.removeHandler(old)  # a worker's previous unit: one prefix per line
+    handler = logging.StreamHandler()
+    handler.quality_teacher = True
+    handler.setFormatter(logging.Formatter(f"[{label}] %(asctime)s %(message)s", "%H:%M:%S"))
+    lana_log.addHandler(handler)
+    lana_log.setLevel(logging.INFO)
+
+
+def _record_attempt(path: Path, what: str) -> None:
+    """Append which checkout made this attempt (``RUN/<teacher>/attempts.json``); units of one teacher run at once."""
+    import fcntl
+
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        before = json.loads(path.read_text()) if path.is_file() else []
+        entry = {"commit": git_commit(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), **({"unit": what} if what else {})}
+        path.write_text(json.dumps(before + [entry]) + "\n")
+
+
+def run_teacher(mode: str, key: str, out: str, data_root: str | None, overrides: list[str], shares: list[float],
+                seeds: list[int], methods: list[str], quiet: bool = False, recipe_overrides: dict | None = None,
+                long_shares: list[float] | None = None, unit: str = "", distill: bool = True, final: bool = True) -> pd.DataFrame:
+    """One teacher's comparison (``compare_teacher``): all of it, or one unit of it (``unit`` names it
+    in ``attempts.json``; ``distill``/``final`` as there; :func:`run_unit`)."""
+    if quiet:
+        _quiet_logging(key)
+    import torch
+
+    preset = MODES[mode]
+    if preset["threads"]:
+        torch.set_num_threads(preset["threads"])
+    from benchmarks.compare import compare_teacher
+    from benchmarks.search import BAND
+    from benchmarks.teachers import prepare_teacher
+
+    out_path = Path(out)
+    (out_path / key).mkdir(parents=True, exist_ok=True)
+    _record_attempt(out_path / key / "attempts.json", unit)
+    recipe = recipe_for(mode, key, recipe_overrides)
+    model, kwargs = preset["teachers"][key]
+    teacher = prepare_teacher(model, kwargs, recipe, data_root=data_root, label=key)  # from the cache, trained if missing
+    config = teacher_config(mode, key, teacher["weights"], recipe, data_root, overrides)
+    tick = time.time()
+    long = long_finetune_for(mode, key, long_shares)
+    frame = compare_teacher(config, out_path / key, shares, seeds, preset["random"], tuple(methods),
+                            preset["max_measurements"], preset["max_equal_epochs"],
+                            train_teacher=lambda *_: teacher["wall_s"], band=tuple(preset.get("band", BAND)),
+                            long=long if "lana" in methods else None, distill=distill, final=final)
+    frame["recipe_hash"] = teacher["hash"][:16]
+    frame["key"] = key
+    frame["wall_s"] = time.time() - tick
+    return frame
+
+
+def run_unit(key: str, kind: str, arg: float | None, mode: str, out: str, data_root: str | None, overrides: list[str],
+             shares: list[float], seeds: list[int], methods: list[str], recipe_overrides: dict | None,
+             long_shares: list[float] | None) -> pd.DataFrame | None:
+    """One :class:`benchmarks.schedule.Unit` of teacher ``key``'s work, in a ``--jobs`` worker process:
+    the comparison's frame for a budget (its rows) or the final pass (all rows), else None."""
+    from benchmarks.schedule import Unit
+
+    unit = str(Unit(key, kind, arg))
+    _quiet_logging(unit)
+    if kind in ("budget", "long", "final"):  # the seeds' distillations are done: read, not run
+        cell = {"budget": ([arg], []), "long": ([], [arg]), "final": (shares, long_shares)}[kind]
+        return run_teacher(mode, key, out, data_root, overrides, cell[0], seeds, methods, False, recipe_overrides, cell[1],
+                           unit, distill=False, final=kind == "final")
+    import torch
+
+    from benchmarks.compare import distill_seed
+    from benchmarks.teachers import prepare_teacher
+
+    preset = MODES[mode]
+    if preset["threads"]:
+        torch.set_num_threads(preset["threads"])
+    recipe = recipe_for(mode, key, recipe_overrides)
+    model, kwargs = preset["teachers"][key]
+    if kind == "distill":
+        (Path(out) / key).mkdir(parents=True, exist_ok=True)
+        _record_attempt(Path(out) / key / "attempts.json", unit)
+    teacher = prepare_teacher(model, kwargs, recipe, data_root=data_root, label=key)  # the "teacher" unit trains it
+    if kind == "distill":
+        distill_seed(teacher_config(mode, key, teacher["weights"], recipe, data_root, overrides), Path(out) / key, int(arg))
+    return None
+
+
+def run_scheduled(keys: list[str], jobs: int, mode: str, out: str, data_root: str | None, overrides: list[str],
+                  shares: list[float], seeds: list[int], methods: list[str], recipe_overrides: dict | None,
+                  long_shares: list[float] | None) -> list[pd.DataFrame]:
+    """Every teacher's work as units over ``jobs`` processes (``benchmarks.schedule``); the teachers' frames."""
+    from benchmarks.schedule import plan, run_units
+    from benchmarks.teachers import cached
+
+    preset = MODES[mode]
+    cached_keys = {k for k in keys if cached(*preset["teachers"][k], recipe_for(mode, k, recipe_overrides)) is not None}
+    longs = {k: long_finetune_for(mode, k, long_shares)["shares"] if "lana" in methods else [] for k in keys}
+    deps = plan(keys, seeds, shares, longs, {k: _teachers_named(preset.get("teacher_recipes", {}).get(k)) for k in keys},
+                cached_keys)
+    estimates = preset.get("unit_minutes", {})
+    _quiet_logging("schedule")
+
+    def minutes(unit) -> float:
+        return float(estimates.get(unit.key, {}).get(unit.kind, 1.0))
+    results = run_units(deps, minutes, jobs, run_unit, (mode, out, data_root, overrides, shares, seeds, methods,
+                                                         recipe_overrides, long_shares))
+    return [results[u] for u in sorted(results, key=lambda u: keys.index(u.key)) if u.kind == "final"]
+
+
+def _teachers_named(recipe) -> set[str]:
+    """The teacher keys a recipe's ``init``/``kd`` entries name, however deep."""
+    if isinstance(recipe, dict):
+        return ({recipe["key"]} if isinstance(recipe.get("key"), str) else set()).union(
+            *(_teachers_named(v) for v in recipe.values()))
+    return set()

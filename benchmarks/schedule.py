@@ -1,0 +1,132 @@
+"""The quality benchmark's work in units, several at once (``python -m benchmarks.quality --jobs N``).
+
+One teacher's work splits into units, each resumable by itself (its files say what is done):
+the teacher's training (only when it is not cached), lana's distillation per seed, each budget,
+each long fine-tune budget, and the final pass (every network timed again beside the teacher,
+the teacher's rows written). A unit starts once the units it needs are done: the distillations
+need the teacher, the budgets need every seed's distillation, the final pass needs the budgets;
+a teacher whose recipe learns from another (``init``/``kd``) needs that one.
+
+``--jobs`` worker processes take the ready unit with the longest estimated path to the end of
+the run first (list scheduling by critical path; estimates per unit in the mode's
+``unit_minutes``), so the wall comes close to the work divided by the workers instead of the
+heaviest teacher's whole work. A unit that fails is said at once in one line; the units that
+need it are skipped, every other unit still runs, and the failures are raised at the end.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
+from typing import Any
+
+log = logging.getLogger("lana")
+
+KINDS = ("teacher", "distill", "budget", "long", "final")
+
+
+@dataclass(frozen=True, order=True)
+class Unit:
+    """One piece of a teacher's work: ``kind`` (one of :data:`KINDS`) with its seed or budget ``arg``."""
+
+    key: str
+    kind: str
+    arg: float | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "distill":
+            return f"{self.key} distill seed {self.arg:g}"
+        if self.kind in ("budget", "long"):
+            return f"{self.key} {'long ' if self.kind == 'long' else ''}{self.arg:g}×"
+        return f"{self.key} {self.kind}"
+
+
+class UnitsFailed(RuntimeError):
+    """Some units failed (each said when it happened); the others ran."""
+
+
+def plan(keys: list[str], seeds: list[int], shares: list[float], long_shares: dict[str, list[float]],
+         needs_teachers: dict[str, set[str]], cached: set[str]) -> dict[Unit, set[Unit]]:
+    """Every unit of ``keys`` and the units each one needs.
+
+    ``needs_teachers[key]``: the teachers ``key``'s own training learns from; ``cached``: the
+    teachers already trained (no training unit).
+    """
+    deps: dict[Unit, set[Unit]] = {}
+    trains = {k: Unit(k, "teacher") for k in keys if k not in cached}
+    for key in keys:
+        first = {trains[key]} if key in trains else set()
+        if key in trains:
+            deps[trains[key]] = {trains[k] for k in needs_teachers.get(key, set()) if k in trains and k != key}
+        distills = {Unit(key, "distill", float(s)) for s in seeds}
+        for unit in distills:
+            deps[unit] = set(first)
+        cells = {Unit(key, "budget", float(s)) for s in shares} | {Unit(key, "long", float(s)) for s in long_shares.get(key, [])}
+        for unit in cells:
+            deps[unit] = set(distills)
+        deps[Unit(key, "final")] = cells | distills
+    return deps
+
+
+def priorities(deps: dict[Unit, set[Unit]], minutes: Callable[[Unit], float]) -> dict[Unit, float]:
+    """Each unit's estimated minutes plus the longest chain of units that wait for it."""
+    waiting: dict[Unit, set[Unit]] = {u: set() for u in deps}
+    for unit, needs in deps.items():
+        for need in needs:
+            waiting[need].add(unit)
+    out: dict[Unit, float] = {}
+
+    def path(unit: Unit) -> float:
+        if unit not in out:
+            out[unit] = minutes(unit) + max((path(w) for w in waiting[unit]), default=0.0)
+        return out[unit]
+    for unit in deps:
+        path(unit)
+    return out
+
+
+def run_units(deps: dict[Unit, set[Unit]], minutes: Callable[[Unit], float], jobs: int,
+              work: Callable[..., Any], args: tuple = (), executor: Executor | None = None) -> dict[Unit, Any]:
+    """``work(unit.key, unit.kind, unit.arg, *args)`` for every unit, ``jobs`` at a time, each once the
+    units it needs are done, the longest path first; returns every unit's result.
+
+    ``executor``: where units run (default: ``jobs`` spawned processes, each with its own torch).
+    Raises :class:`UnitsFailed` after every unit that could run has run, when some failed.
+    """
+    rank = priorities(deps, minutes)
+    pending, done, results = set(deps), set(), {}
+    failed: dict[Unit, str] = {}
+    running: dict[Future, Unit] = {}
+    with executor or ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        while pending or running:
+            while blocked := [u for u in pending if deps[u] & set(failed)]:  # and what waits for those
+                for unit in blocked:
+                    pending.discard(unit)
+                    failed[unit] = "skipped, as it needs " + ", ".join(str(u) for u in sorted(deps[unit] & set(failed)))
+                    log.warning("unit %s %s", unit, failed[unit])
+            ready = sorted((u for u in pending if deps[u] <= done), key=lambda u: (-rank[u], u))
+            for unit in ready[:max(0, jobs - len(running))]:
+                pending.discard(unit)
+                running[pool.submit(work, unit.key, unit.kind, unit.arg, *args)] = unit
+                log.info("unit %s started (about %.0f min; %d running, %d waiting)", unit, minutes(unit), len(running),
+                         len(pending))
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                unit = running.pop(future)
+                try:
+                    results[unit] = future.result()
+                except Exception as exc:  # noqa: BLE001 - any unit's error is said now; the others go on
+                    failed[unit] = f"{type(exc).__name__}: {exc}"
+                    log.error("unit %s failed: %s", unit, failed[unit])
+                else:
+                    done.add(unit)
+                    log.info("unit %s done", unit)
+    if pending:
+        raise ValueError(f"units waiting on each other: {', '.join(str(u) for u in sorted(pending))}")
+    if failed:
+        raise UnitsFailed("; ".join(f"{u}: {why}" for u, why in sorted(failed.items())))
+    return results

@@ -1,0 +1,75 @@
+"""The quality benchmark's units over several workers (``benchmarks/schedule.py``)."""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from benchmarks.schedule import Unit, UnitsFailed, plan, priorities, run_units
+
+
+def test_the_plan_orders_training_distillation_budgets_and_the_final_pass():
+    deps = plan(["resnet", "vit"], [0, 1], [0.3, 0.5], {"resnet": [0.33]}, {"vit": {"vit", "resnet"}}, cached=set())
+    teacher = Unit("resnet", "teacher")
+    distills = {Unit("resnet", "distill", 0.0), Unit("resnet", "distill", 1.0)}
+    assert deps[teacher] == set()
+    assert deps[Unit("vit", "teacher")] == {teacher}  # its recipe learns from ResNet-18-D: trained after it
+    assert all(deps[d] == {teacher} for d in distills)
+    for cell in (Unit("resnet", "budget", 0.3), Unit("resnet", "budget", 0.5), Unit("resnet", "long", 0.33)):
+        assert deps[cell] == distills  # a budget reads every seed's table
+    assert Unit("vit", "long", 0.33) not in deps  # long budgets are per teacher
+    assert deps[Unit("resnet", "final")] >= {Unit("resnet", "budget", 0.3), Unit("resnet", "long", 0.33)}
+    # a cached teacher has no training unit, and nothing waits for one
+    cached = plan(["resnet", "vit"], [0], [0.5], {}, {"vit": {"resnet"}}, cached={"resnet"})
+    assert Unit("resnet", "teacher") not in cached and cached[Unit("vit", "teacher")] == set()
+    assert cached[Unit("resnet", "distill", 0.0)] == set()
+    assert str(Unit("vit", "budget", 0.5)) == "vit 0.5×" and str(Unit("vit", "distill", 1.0)) == "vit distill seed 1"
+
+
+def test_priority_is_the_longest_path_to_the_end():
+    deps = plan(["a", "b"], [0], [0.5], {}, {}, cached={"a", "b"})
+    cost = {"a": {"distill": 10, "budget": 5, "final": 1}, "b": {"distill": 2, "budget": 30, "final": 1}}
+    rank = priorities(deps, lambda u: cost[u.key][u.kind])
+    assert rank[Unit("a", "distill", 0.0)] == 16 and rank[Unit("b", "distill", 0.0)] == 33
+    assert rank[Unit("b", "final")] == 1
+
+
+def test_units_run_after_what_they_need_longest_path_first_and_in_parallel():
+    deps = plan(["light", "heavy"], [0, 1], [0.5], {}, {}, cached={"light", "heavy"})
+    cost = {"light": 1, "heavy": 5}
+    started, finished, lock, together = [], {}, threading.Lock(), []
+
+    def work(key, kind, arg, scale):
+        with lock:
+            started.append(Unit(key, kind, arg))
+            together.append(len(started) - len(finished))
+        time.sleep(scale * cost[key])
+        with lock:
+            finished[Unit(key, kind, arg)] = time.monotonic()
+        return f"{key} {kind}"
+
+    results = run_units(deps, lambda u: cost[u.key], 2, work, (0.01,), executor=ThreadPoolExecutor(2))
+    assert results[Unit("heavy", "final")] == "heavy final" and len(results) == len(deps)
+    assert started[:2] == [Unit("heavy", "distill", 0.0), Unit("heavy", "distill", 1.0)]  # the longest path first
+    assert max(together) == 2  # two at once, never more
+    for unit, needs in deps.items():
+        index = started.index(unit)
+        assert all(need in started[:index] and finished[need] <= finished[unit] for need in needs), unit
+
+
+def test_a_failed_unit_is_said_its_dependents_are_skipped_and_the_rest_still_runs(caplog):
+    deps = plan(["bad", "good"], [0], [0.5], {}, {}, cached={"bad", "good"})
+    ran = []
+
+    def work(key, kind, arg):
+        ran.append(Unit(key, kind, arg))
+        if (key, kind) == ("bad", "distill"):
+            raise RuntimeError("out of memory")
+
+    with pytest.raises(UnitsFailed, match="bad distill seed 0: RuntimeError: out of memory") as info:
+        run_units(deps, lambda u: 1.0, 1, work, executor=ThreadPoolExecutor(1))
+    assert "bad final: skipped, as it needs bad distill seed 0" in str(info.value)
+    assert Unit("good", "final") in ran and Unit("bad", "budget", 0.5) not in ran
+    assert "unit bad distill seed 0 failed: RuntimeError: out of memory" in caplog.text
