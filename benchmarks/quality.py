@@ -298,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teachers-only", action="store_true",
                         help="train (or resume) the converged teachers into the cache, print their table, and stop")
     parser.add_argument("--threads", type=int, default=None, help="with --teachers-only: torch threads (mode default)")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the run's units, their estimated minutes and the estimated wall on --jobs workers; run nothing")
     parser.add_argument("--recipe", default=None, help="teacher recipe overrides as JSON, e.g. '{\"epochs\": 2}' (a new hash)")
     args = parser.parse_args(argv)
 
@@ -326,6 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.teachers_only:
         return prepare_teachers(args.mode, keys, recipe_overrides, args.data, args.threads)
     jobs = args.jobs or preset["jobs"]
+    if args.plan:
+        from benchmarks.quality_run import plan_text
+
+        print(plan_text(args.mode, keys, jobs, seeds, shares, methods, recipe_overrides, long_shares, args.run))
+        return 0
     out = Path(args.run)
     meta_path = out / "quality_meta.json"
     if args.report_only:

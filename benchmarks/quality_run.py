@@ -121,11 +121,11 @@ def run_unit(key: str, kind: str, arg: float | None, mode: str, out: str, data_r
     return None
 
 
-def run_scheduled(keys: list[str], jobs: int, mode: str, out: str, data_root: str | None, overrides: list[str],
-                  shares: list[float], seeds: list[int], methods: list[str], recipe_overrides: dict | None,
-                  long_shares: list[float] | None) -> list[pd.DataFrame]:
-    """Every teacher's work as units over ``jobs`` processes (``benchmarks.schedule``); the teachers' frames."""
-    from benchmarks.schedule import plan, run_units
+def units_of(mode: str, keys: list[str], seeds: list[int], shares: list[float], methods: list[str],
+             recipe_overrides: dict | None, long_shares: list[float] | None, out: str | None = None):
+    """The run's units and what each needs (``benchmarks.schedule.plan``), and their estimated minutes
+    (0 for a unit whose file in the run folder ``out`` says it is done)."""
+    from benchmarks.schedule import plan
     from benchmarks.teachers import cached
 
     preset = MODES[mode]
@@ -134,13 +134,53 @@ def run_scheduled(keys: list[str], jobs: int, mode: str, out: str, data_root: st
     deps = plan(keys, seeds, shares, longs, {k: _teachers_named(preset.get("teacher_recipes", {}).get(k)) for k in keys},
                 cached_keys)
     estimates = preset.get("unit_minutes", {})
-    _quiet_logging("schedule")
 
     def minutes(unit) -> float:
-        return float(estimates.get(unit.key, {}).get(unit.kind, 1.0))
+        return 0.0 if out and _done(Path(out) / unit.key, unit) else float(estimates.get(unit.key, {}).get(unit.kind, 1.0))
+    return deps, minutes
+
+
+def _done(folder: Path, unit) -> bool:
+    """Whether teacher ``unit.key``'s run folder holds ``unit``'s result (a resumed unit reuses it)."""
+    from lana.run.folder import TABLE
+
+    if unit.kind == "distill":
+        return (folder / f"seed{unit.arg:g}" / f"{TABLE}.parquet").is_file()
+    if unit.kind in ("budget", "long"):
+        return (folder / f"{'budget' if unit.kind == 'budget' else 'long'}_{unit.arg:g}.pt").is_file()
+    return False  # the teacher has no unit once cached; the final pass always times every network again
+
+
+def run_scheduled(keys: list[str], jobs: int, mode: str, out: str, data_root: str | None, overrides: list[str],
+                  shares: list[float], seeds: list[int], methods: list[str], recipe_overrides: dict | None,
+                  long_shares: list[float] | None) -> list[pd.DataFrame]:
+    """Every teacher's work as units over ``jobs`` processes (``benchmarks.schedule``); the teachers' frames."""
+    from benchmarks.schedule import run_units
+
+    deps, minutes = units_of(mode, keys, seeds, shares, methods, recipe_overrides, long_shares, out)
+    _quiet_logging("schedule")
     results = run_units(deps, minutes, jobs, run_unit, (mode, out, data_root, overrides, shares, seeds, methods,
                                                          recipe_overrides, long_shares))
     return [results[u] for u in sorted(results, key=lambda u: keys.index(u.key)) if u.kind == "final"]
+
+
+def plan_text(mode: str, keys: list[str], jobs: int, seeds: list[int], shares: list[float], methods: list[str],
+              recipe_overrides: dict | None, long_shares: list[float] | None, out: str | None = None) -> str:
+    """``--plan``: every unit with its estimated minutes (0 where the run folder ``out`` holds it),
+    and the estimated wall on ``jobs`` workers."""
+    from benchmarks.schedule import simulate
+
+    deps, minutes = units_of(mode, keys, seeds, shares, methods, recipe_overrides, long_shares, out)
+    times = simulate(deps, minutes, jobs)
+    lines = ["| unit | needs | estimate (min) | starts at (min) |", "| --- | --- | --- | --- |"]
+    for unit, (start, _) in sorted(times.items(), key=lambda item: item[1]):
+        needs = ", ".join(str(u) for u in sorted(deps[unit])) or "-"
+        lines.append(f"| {unit} | {needs} | {minutes(unit):g} | {start:g} |")
+    work = sum(minutes(u) for u in deps)
+    wall = max(end for _, end in times.values())
+    lines.append(f"\n{len(deps)} units, {work:g} min of work left: about {wall:g} min on {jobs} worker(s) "
+                 f"(estimates per unit: the mode's unit_minutes; 0: done in {out}).")
+    return "\n".join(lines)
 
 
 def _teachers_named(recipe) -> set[str]:

@@ -77,14 +77,40 @@ def priorities(deps: dict[Unit, set[Unit]], minutes: Callable[[Unit], float]) ->
         for need in needs:
             waiting[need].add(unit)
     out: dict[Unit, float] = {}
+    visiting: set[Unit] = set()
 
     def path(unit: Unit) -> float:
         if unit not in out:
+            if unit in visiting:
+                raise ValueError(f"units waiting on each other: {', '.join(str(u) for u in sorted(visiting))}")
+            visiting.add(unit)
             out[unit] = minutes(unit) + max((path(w) for w in waiting[unit]), default=0.0)
         return out[unit]
     for unit in deps:
         path(unit)
     return out
+
+
+def simulate(deps: dict[Unit, set[Unit]], minutes: Callable[[Unit], float], jobs: int) -> dict[Unit, tuple[float, float]]:
+    """Each unit's estimated (start, end) minute when :func:`run_units` takes them in its order on ``jobs``
+    workers and every estimate is right: ``max(end)`` is the run's estimated wall (``--plan``)."""
+    rank = priorities(deps, minutes)
+    pending, times = set(deps), {}
+    free = [0.0] * jobs  # when each worker is next free
+    while pending:
+        now = min(free)
+        ready = [u for u in pending if all(d in times and times[d][1] <= now for d in deps[u])]
+        if not ready:  # nothing to start before the next unit ends
+            later = [times[u][1] for u in times if times[u][1] > now]
+            if not later:
+                raise ValueError(f"units waiting on each other: {', '.join(str(u) for u in sorted(pending))}")
+            free[free.index(now)] = min(later)
+            continue
+        unit = min(ready, key=lambda u: (-rank[u], u))
+        pending.discard(unit)
+        times[unit] = (now, now + minutes(unit))
+        free[free.index(now)] = times[unit][1]
+    return times
 
 
 def run_units(deps: dict[Unit, set[Unit]], minutes: Callable[[Unit], float], jobs: int,
@@ -101,7 +127,7 @@ def run_units(deps: dict[Unit, set[Unit]], minutes: Callable[[Unit], float], job
     running: dict[Future, Unit] = {}
     with executor or ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         while pending or running:
-            while blocked := [u for u in pending if deps[u] & set(failed)]:  # and what waits for those
+            while blocked := sorted(u for u in pending if deps[u] & set(failed)):  # and what waits for those
                 for unit in blocked:
                     pending.discard(unit)
                     failed[unit] = "skipped, as it needs " + ", ".join(str(u) for u in sorted(deps[unit] & set(failed)))

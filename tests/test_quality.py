@@ -387,6 +387,25 @@ def test_jobs_run_the_work_in_units_that_a_single_job_run_then_reuses(tmp_path, 
     pd.testing.assert_series_equal(pd.read_csv(tmp_path / "q" / "quality.csv")["top1"], frame["top1"])
 
 
+def test_plan_lists_the_units_with_their_estimates_and_counts_what_the_run_holds_as_done(tmp_path, monkeypatch, capsys):
+    bench = _load_benchmark()
+    monkeypatch.setenv("LANA_TEACHER_CACHE", str(tmp_path / "teachers"))  # none cached: each teacher is a unit
+    run = tmp_path / "q"
+    assert bench.main(["--plan", "--teachers", "resnet,vit", "--jobs", "1", "--run", str(run)]) == 0
+    text = capsys.readouterr().out
+    est = bench.MODES["cpu"]["unit_minutes"]
+    assert "| vit teacher | resnet teacher | 480 |" in text and "| resnet 0.5× | resnet distill seed 0, resnet distill seed 1 |" in text
+    work = (sum(est[k]["teacher"] + 2 * est[k]["distill"] + 3 * est[k]["budget"] + est[k]["final"] for k in ("resnet", "vit"))
+            + est["resnet"]["long"])  # the ViT has no long budget
+    assert f"min of work left: about {work:g} min on 1 worker(s)" in text
+    (run / "resnet").mkdir(parents=True)
+    (run / "resnet" / "budget_0.5.pt").write_bytes(b"")  # a finished budget: nothing left to estimate
+    assert bench.main(["--plan", "--teachers", "resnet,vit", "--jobs", "2", "--run", str(run)]) == 0
+    text = capsys.readouterr().out
+    assert "| resnet 0.5× | resnet distill seed 0, resnet distill seed 1 | 0 |" in text
+    assert f"{work - est['resnet']['budget']:g} min of work left" in text and "on 2 worker(s)" in text
+
+
 def test_unknown_method_is_one_usage_line(capsys):
     with pytest.raises(SystemExit) as info:
         _load_benchmark().main(["--methods", "lana,prunning"])

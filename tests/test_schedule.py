@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from benchmarks.schedule import Unit, UnitsFailed, plan, priorities, run_units
+from benchmarks.schedule import Unit, UnitsFailed, plan, priorities, run_units, simulate
 
 
 def test_the_plan_orders_training_distillation_budgets_and_the_final_pass():
@@ -70,6 +70,24 @@ def test_a_failed_unit_is_said_its_dependents_are_skipped_and_the_rest_still_run
 
     with pytest.raises(UnitsFailed, match="bad distill seed 0: RuntimeError: out of memory") as info:
         run_units(deps, lambda u: 1.0, 1, work, executor=ThreadPoolExecutor(1))
-    assert "bad final: skipped, as it needs bad distill seed 0" in str(info.value)
+    assert "bad final: skipped, as it needs bad 0.5×, bad distill seed 0" in str(info.value)
     assert Unit("good", "final") in ran and Unit("bad", "budget", 0.5) not in ran
     assert "unit bad distill seed 0 failed: RuntimeError: out of memory" in caplog.text
+
+
+def test_the_simulated_wall_shares_the_work_out_and_never_beats_the_critical_path():
+    deps = plan(["a", "b"], [0, 1], [0.3, 0.5], {"b": [0.4]}, {}, cached={"a", "b"})
+    cost = {"a": {"distill": 4, "budget": 6, "final": 1}, "b": {"distill": 16, "budget": 16, "long": 35, "final": 2}}
+
+    def minutes(u):
+        return cost[u.key][u.kind]
+    work = sum(minutes(u) for u in deps)
+    one = simulate(deps, minutes, 1)
+    assert max(end for _, end in one.values()) == work  # one worker: everything in a row
+    two = simulate(deps, minutes, 2)
+    wall = max(end for _, end in two.values())
+    assert max(priorities(deps, minutes).values()) <= wall < work and wall <= work / 2 + max(minutes(u) for u in deps)
+    for unit, (start, _) in two.items():  # nothing starts before what it needs has ended
+        assert all(two[need][1] <= start for need in deps[unit])
+    with pytest.raises(ValueError, match="waiting on each other"):
+        simulate({Unit("a", "budget", 1.0): {Unit("a", "final")}, Unit("a", "final"): {Unit("a", "budget", 1.0)}}, minutes, 2)
