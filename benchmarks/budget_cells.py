@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from benchmarks.baselines import MEMBERS
+from benchmarks.report import EQUAL
 from lana.distill.validation import evaluate
 
 if TYPE_CHECKING:
@@ -95,7 +96,9 @@ def equal_compute(cmp: Comparison, share: float, max_epochs: float, distill_s: d
 
     lana's total is its distillation (all of it) + its search + its fine-tune; the baseline's
     fine-tune is lengthened by the difference, at its own measured seconds per epoch, up to
-    ``max_epochs`` (the row's ``train_s`` shows what it really got).
+    ``max_epochs`` (the row's ``train_s`` shows what it really got). A baseline that had lana's
+    total already (random-best: its draws need lana's distillation) is not trained again: its
+    rows are repeated under the equal-compute name, saying so in ``setting``.
     """
     rows = pd.DataFrame([r for r in cmp.rows if r.get("budget") == share and "val_top1" in r])
     if rows.empty or "lana" not in set(rows["method"]) or len(set(rows["method"])) < 2:
@@ -105,6 +108,15 @@ def equal_compute(cmp: Comparison, share: float, max_epochs: float, distill_s: d
     best = means.drop(index="lana").sort_values("val_top1").index[-1]
     other_total = means.loc[best, "train_s"] + means.loc[best, "search_s"]
     epochs = cmp.ctx.config.finetune.epochs
+    if other_total >= lana_total:  # it had lana's compute already (random-best: the whole distillation too)
+        log.info("equal compute: %s at %.2f× had lana's compute already (%.0f s, lana %.0f s): its rows stand for it",
+                 best, share, other_total, lana_total)
+        with_model = [r for r in cmp.rows if "val_top1" in r]  # one network per such row, in order
+        for index in [i for i, r in enumerate(with_model) if r.get("budget") == share and r["method"] == best]:
+            setting = f"its own rows: {other_total:.0f} s ≥ lana's {lana_total:.0f} s"
+            cmp.rows.append({**with_model[index], "method": best + EQUAL, "setting": setting})
+            cmp.models.append(cmp.models[index])
+        return
     more = min(max_epochs, epochs * (1 + max(0.0, lana_total - other_total) / means.loc[best, "finetune_s"]))
     log.info("equal compute: %s at %.2f× gets %.1f fine-tune epochs (lana %.0f s, it %.0f s)", best, share, more,
              lana_total, other_total)
@@ -115,5 +127,5 @@ def equal_compute(cmp: Comparison, share: float, max_epochs: float, distill_s: d
         if found is None or pick.empty:
             continue
         base = distill_s[seed] if best.startswith("random") else 0.0
-        cmp.train_and_add(f"{best} (lana's compute)", share, found, seed, float(pick["search_s"].iloc[0]), base_s=base,
+        cmp.train_and_add(best + EQUAL, share, found, seed, float(pick["search_s"].iloc[0]), base_s=base,
                           epochs=more, setting=f"{more:.1f} fine-tune epochs")

@@ -308,7 +308,8 @@ def quality_markdown(frame: pd.DataFrame, meta: dict, preset: dict) -> str:
         f"{preset['tree']['data']['val_size'] - preset['tree']['score']['val_images']}; test top-1 (10 000 images) is "
         "evaluated once per network. A win needs the mean to beat the other's by more than the larger of the two spreads "
         "(max − min over seeds); otherwise it is a tie. At every budget the best other method by validation also gets "
-        "lana's total compute as a longer fine-tune (\"(lana's compute)\" rows)."
+        "lana's total compute as a longer fine-tune (\"(lana's compute)\" rows; where its own training and search "
+        "took as long already, as random-best's include lana's distillation, its rows are repeated under that name)."
         + (" " + transformer_note(vit_tree) if vit_tree and "key" in frame and (frame["key"] == "vit").any() else ""),
         "",
         "Settings: " + "; ".join(f"`{section}`: " + ", ".join(f"{k}={v}" for k, v in values.items() if k != "include")

@@ -406,6 +406,29 @@ def test_plan_lists_the_units_with_their_estimates_and_counts_what_the_run_holds
     assert f"{work - est['resnet']['budget']:g} min of work left" in text and "on 2 worker(s)" in text
 
 
+def test_a_baseline_that_had_lanas_compute_already_is_not_trained_again():
+    from types import SimpleNamespace
+
+    from benchmarks.budget_cells import equal_compute
+
+    def row(method, seed, val, train_s):
+        return {"method": method, "budget": 0.5, "seed": seed, "val_top1": val, "top1": val, "train_s": train_s,
+                "search_s": 5.0, "finetune_s": 10.0, "setting": ""}
+    rows = [{"method": "teacher", "budget": 1.0, "val_top1": 93.0, "train_s": 0.0, "search_s": 0.0, "finetune_s": 0.0}]
+    rows += [row("lana", s, 90.0, 100.0) for s in (0, 1)] + [row("random-best", s, 85.0 + s, 100.0) for s in (0, 1)]
+    rows += [row("tp-taylor", s, 80.0, 10.0) for s in (0, 1)]
+    models = [f"net{i}" for i in range(len(rows))]
+    cmp = SimpleNamespace(rows=list(rows), models=list(models), seeds=[0, 1], found={},
+                          ctx=SimpleNamespace(config=SimpleNamespace(finetune=SimpleNamespace(epochs=2.0))),
+                          train_and_add=lambda *a, **k: pytest.fail("random-best had lana's compute: not trained again"))
+    equal_compute(cmp, 0.5, 8.0, {0: 90.0, 1: 90.0})
+    added = cmp.rows[len(rows):]
+    assert [(r["method"], r["seed"], r["val_top1"]) for r in added] == [("random-best (lana's compute)", 0, 85.0),
+                                                                        ("random-best (lana's compute)", 1, 86.0)]
+    assert cmp.models[len(models):] == ["net3", "net4"]  # the same networks: the final re-timing stays aligned
+    assert "105 s ≥ lana's 105 s" in added[0]["setting"]
+
+
 def test_unknown_method_is_one_usage_line(capsys):
     with pytest.raises(SystemExit) as info:
         _load_benchmark().main(["--methods", "lana,prunning"])
