@@ -18,7 +18,7 @@ from lana.config import LanaConfig
 from lana.data import DataSplits
 from lana.device import Placement, distill_device_name
 from lana.distill.candidates import BUILDS, OneBlockAtATime, attach_weights, build_all_candidates
-from lana.distill.checkpoint import clear_state
+from lana.distill.checkpoint import STATE_FILE, clear_state
 from lana.distill.core import distill_candidates, memory_limits
 from lana.distill.distributed import init_distributed
 from lana.distill.score import score_candidates, score_column
@@ -54,19 +54,22 @@ def _check_weights_fit(candidates: dict, run: RunFolder) -> None:
 
 class _Clock:
     """Wall and CPU seconds of the stage's parts (``distill``, ``score``, ``latency`` and their
-    ``*_cpu``), added to what earlier attempts of the run spent and saved after each part: CPU
-    seconds survive a paused or shared machine, where wall seconds do not."""
+    ``*_cpu``), saved after each part: a part resumed from its checkpoint adds to what earlier
+    attempts spent, a part done again from the start replaces it, a part reused from its file
+    adds nothing. CPU seconds survive a paused or shared machine, where wall seconds do not."""
 
     def __init__(self, seconds: dict[str, float], path) -> None:
         self.seconds, self.path = seconds, path
         self.wall, self.cpu = time.time(), time.process_time()
 
-    def lap(self, part: str) -> None:
+    def lap(self, part: str, ran: bool = True, resumed: bool = False) -> None:
         wall, cpu = time.time(), time.process_time()
-        self.seconds[part] = self.seconds.get(part, 0.0) + wall - self.wall
-        self.seconds[f"{part}_cpu"] = self.seconds.get(f"{part}_cpu", 0.0) + cpu - self.cpu
+        if ran:
+            keep = 1.0 if resumed else 0.0
+            self.seconds[part] = keep * self.seconds.get(part, 0.0) + wall - self.wall
+            self.seconds[f"{part}_cpu"] = keep * self.seconds.get(f"{part}_cpu", 0.0) + cpu - self.cpu
+            write_json(self.path, self.seconds)
         self.wall, self.cpu = wall, cpu
-        write_json(self.path, self.seconds)
 
 
 def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teacher: nn.Module | None = None,
@@ -106,6 +109,7 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
 
     distill_file = run.file("distill.json")
     results = None
+    resumed = not force and (run.file(STATE_FILE).is_file() or run.weights_dir.is_dir())  # a stopped attempt's steps
     if dist.broadcast_json(force or not distill_file.is_file()):
         if force and dist.is_main:  # a forced run killed midway resumes from its own state, never the old results
             clear_state(run)
@@ -122,10 +126,11 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
         clear_state(run)
     attach_weights(candidates, run.weights_dir)  # later builds load the distilled weights; a missing file is said now
     distilled = _unkeyed(distill_file)
-    clock.lap("distill")
+    clock.lap("distill", ran=results is not None, resumed=resumed)
 
     score_file = run.file("scores.json")
-    if force or not score_file.is_file() or any("kl" not in row for row in read_json(score_file)[:1]):  # tables before the KL score: rescored
+    rescore = force or not score_file.is_file() or any("kl" not in row for row in read_json(score_file)[:1])
+    if rescore:  # tables before the KL score: rescored
         # the scoring part of the val split (disjoint from the choice images), read batch by batch, scored on the compute device
         images, labels = validation_tensors(ctx.splits, config.score, 0)
         labels = labels if ctx.splits.labelled else None  # scores by agreement with the teacher
@@ -142,17 +147,19 @@ def distill_stage(config: LanaConfig, run: RunFolder, force: bool = False, teach
         _keyed(score_file, scores)
         write_json(run.file("teacher_val.json"), base)
     scores = _unkeyed(score_file)
-    clock.lap("score")
+    clock.lap("score", ran=rescore)
 
     latency_file = run.file("latency.json")
-    if force or not latency_file.is_file():
+    profile = force or not latency_file.is_file()
+    resumed = profile and not force and run.file(PARTIAL_FILE).is_file()
+    if profile:
 
         partial = run.file(PARTIAL_FILE)  # timings saved as taken: a killed run resumes here
         record = profile_latency(ctx.teacher, ctx.specs, candidates, ctx.input_shape, config.latency, checkpoint=partial)
         write_json(latency_file, store_profile(None, record, primary=True))
         partial.unlink(missing_ok=True)
     latency = read_json(latency_file)
-    clock.lap("latency")
+    clock.lap("latency", ran=profile, resumed=resumed)
 
     rows = []
     for index, (block, cands) in enumerate(candidates.items()):
