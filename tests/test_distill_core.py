@@ -140,3 +140,39 @@ def test_a_teacher_or_candidate_that_fails_on_channels_last_batches_trains_on_co
     assert "the teacher failed on a channels_last batch" in caplog.text
     assert "zoo_viewed_conv failed on a channels_last batch" in caplog.text  # block inputs go channels_last
     assert "conv_k3 failed" not in caplog.text
+
+
+def test_a_strided_1x1_convolution_with_few_input_channels_trains_on_contiguous_batches(tmp_path, monkeypatch, caplog):
+    """oneDNN's NHWC weight gradient of a strided 1x1 convolution with fewer input channels than its
+    block is wrong (or crashes): such candidates and students train on contiguous batches."""
+    from lana.device import Placement
+    from lana.distill.inference import channels_last_trains_safely
+    from lana.distill.train import channels_last_trains, label_loss
+
+    assert not channels_last_trains_safely(nn.Sequential(nn.Conv2d(4, 8, 1, 2), nn.ReLU()))
+    for safe in (nn.Conv2d(16, 8, 1, 2), nn.Conv2d(4, 8, 1, 1), nn.Conv2d(4, 8, 3, 2, 1)):
+        assert channels_last_trains_safely(safe), safe
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Conv2d(3, 4, 3, 1, 1), nn.Conv2d(4, 8, 1, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    batch = (torch.randn(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))
+    assert not channels_last_trains(student, label_loss, batch, Placement(torch.device("cpu")))
+    assert all(p.is_contiguous() for p in student.parameters())
+
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
+
+    @register_op("zoo_strided_pointwise", family="test", description="a strided 1x1 conv on 4 channels", source="tests")
+    def build(spec):
+        return nn.Sequential(nn.Conv2d(spec.in_channels, 4, 1, spec.stride), nn.Conv2d(4, spec.out_channels, 1, 2),
+                             nn.Upsample(scale_factor=2))
+
+    teacher = distinct_blocks_teacher()
+    ops = {"include": ["zoo_strided_pointwise", "conv_k3"]}
+    config = tiny_config(ops=ops, distill={"max_steps": 2},
+                         data={"kind": "synthetic", "image_size": 16, "val_size": 50, "batch_size": 32})
+    splits = load_data(config.data)
+    specs = discover_blocks(teacher, (1, *splits.input_shape), BLOCKS)
+    cands = build_all_candidates(specs, OpsConfig(**ops))
+    with caplog.at_level("INFO", logger="lana"):
+        distill_candidates(teacher, specs, cands, splits, config, RunFolder(tmp_path / "run"))
+    assert "zoo_strided_pointwise trains on contiguous batches" in caplog.text
+    assert "conv_k3 trains on contiguous" not in caplog.text

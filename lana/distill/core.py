@@ -52,7 +52,7 @@ from lana.distill.distributed import (
 )
 from lana.distill.features import FeatureTap, normalised_mse
 from lana.distill.halving import cut_steps, dominated
-from lana.distill.inference import fast_batch
+from lana.distill.inference import channels_last_trains_safely, fast_batch
 from lana.progress import bar as progress
 from lana.run.folder import RunFolder
 from lana.run.memory import release_memory
@@ -98,7 +98,8 @@ class _Distiller:
         self.profile = profile if profile is not None else {}
         self.profile.update({k: 0.0 for k in ("teacher_s", "candidates_s", "data_s")}, teacher_passes=0, cached_steps=0, steps=0, images=0)
         self.state_path = run.file(STATE_FILE)
-        self.plain: set[Key] = set()  # candidates that fail on channels_last batches
+        self.plain: set[Key] = set()  # candidates that fail (or would train wrongly) on channels_last batches
+        self.fast_ok: set[Key] = set()  # candidates checked for channels_last_trains_safely
         self.teacher_plain = False
 
     # -- state ---------------------------------------------------------------------------
@@ -361,6 +362,13 @@ class _Distiller:
         """The candidate on the channels_last batch ``fast``, or on the contiguous ``plain`` where
         they are the same tensor or where it failed on ``fast`` once (a ``view`` of a channels_last tensor)."""
         module = self._module(key)
+        if fast is not plain and key not in self.plain and key not in self.fast_ok:
+            if channels_last_trains_safely(module):
+                self.fast_ok.add(key)
+            else:
+                self.plain.add(key)
+                log.info("distill: %s/%s trains on contiguous batches (a strided 1x1 convolution with few input "
+                         "channels: oneDNN issue #6035)", *key)
         if fast is plain or key in self.plain:
             return module(plain)
         try:

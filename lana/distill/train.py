@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from lana.config import FinetuneConfig
 from lana.data import NO_LABEL, BatchFn, DataSplits, epoch_steps, is_loader, iterate, make_loader, to_pair
 from lana.device import Placement, module_device
-from lana.distill.inference import fast_batch
+from lana.distill.inference import channels_last_trains_safely, fast_batch
 from lana.progress import bar as progress
 from lana.teacher.outputs import feature_distance, is_logits
 
@@ -44,6 +44,10 @@ def channels_last_trains(model: nn.Module, loss_fn: LossFn, batch: tuple[torch.T
     cannot (a ``view`` of a channels_last tensor) trains as before. Elsewhere False: on a GPU
     :class:`lana.device.Placement` chooses the memory format."""
     if place.device.type != "cpu" or not any(t.dim() == 4 for t in batch):
+        return False
+    if not channels_last_trains_safely(model):
+        log.info("training on contiguous batches: a strided 1x1 convolution with few input channels has wrong "
+                 "weight gradients on channels_last ones (oneDNN issue #6035)")
         return False
     was_training = model.training
     model.eval().to(memory_format=torch.channels_last)
