@@ -150,7 +150,7 @@ def test_a_strided_1x1_convolution_with_few_input_channels_trains_on_contiguous_
     from lana.distill.train import channels_last_trains, label_loss
 
     assert not channels_last_trains_safely(nn.Sequential(nn.Conv2d(4, 8, 1, 2), nn.ReLU()))
-    for safe in (nn.Conv2d(16, 8, 1, 2), nn.Conv2d(4, 8, 1, 1), nn.Conv2d(4, 8, 3, 2, 1)):
+    for safe in (nn.Conv2d(16, 8, 1, 2), nn.Conv2d(4, 8, 1, 1), nn.Conv2d(4, 8, 3, 2, 1)):  # 16: every kernel block
         assert channels_last_trains_safely(safe), safe
     torch.manual_seed(0)
     student = nn.Sequential(nn.Conv2d(3, 4, 3, 1, 1), nn.Conv2d(4, 8, 1, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))

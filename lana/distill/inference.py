@@ -31,15 +31,16 @@ from torch import nn
 def channels_last_trains_safely(module: nn.Module) -> bool:
     """Whether ``module`` can *train* on channels_last batches on a CPU.
 
-    Not where it has a 1x1 convolution with a stride above 1 and fewer than 16 input channels
-    per group: oneDNN's weight gradient of that convolution on NHWC input, with fewer input
-    channels than its kernel's block (8 with AVX2, 16 with AVX-512), writes past its workspace
-    (oneDNN issue #6035). Measured with torch 2.14.1 on an AVX2 CPU (2026-12-06): weight
-    gradients off by up to 615x with two threads, a crash with one; stride 1, the forward pass
-    and the input gradient are right. Such a module trains on contiguous batches instead.
+    Not where it has a 1x1 convolution with a stride above 1 and fewer input channels per group
+    than oneDNN's kernel block (8 with AVX2, 16 with AVX-512): the weight gradient of that
+    convolution on NHWC input writes past its workspace (oneDNN issue #6035). Measured with
+    torch 2.14.1 on an AVX2 CPU (2026-12-06): with 2-7 input channels, weight gradients off by
+    up to 23 (absolute) with two threads and a crash with one; 8 and more, stride 1, the forward
+    pass and the input gradient are right. Such a module trains on contiguous batches instead.
     """
+    block = 16 if "AVX512" in torch.backends.cpu.get_cpu_capability() else 8
     return not any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
-                   and m.in_channels // m.groups < 16 for m in module.modules())
+                   and m.in_channels // m.groups < block for m in module.modules())
 
 
 def fast_batch(x: torch.Tensor) -> torch.Tensor:
