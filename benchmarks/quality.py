@@ -166,7 +166,9 @@ MODES = {
             "vit": (DEIT, {"num_classes": 10, "in_chans": 1, "img_size": 64, "patch_size": 8, "embed_dim": 192,
                            "depth": 12, "num_heads": 3, "mlp_ratio": 4.0}),
         },
-        "teacher_recipes": {"vit": VIT_RECIPE},
+        # the CPU mode's schedules (from scratch, then ResNet-18-D's soft and hard targets): from
+        # scratch alone the CPU mode's ViT stopped at 91.46 % test, the chain reached 91.97 %
+        "teacher_recipes": {"vit": VIT_HARD_RECIPE},
         "teacher_trees": {"vit": {"ops": {"include": VIT_OPS}, "teacher_training": {"lr": VIT_RECIPE["lr"]}}},
         "shares": [0.3, 0.5, 0.7],
         "long_finetune": {"shares": [0.33, 0.4], "steps": 8000, "methods": ["lana", "tp-taylor"]},

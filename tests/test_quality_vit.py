@@ -83,6 +83,11 @@ def test_vit_recipe_uses_adamw_and_leaves_the_cnn_teachers_hashes_alone(tmp_path
     assert recipe_hash(model, kwargs, bench.recipe_for("cpu", "efficientnet", {"epochs": 15}))[:16] == "407f3ceec8664ec4"
     model, kwargs = bench.MODES["cpu"]["teachers"]["mobilenet"]  # 40 epochs, training since 2026-12-05
     assert recipe_hash(model, kwargs, bench.recipe_for("cpu", "mobilenet"))[:16] == "1427cffba4a13055"
+    # the GPU mode's ViT follows the same schedules, at its own image size and from its own ResNet-18-D
+    gpu = bench.recipe_for("gpu", "vit")
+    assert gpu["kd"]["hard"] and gpu["kd"]["kwargs"] == bench.MODES["gpu"]["teachers"]["resnet"][1]
+    assert {gpu["data"]["image_size"], gpu["kd"]["recipe"]["data"]["image_size"],
+            gpu["init"]["recipe"]["init"]["recipe"]["data"]["image_size"]} == {64}
     # --recipe comes last: a short trial shortens a teacher that has its own epoch count
     assert bench.recipe_for("cpu", "vit", {"epochs": 2})["epochs"] == 2
     assert bench.recipe_for("cpu", "vit", {"epochs": 2})["optimizer"] == "adamw"
