@@ -9,6 +9,7 @@ validation top-1; test top-1 is only reported.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -237,7 +238,7 @@ def work_seconds(timing: dict) -> float:
     """One teacher's benchmark work in seconds, from its ``quality_timing.json`` (see the Teachers table)."""
     parts = sum(timing.get("distill_score_latency_s_per_seed", {}).values())
     parts += sum(v for k, v in timing.items() if (k.startswith(("budget_", "long_")) and k.endswith("_s")
-                                                   and isinstance(v, (int, float)) and v == v))
+                                                   and isinstance(v, (int, float)) and not math.isnan(v)))
     return parts + timing.get("final_timing_s", 0.0) + timing.get("teacher_logits_s", 0.0)
 
 

@@ -6,6 +6,7 @@ import math
 import os
 import re
 import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -64,7 +65,7 @@ class PulpBackend(Backend):
             solver = pulp.COIN_CMD(path=_cbc(), msg=False, timeLimit=time_limit, gapRel=0, gapAbs=0,
                                    logPath=log_path, threads=1)
             model.solve(solver)
-            log = open(log_path).read() if os.path.exists(log_path) else ""
+            log = Path(log_path).read_text() if os.path.exists(log_path) else ""
         # status check: OPTIMAL vs FEASIBLE said explicitly
         if model.status == pulp.LpStatusInfeasible:
             return RawResult(None, INFEASIBLE)

@@ -14,6 +14,7 @@ import importlib.util
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import click  # type names only: typer vendors its own click
 import typer
@@ -59,7 +60,7 @@ def _command_name(node: ast.FunctionDef) -> str | None:
 def short_help(module: str) -> dict[str, str]:
     """First docstring line of each command in ``module``, read from its source (not imported)."""
     spec = importlib.util.find_spec(module)
-    tree = ast.parse(open(spec.origin, encoding="utf-8").read())
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
     found = {}
     for node in tree.body:
         if isinstance(node, ast.FunctionDef) and (name := _command_name(node)):
