@@ -176,3 +176,11 @@ def test_a_strided_1x1_convolution_with_few_input_channels_trains_on_contiguous_
         distill_candidates(teacher, specs, cands, splits, config, RunFolder(tmp_path / "run"))
     assert "zoo_strided_pointwise trains on contiguous batches" in caplog.text
     assert "conv_k3 trains on contiguous" not in caplog.text
+
+
+def test_the_onednn_check_compares_both_layouts_in_its_own_process():
+    from benchmarks.strided_pointwise import run_case
+
+    figures = run_case(8, 1, 1)  # stride 1: right on every CPU
+    diffs, scale = figures.split(" (of ")
+    assert [float(d) for d in diffs.split(" / ")] == pytest.approx([0, 0, 0], abs=1e-3) and float(scale.rstrip(")")) > 0
