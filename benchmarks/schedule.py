@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any
@@ -114,18 +114,22 @@ def simulate(deps: dict[Unit, set[Unit]], minutes: Callable[[Unit], float], jobs
 
 
 def run_units(deps: dict[Unit, set[Unit]], minutes: Callable[[Unit], float], jobs: int,
-              work: Callable[..., Any], args: tuple = (), executor: Executor | None = None) -> dict[Unit, Any]:
+              work: Callable[..., Any], args: tuple = (), pools: Callable[[], Executor] | None = None) -> dict[Unit, Any]:
     """``work(unit.key, unit.kind, unit.arg, *args)`` for every unit, ``jobs`` at a time, each once the
     units it needs are done, the longest path first; returns every unit's result.
 
-    ``executor``: where units run (default: ``jobs`` spawned processes, each with its own torch).
+    ``pools`` makes the executor units run in (default: ``jobs`` spawned processes, each with its
+    own torch); a new one replaces a pool whose worker process died, and the units that were
+    running in it are failed (a crash cannot say which of them caused it).
     Raises :class:`UnitsFailed` after every unit that could run has run, when some failed.
     """
     rank = priorities(deps, minutes)
     pending, done, results = set(deps), set(), {}
     failed: dict[Unit, str] = {}
     running: dict[Future, Unit] = {}
-    with executor or ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+    pools = pools or (lambda: ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")))
+    pool = pools()
+    try:
         while pending or running:
             while blocked := sorted(u for u in pending if deps[u] & set(failed)):  # and what waits for those
                 for unit in blocked:
@@ -141,16 +145,29 @@ def run_units(deps: dict[Unit, set[Unit]], minutes: Callable[[Unit], float], job
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            broken = False
             for future in finished:
                 unit = running.pop(future)
                 try:
                     results[unit] = future.result()
+                except BrokenExecutor as exc:
+                    failed[unit], broken = f"a worker process died ({exc or type(exc).__name__}); rerun to resume", True
+                    log.error("unit %s failed: %s", unit, failed[unit])
                 except Exception as exc:  # noqa: BLE001 - any unit's error is said now; the others go on
                     failed[unit] = f"{type(exc).__name__}: {exc}"
                     log.error("unit %s failed: %s", unit, failed[unit])
                 else:
                     done.add(unit)
                     log.info("unit %s done", unit)
+            if broken:  # the pool is unusable: what still runs in it fails too; the rest goes on in a new one
+                for future, unit in running.items():
+                    failed[unit] = "its worker pool broke while it ran; rerun to resume"
+                    log.error("unit %s failed: %s", unit, failed[unit])
+                running.clear()
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = pools()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     if pending:
         raise ValueError(f"units waiting on each other: {', '.join(str(u) for u in sorted(pending))}")
     if failed:

@@ -50,7 +50,7 @@ def test_units_run_after_what_they_need_longest_path_first_and_in_parallel():
             finished[Unit(key, kind, arg)] = time.monotonic()
         return f"{key} {kind}"
 
-    results = run_units(deps, lambda u: cost[u.key], 2, work, (0.01,), executor=ThreadPoolExecutor(2))
+    results = run_units(deps, lambda u: cost[u.key], 2, work, (0.01,), pools=lambda: ThreadPoolExecutor(2))
     assert results[Unit("heavy", "final")] == "heavy final" and len(results) == len(deps)
     assert started[:2] == [Unit("heavy", "distill", 0.0), Unit("heavy", "distill", 1.0)]  # the longest path first
     assert max(together) == 2  # two at once, never more
@@ -69,7 +69,7 @@ def test_a_failed_unit_is_said_its_dependents_are_skipped_and_the_rest_still_run
             raise RuntimeError("out of memory")
 
     with pytest.raises(UnitsFailed, match="bad distill seed 0: RuntimeError: out of memory") as info:
-        run_units(deps, lambda u: 1.0, 1, work, executor=ThreadPoolExecutor(1))
+        run_units(deps, lambda u: 1.0, 1, work, pools=lambda: ThreadPoolExecutor(1))
     assert "bad final: skipped, as it needs bad 0.5×, bad distill seed 0" in str(info.value)
     assert Unit("good", "final") in ran and Unit("bad", "budget", 0.5) not in ran
     assert "unit bad distill seed 0 failed: RuntimeError: out of memory" in caplog.text
@@ -91,3 +91,23 @@ def test_the_simulated_wall_shares_the_work_out_and_never_beats_the_critical_pat
         assert all(two[need][1] <= start for need in deps[unit])
     with pytest.raises(ValueError, match="waiting on each other"):
         simulate({Unit("a", "budget", 1.0): {Unit("a", "final")}, Unit("a", "final"): {Unit("a", "budget", 1.0)}}, minutes, 2)
+
+
+def test_a_dead_worker_fails_what_ran_in_its_pool_and_the_rest_goes_on_in_a_new_one():
+    from concurrent.futures.process import BrokenProcessPool
+
+    deps = plan(["crash", "fine"], [0], [0.5], {}, {}, cached={"crash", "fine"})
+    pools = []
+
+    def new_pool():
+        pools.append(ThreadPoolExecutor(1))
+        return pools[-1]
+
+    def work(key, kind, arg):
+        if (key, kind) == ("crash", "distill"):
+            raise BrokenProcessPool("A process in the process pool was terminated abruptly")
+        return key
+
+    with pytest.raises(UnitsFailed, match="crash distill seed 0: a worker process died") as info:
+        run_units(deps, lambda u: 2.0 if u.key == "crash" else 1.0, 1, work, pools=new_pool)
+    assert len(pools) == 2 and "fine final" not in str(info.value)  # a new pool ran the other teacher's units
