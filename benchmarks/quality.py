@@ -139,13 +139,15 @@ MODES = {
         "max_equal_epochs": 8,
         "threads": 1,
         "jobs": 2,
-        # minutes per unit of work on one core (benchmarks.schedule: which unit a free worker takes
-        # first), from the 2026-12-05/06 runs (docs/benchmarks.md) and the teachers' epochs on a quiet core
+        # minutes per unit of work on one core beside another one-thread job (benchmarks.schedule:
+        # which unit a free worker takes first; --plan). ResNet-18-D and the ViT measured 2026-12-06
+        # (the ViT's budget on a one-epoch stand-in teacher); MobileNetV2 and EfficientNet-B0 from
+        # the 2026-12-05/06 runs; the ViT's teacher is its three schedules (docs/benchmarks.md)
         "unit_minutes": {
-            "resnet": {"teacher": 25, "distill": 4, "budget": 6, "long": 10, "final": 1},
+            "resnet": {"teacher": 29, "distill": 4.8, "budget": 9.5, "long": 11, "final": 1},
             "mobilenet": {"teacher": 45, "distill": 4.5, "budget": 4, "long": 60, "final": 1},
             "efficientnet": {"teacher": 100, "distill": 16, "budget": 16, "long": 35, "final": 2},
-            "vit": {"teacher": 480, "distill": 20, "budget": 20, "final": 3},
+            "vit": {"teacher": 480, "distill": 28, "budget": 19, "final": 3},
         },
     },
     "gpu": {
