@@ -185,7 +185,6 @@ MODES = {
 }
 
 
-
 # Blocks lana may replace, where the automatic ones (the residual blocks) are not enough:
 # ResNet-18-D's deep stem and its max-pool cost about a quarter of the teacher's latency at
 # 32×32 on a CPU (measured), so at 0.3× the residual blocks alone would have to vanish.

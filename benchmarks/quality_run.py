@@ -54,6 +54,26 @@ def _record_attempt(path: Path, what: str) -> None:
         path.write_text(json.dumps(before + [entry]) + "\n")
 
 
+def _prepared(mode: str, key: str, out: str, data_root: str | None, overrides: list[str], recipe_overrides: dict | None,
+              unit: str | None):
+    """Threads set, the attempt recorded (``unit`` None: none), the teacher from the cache (trained
+    when missing) and its lana config: what every piece of teacher ``key``'s work starts with."""
+    import torch
+
+    from benchmarks.teachers import prepare_teacher
+
+    preset = MODES[mode]
+    if preset["threads"]:
+        torch.set_num_threads(preset["threads"])
+    if unit is not None:
+        (Path(out) / key).mkdir(parents=True, exist_ok=True)
+        _record_attempt(Path(out) / key / "attempts.json", unit)
+    recipe = recipe_for(mode, key, recipe_overrides)
+    model, kwargs = preset["teachers"][key]
+    teacher = prepare_teacher(model, kwargs, recipe, data_root=data_root, label=key)
+    return teacher, teacher_config(mode, key, teacher["weights"], recipe, data_root, overrides)
+
+
 def run_teacher(mode: str, key: str, out: str, data_root: str | None, overrides: list[str], shares: list[float],
                 seeds: list[int], methods: list[str], quiet: bool = False, recipe_overrides: dict | None = None,
                 long_shares: list[float] | None = None, unit: str = "", distill: bool = True, final: bool = True) -> pd.DataFrame:
@@ -61,25 +81,14 @@ def run_teacher(mode: str, key: str, out: str, data_root: str | None, overrides:
     in ``attempts.json``; ``distill``/``final`` as there; :func:`run_unit`)."""
     if quiet:
         _quiet_logging(key)
-    import torch
-
-    preset = MODES[mode]
-    if preset["threads"]:
-        torch.set_num_threads(preset["threads"])
     from benchmarks.compare import compare_teacher
     from benchmarks.search import BAND
-    from benchmarks.teachers import prepare_teacher
 
-    out_path = Path(out)
-    (out_path / key).mkdir(parents=True, exist_ok=True)
-    _record_attempt(out_path / key / "attempts.json", unit)
-    recipe = recipe_for(mode, key, recipe_overrides)
-    model, kwargs = preset["teachers"][key]
-    teacher = prepare_teacher(model, kwargs, recipe, data_root=data_root, label=key)  # from the cache, trained if missing
-    config = teacher_config(mode, key, teacher["weights"], recipe, data_root, overrides)
+    preset = MODES[mode]
+    teacher, config = _prepared(mode, key, out, data_root, overrides, recipe_overrides, unit)
     tick = time.time()
     long = long_finetune_for(mode, key, long_shares)
-    frame = compare_teacher(config, out_path / key, shares, seeds, preset["random"], tuple(methods),
+    frame = compare_teacher(config, Path(out) / key, shares, seeds, preset["random"], tuple(methods),
                             preset["max_measurements"], preset["max_equal_epochs"],
                             train_teacher=lambda *_: teacher["wall_s"], band=tuple(preset.get("band", BAND)),
                             long=long if "lana" in methods else None, distill=distill, final=final)
@@ -102,22 +111,12 @@ def run_unit(key: str, kind: str, arg: float | None, mode: str, out: str, data_r
         cell = {"budget": ([arg], []), "long": ([], [arg]), "final": (shares, long_shares)}[kind]
         return run_teacher(mode, key, out, data_root, overrides, cell[0], seeds, methods, False, recipe_overrides, cell[1],
                            unit, distill=False, final=kind == "final")
-    import torch
-
     from benchmarks.compare import distill_seed
-    from benchmarks.teachers import prepare_teacher
 
-    preset = MODES[mode]
-    if preset["threads"]:
-        torch.set_num_threads(preset["threads"])
-    recipe = recipe_for(mode, key, recipe_overrides)
-    model, kwargs = preset["teachers"][key]
+    # the "teacher" unit trains the teacher (nothing recorded in the run folder); "distill" one seed's stage
+    _, config = _prepared(mode, key, out, data_root, overrides, recipe_overrides, unit if kind == "distill" else None)
     if kind == "distill":
-        (Path(out) / key).mkdir(parents=True, exist_ok=True)
-        _record_attempt(Path(out) / key / "attempts.json", unit)
-    teacher = prepare_teacher(model, kwargs, recipe, data_root=data_root, label=key)  # the "teacher" unit trains it
-    if kind == "distill":
-        distill_seed(teacher_config(mode, key, teacher["weights"], recipe, data_root, overrides), Path(out) / key, int(arg))
+        distill_seed(config, Path(out) / key, int(arg))
     return None
 
 
