@@ -171,7 +171,9 @@ def losses_explained(frame: pd.DataFrame, judged: pd.DataFrame) -> list[str]:
         line = (f"- {j['teacher']} at {j['budget']:g}×, {j['other']} {them['top1']:.2f} % against lana {ours['top1']:.2f} % "
                 f"(margin {j['margin']:.2f}): ")
         base = j["other"].removesuffix(EQUAL)
-        if base != j["other"] and (j["teacher"], j["budget"], base) in table.index:
+        if base != j["other"] and str(them["setting"]).startswith("its own rows"):
+            line += f"{base} had lana's compute already ({them['setting']}), so that row is {base}'s own."
+        elif base != j["other"] and (j["teacher"], j["budget"], base) in table.index:
             same = table.loc[(j["teacher"], j["budget"], base)]
             verdict_same = judge(ours, same)
             line += (f"that row is {base} fine-tuned for {them['setting']} instead of the shared fine-tune; with the "

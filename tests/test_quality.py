@@ -609,6 +609,10 @@ def test_a_loss_to_an_equal_compute_row_is_explained_from_the_runs_rows():
     assert len(lines) == 4 and "tp-magnitude (lana's compute) 91.00 % against lana 90.00 %" in lines[-1]
     assert "fine-tuned for 8.0 fine-tune epochs" in lines[-1] and "tp-magnitude got 89.85 % and lana ties" in lines[-1]
     assert losses_explained(frame[~frame["method"].str.endswith("compute)")], verdict(frame.iloc[:4])[0]) == []
+    # a row that repeats a baseline which had lana's compute already says so
+    frame.loc[frame["method"].str.endswith("compute)"), "setting"] = "its own rows: 1800 s ≥ lana's 1700 s"
+    line = losses_explained(frame, verdict(frame)[0])[-1]
+    assert "tp-magnitude had lana's compute already (its own rows: 1800 s ≥ lana's 1700 s)" in line
 
 
 def test_each_teacher_gets_its_own_long_fine_tune_settings_over_the_modes():
