@@ -141,13 +141,13 @@ MODES = {
         "jobs": 2,
         # minutes per unit of work on one core beside another one-thread job (benchmarks.schedule:
         # which unit a free worker takes first; --plan). ResNet-18-D and the ViT measured 2026-12-06
-        # (the ViT's budget on a one-epoch stand-in teacher); MobileNetV2 and EfficientNet-B0 from
+        # (the ViT's budgets on a one-epoch stand-in teacher: 18.4 and 30.1 min); MobileNetV2 and EfficientNet-B0 from
         # the 2026-12-05/06 runs; the ViT's teacher is its three schedules (docs/benchmarks.md)
         "unit_minutes": {
             "resnet": {"teacher": 29, "distill": 4.8, "budget": 9.5, "long": 11, "final": 1},
             "mobilenet": {"teacher": 45, "distill": 4.5, "budget": 4, "long": 60, "final": 1},
             "efficientnet": {"teacher": 100, "distill": 16, "budget": 16, "long": 35, "final": 2},
-            "vit": {"teacher": 480, "distill": 28, "budget": 19, "final": 3},
+            "vit": {"teacher": 480, "distill": 28, "budget": 24, "final": 3},
         },
     },
     "gpu": {
