@@ -141,8 +141,9 @@ MODES = {
         "jobs": 2,
         # minutes per unit of work on one core beside another one-thread job (benchmarks.schedule:
         # which unit a free worker takes first; --plan). ResNet-18-D and the ViT measured 2026-12-06
-        # (the ViT's budgets on a one-epoch stand-in teacher: 18.4 and 30.1 min); MobileNetV2 and EfficientNet-B0 from
-        # the 2026-12-05/06 runs; the ViT's teacher is its three schedules (docs/benchmarks.md)
+        # (the ViT's budgets on a one-epoch stand-in teacher: 18.4 and 30.1 min); MobileNetV2 and
+        # EfficientNet-B0 from the 2026-12-05/06 runs; the ViT's teacher is its three schedules
+        # (docs/benchmarks.md)
         "unit_minutes": {
             "resnet": {"teacher": 29, "distill": 4.8, "budget": 9.5, "long": 11, "final": 1},
             "mobilenet": {"teacher": 45, "distill": 4.5, "budget": 4, "long": 60, "final": 1},
