@@ -174,5 +174,8 @@ def search_band(build: Callable[[float], nn.Module | tuple[nn.Module, dict]], fa
             moved.append("under")
     means = [sum(n[2]) / len(n[2]) for n in nets.values()]
     nearest = min(means, key=lambda s: abs(s - target))
-    raise OutOfBand(f"missed the band {low:.3f}–{high:.3f}× in {count} measurements (nearest {nearest:.3f}×)",
+    # a closed bracket: the share jumps across the band between two settings (a width's rounded channels)
+    jump = (f"; it jumps from {under[1]:.3f}× at knob {under[0]:.4g} to {over[1]:.3f}× at {over[0]:.4g}"
+            if centre is not None and over[0] != slow else "")
+    raise OutOfBand(f"missed the band {low:.3f}–{high:.3f}× in {count} measurements (nearest {nearest:.3f}×){jump}",
                     min(means))

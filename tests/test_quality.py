@@ -125,6 +125,11 @@ def test_search_probes_around_a_closed_bracket(monkeypatch):
     # without probing the bracket closes on "under" and "over" and the search gives up
     with pytest.raises(OutOfBand, match="missed the band"):
         search_band(build, 1.0, 0.0, 0.5, None, (1, 8, 8), None, max_measurements=8, probe_step=0.0)
+    # a share that jumps across the band: the miss says between which settings
+    measure, _ = _fake_share(lambda knob: 0.4 if knob >= 0.5 else 0.6)
+    monkeypatch.setattr(search_mod, "measure_share", measure)
+    with pytest.raises(OutOfBand, match=r"missed the band .*; it jumps from 0\.400× at knob 0\.5\d* to 0\.600× at 0\.4\d*"):
+        search_band(lambda k: (_Knob(k), {}), 1.0, 0.0, 0.5, None, (1, 8, 8), None, max_measurements=16)
 
 
 def test_search_simulation_finds_a_noiseless_table_every_time_and_misses_some_noisy_ones():
