@@ -34,9 +34,10 @@ def channels_last_trains_safely(module: nn.Module) -> bool:
     Not where it has a 1x1 convolution with a stride above 1 and fewer input channels per group
     than oneDNN's kernel block (8 with AVX2, 16 with AVX-512): the weight gradient of that
     convolution on NHWC input writes past its workspace (oneDNN issue #6035). Measured with
-    torch 2.14.1 on an AVX2 CPU (2026-12-06): with 2-7 input channels, weight gradients off by
-    up to 23 (absolute) with two threads and a crash with one; 8 and more, stride 1, the forward
-    pass and the input gradient are right. Such a module trains on contiguous batches instead.
+    torch 2.14.1 on an AVX2 CPU (2026-12-06, ``python -m benchmarks.strided_pointwise``): with 2-7
+    input channels, weight gradients off by 3-41 (entries of about 50) with two threads and a
+    crash with one; 1 and 8 or more, stride 1, the forward pass and the input gradient are right.
+    Such a module trains on contiguous batches instead.
     """
     block = 16 if "AVX512" in torch.backends.cpu.get_cpu_capability() else 8
     return not any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
