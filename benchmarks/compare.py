@@ -8,7 +8,8 @@ network the same fine-tune by distillation from the teacher, once per seed:
 
 - ``lana``: the solver's selection, knob = the table budget;
 - ``random`` / ``random-best``: a random selection predicted inside the band (knob = the
-  table budget), and the best of N such draws by validation top-1 before fine-tuning;
+  table budget), and the best of N such draws by validation top-1 before fine-tuning (where
+  that is random's own draw, random's fine-tuned network and row: the training is the same);
 - ``tp-taylor`` / ``tp-magnitude``: Torch-Pruning, global iterative group-Taylor and uniform
   one-shot L2 magnitude, knob = the pruning ratio (a vision transformer: whole heads and MLP
   hidden units, ranked per layer in one shot by either importance; ``benchmarks.baselines``);

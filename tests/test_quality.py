@@ -628,3 +628,31 @@ def test_each_teacher_gets_its_own_long_fine_tune_settings_over_the_modes():
     assert bench.long_finetune_for("cpu", "mobilenet") == {**base, "shares": [0.4], "steps": 24000}
     assert bench.long_finetune_for("cpu", "vit")["shares"] == []
     assert bench.long_finetune_for("cpu", "vit", shares=[0.5])["shares"] == [0.5]  # --long-shares wins
+
+
+@pytest.mark.parametrize("pick", [0, 1])
+def test_random_best_that_is_randoms_own_draw_is_not_trained_twice(monkeypatch, pick):
+    from types import SimpleNamespace
+
+    from benchmarks import budget_cells
+
+    draws = [SimpleNamespace(model=f"draw{i}", seconds=2.0) for i in range(2)]
+    trained = []
+
+    def train_and_add(method, share, found, seed, search_s, base_s=0.0):
+        trained.append((method, found.model))
+        cmp.rows.append({"method": method, "budget": share, "seed": seed, "val_top1": 80.0 + len(trained), "search_s": search_s})
+        cmp.models.append(f"tuned {found.model}")
+
+    teacher = SimpleNamespace(model="timm:resnet18d", kwargs={})
+    cmp = SimpleNamespace(rows=[], models=[], seeds=[0], found={}, val=(None, None), train_and_add=train_and_add,
+                          random_draws=lambda share, seed: draws, ctx=SimpleNamespace(config=SimpleNamespace(teacher=teacher)))
+    monkeypatch.setattr(budget_cells, "evaluate", lambda model, *a: (0.0, 1.0 if model == f"draw{pick}" else 0.0))
+    budget_cells.run_budget(cmp, 0.5, ("random",), 2, {0: 100.0})
+    assert [r["method"] for r in cmp.rows] == ["random", "random-best"]
+    assert cmp.found[("random-best", 0.5, 0)] is draws[pick]
+    if pick == 0:  # random's own draw: its fine-tuned network and results, one training
+        assert trained == [("random", "draw0")] and cmp.models == ["tuned draw0", "tuned draw0"]
+        assert cmp.rows[1]["val_top1"] == cmp.rows[0]["val_top1"] and cmp.rows[1]["search_s"] >= 4.0
+    else:
+        assert trained == [("random", "draw0"), ("random-best", "draw1")] and cmp.models == ["tuned draw0", "tuned draw1"]
