@@ -110,3 +110,42 @@ def test_in_context_profiles_time_candidates_alone_only_briefly():
     precise = profile_latency(teacher, specs, cands, (1, 8, 8), cfg, precise_isolated=True)
     assert precise["isolated_timing"] == "precise"
     assert all(row["isolated_repeats"] >= cfg.repeats for row in precise["candidates"])
+
+
+class _Viewer(nn.Module):
+    """A 1-channel classifier with a depthwise convolution that flattens with ``view``
+    (which a channels_last feature map cannot take) when ``view`` is set."""
+
+    def __init__(self, view: bool) -> None:
+        super().__init__()
+        self.view = view
+        self.stem, self.dw = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.bn, self.head = nn.BatchNorm2d(8), nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x):
+        x = self.bn(self.dw(torch.relu(self.stem(x))))
+        return self.head(x.view(len(x), -1) if self.view else x.flatten(1))
+
+
+@pytest.mark.parametrize("view", [False, True], ids=["flatten", "view"])
+def test_evaluation_on_a_cpu_gives_the_plain_figures_and_leaves_the_weights_as_they_were(view, caplog):
+    from lana.distill.inference import channels_last_weights
+    from lana.distill.validation import evaluate, evaluate_stream
+    from lana.device import Placement
+
+    torch.manual_seed(0)
+    model, teacher = _Viewer(view).eval(), _Viewer(False).eval()
+    x, y = torch.randn(40, 1, 8, 8), torch.randint(0, 10, (40,))
+    strides = {name: t.stride() for name, t in model.state_dict().items()}
+    with torch.no_grad():
+        logits = model(x)
+        expected = (nn.functional.cross_entropy(logits, y).item(), 100.0 * (logits.argmax(1) == y).float().mean().item())
+    with channels_last_weights([model]) as layout:  # what evaluation changes: every 4-D tensor's strides (depthwise too)
+        assert {id(t) for t, _ in layout.changed} == {id(model.stem.weight), id(model.dw.weight)}
+    caplog.set_level("INFO", logger="lana")
+    loss, top1 = evaluate(model, x, y, batch_size=16)
+    assert loss == pytest.approx(expected[0], rel=1e-5) and top1 == pytest.approx(expected[1])
+    figures = evaluate_stream({"m": model}, [(x[:16], y[:16]), (x[16:], y[16:])], teacher, Placement(torch.device("cpu")))
+    assert figures["m"]["acc"] == pytest.approx(expected[1]) and figures["m"]["images"] == 40
+    assert {name: t.stride() for name, t in model.state_dict().items()} == strides  # put back, exactly
+    assert ("failed on channels_last" in caplog.text) == view  # a view: evaluated plainly, and said
