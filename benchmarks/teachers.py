@@ -47,6 +47,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from lana.config import DataConfig
 from lana.data import load_data, take_tensors
+from lana.device import module_device
+from lana.distill.inference import channels_last_trains_safely, fast_inference
 from lana.run.folder import load_tensors, save_tensors, write_json
 from lana.teacher.load import build_model
 
@@ -147,8 +149,8 @@ def augment(x: torch.Tensor, gen: torch.Generator, pad: int, flip: bool, fill: t
 def top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
     """Top-1 accuracy (%) of ``model`` in eval mode."""
     model.eval()
-    with torch.no_grad():
-        right = sum(int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum()) for i in range(0, len(x), batch))
+    with torch.no_grad(), fast_inference([model], module_device(model)) as fast:  # the same figures, faster kernels
+        right = sum(fast.run(lambda: int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())) for i in range(0, len(x), batch))
     return 100.0 * right / max(1, len(x))
 
 
@@ -269,6 +271,13 @@ def _train(model_name: str, kwargs: dict, recipe: dict, folder: Path, data_root:
         log.info("[%s] resuming %s after epoch %d of %d", label, digest[:16], state["epoch"], recipe["epochs"])
     log.info("[%s] %s: %d train / %d val / %d test images, %d steps per epoch, recipe %s", label, digest[:16],
              len(x_train), len(x_val), len(x_test), per_epoch, digest[:16])
+    # on a CPU, channels_last weights and batches train 1.1-1.3x faster (one thread, batch 128: MobileNetV2
+    # 283 -> 231 ms a step, EfficientNet-B0 576 -> 510, ResNet-18-D 229 -> 182; 2026-12-06); the same
+    # sums in another order. Not where oneDNN issue #6035 gives wrong weight gradients.
+    layout = torch.channels_last if channels_last_trains_safely(model) else torch.contiguous_format
+    for net in (model, ema, kd_model):
+        if net is not None:
+            net.to(memory_format=layout)
     start_epoch = state["epoch"]
     while state["epoch"] < recipe["epochs"]:
         if stop_after is not None and state["epoch"] >= stop_after:
@@ -283,7 +292,7 @@ def _train(model_name: str, kwargs: dict, recipe: dict, folder: Path, data_root:
             for group in optimiser.param_groups:
                 group["lr"] = _lr(recipe, step, total, warmup)
             idx = order[i * bs:(i + 1) * bs]
-            images = augment(x_train[idx], gen, recipe["pad_crop"], recipe["hflip"], fill)
+            images = augment(x_train[idx], gen, recipe["pad_crop"], recipe["hflip"], fill).contiguous(memory_format=layout)
             logits = model(images)
             loss = F.cross_entropy(logits, y_train[idx], label_smoothing=recipe["label_smoothing"])
             if kd_model is not None:
