@@ -162,3 +162,45 @@ def test_primary_profile_swaps_and_keeps_the_old_one(run_copy):
     assert (table["latency_settings"] == latency["tag"]).all() and f"latency_ms:{old_tag}" in table.columns
     missing = invoke("profile", "--run", run_copy.path, "--device", "cuda:7")
     assert missing.exit_code != 0 and "cuda" in str(missing.exception)
+
+
+def _watch_builds(monkeypatch, stage_module):
+    """The candidates a stage builds its modules from, and the modules held at each build."""
+    from lana.distill import candidates as cmod
+
+    seen, held = {}, []
+    real_all, real_build = stage_module.build_all_candidates, cmod.Candidate.build
+
+    def capture(*args, **kwargs):
+        seen["candidates"] = real_all(*args, **kwargs)
+        return seen["candidates"]
+
+    def build(self):
+        held.append(cmod.live_modules(seen["candidates"]))
+        return real_build(self)
+    monkeypatch.setattr(stage_module, "build_all_candidates", capture)
+    monkeypatch.setattr(cmod.Candidate, "build", build)
+    return seen, held
+
+
+def test_the_bundle_holds_one_blocks_candidates_and_the_networks_ones(run_copy, tmp_path, monkeypatch):
+    from lana.stages import profile
+
+    seen, held = _watch_builds(monkeypatch, profile)
+    profile.write_bundle(run_copy, tmp_path / "bundle", networks=2)
+    cands = seen["candidates"]
+    total, per_block, blocks = sum(map(len, cands.values())), max(map(len, cands.values())), len(cands)
+    assert len(held) >= total and total > per_block + 2 * blocks  # every candidate saved; the bound below says something
+    assert max(held) < per_block + 2 * blocks  # not the whole zoo at once
+
+
+def test_the_latency_check_builds_only_the_candidates_its_networks_use(run_copy, monkeypatch):
+    from lana.stages import check
+
+    seen, held = _watch_builds(monkeypatch, check)
+    run_copy.file("reference.json").unlink(missing_ok=True)
+    check.check_run(run_copy, networks=3, overrides=["latency.threads=1", "latency.max_repeats=6"])
+    cands = seen["candidates"]
+    frame = pd.read_csv(run_copy.file("latency_check.csv"))
+    networks = int((frame["kind"] != "teacher").sum())
+    assert 0 < len(held) <= networks * len(cands) < sum(map(len, cands.values()))

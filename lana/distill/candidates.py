@@ -269,6 +269,31 @@ class OneBlockAtATime(Mapping):
                 release_all({block: self._candidates[block]})
 
 
+class ModuleView(Mapping):
+    """One block's candidate modules by op name, each built when first asked for.
+
+    A network assembled from a selection needs one candidate per block: the latency check
+    and the profile bundle's networks build those only, not the block's whole zoo.
+    """
+
+    def __init__(self, candidates: Mapping[str, Candidate]) -> None:
+        self._candidates = candidates
+
+    def __getitem__(self, name: str) -> nn.Module:
+        return self._candidates[name].module
+
+    def __len__(self) -> int:
+        return len(self._candidates)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._candidates)
+
+
+def module_views(candidates: Mapping[str, Mapping[str, Candidate]]) -> dict[str, ModuleView]:
+    """Every block's :class:`ModuleView`, in block order."""
+    return {block: ModuleView(cands) for block, cands in candidates.items()}
+
+
 def release_all(candidates: Mapping[str, Mapping[str, Candidate]]) -> None:
     """Release every held module of ``candidates`` (plain modules are left alone)."""
     for cands in candidates.values():

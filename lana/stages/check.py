@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from lana.distill.candidates import build_all_candidates
+from lana.distill.candidates import build_all_candidates, module_views
 from lana.errors import RunFolderError
 from lana.latency.calibration import (
     check_latency,
@@ -45,7 +45,7 @@ def check_run(run, networks: int = 12, fit: bool = False, shares: tuple[float, .
         raise RunFolderError(f"profile '{record['tag']}' was measured on another machine; run the check there")
     cfg = config_for_record(record, config.latency)
     ctx = prepare(config, run, writes=False)
-    modules = {b: {n: c.module for n, c in cands.items()} for b, cands in build_all_candidates(ctx.specs, config.ops).items()}
+    modules = module_views(build_all_candidates(ctx.specs, config.ops))  # built as the networks need them
     table = run.load_table()
     column = "latency_ms" if tag in (None, latency.get("tag")) else f"latency_ms:{tag}"
     used = {b: dict(zip(g["candidate"], g[column])) for b, g in table.groupby("block", sort=False)}

@@ -10,7 +10,7 @@ import time
 import pandas as pd
 from torch import nn
 
-from lana.distill.candidates import build_all_candidates
+from lana.distill.candidates import OneBlockAtATime, build_all_candidates, module_views
 from lana.errors import TableError
 from lana.export.torchscript import to_torchscript
 from lana.latency import timing_core as bundle_runner
@@ -112,13 +112,14 @@ def write_bundle(run, out, networks: int = 6, overrides: list[str] | None = None
         atomic_write_bytes(out / file, buffer.getvalue())
         entries.append({**entry, "file": file, "input_shape": list(shape)})
 
-    for spec in ctx.specs:
-        shape = spec.in_shape
-        for name, cand in candidates[spec.name].items():
-            save(cand.module, shape, f"modules/{_safe(spec.name)}__{_safe(name)}.pt", kind="candidate", block=spec.name, candidate=name)
+    shapes = {spec.name: spec.in_shape for spec in ctx.specs}
+    by_block = OneBlockAtATime(candidates)  # one block's modules held at a time
+    for block in by_block:
+        for name, cand in by_block[block].items():
+            save(cand.module, shapes[block], f"modules/{_safe(block)}__{_safe(name)}.pt", kind="candidate", block=block, candidate=name)
     save(ctx.teacher, ctx.input_shape, "teacher.pt", kind="teacher", name="teacher")
     macs = {b: {n: float(c.macs) for n, c in cands.items()} for b, cands in candidates.items()}
-    modules = {b: {n: c.module for n, c in cands.items()} for b, cands in candidates.items()}
+    modules = module_views(candidates)  # the networks' candidates only
     for index, choice in enumerate(mixed_selections(macs, networks, seed) if networks else []):
         save(build_network(ctx.teacher, ctx.specs, choice, modules), ctx.input_shape, f"networks/net{index:02d}.pt",
              kind="network", name=f"net{index:02d}", choice=choice)
