@@ -98,8 +98,9 @@ class _Distiller:
         self.profile = profile if profile is not None else {}
         self.profile.update({k: 0.0 for k in ("teacher_s", "candidates_s", "data_s")}, teacher_passes=0, cached_steps=0, steps=0, images=0)
         self.state_path = run.file(STATE_FILE)
-        self.plain: set[Key] = set()  # candidates that fail (or would train wrongly) on channels_last batches
-        self.fast_ok: set[Key] = set()  # candidates checked for channels_last_trains_safely
+        # per candidate, once checked: whether it trains on channels_last batches (False: it fails on them,
+        # or oneDNN would train it wrongly)
+        self.channels_last: dict[Key, bool] = {}
         self.teacher_plain = False
 
     # -- state ---------------------------------------------------------------------------
@@ -362,19 +363,17 @@ class _Distiller:
         """The candidate on the channels_last batch ``fast``, or on the contiguous ``plain`` where
         they are the same tensor or where it failed on ``fast`` once (a ``view`` of a channels_last tensor)."""
         module = self._module(key)
-        if fast is not plain and key not in self.plain and key not in self.fast_ok:
-            if channels_last_trains_safely(module):
-                self.fast_ok.add(key)
-            else:
-                self.plain.add(key)
+        if fast is not plain and key not in self.channels_last:
+            self.channels_last[key] = channels_last_trains_safely(module)
+            if not self.channels_last[key]:
                 log.info("distill: %s/%s trains on contiguous batches (a strided 1x1 convolution with few input "
                          "channels: oneDNN issue #6035)", *key)
-        if fast is plain or key in self.plain:
+        if fast is plain or not self.channels_last[key]:
             return module(plain)
         try:
             return module(fast)
         except RuntimeError as exc:
-            self.plain.add(key)
+            self.channels_last[key] = False
             log.info("distill: %s/%s failed on a channels_last batch (%s); it trains on contiguous ones", *key, exc)
             return module(plain)
 
