@@ -96,7 +96,7 @@ def test_candidates_are_counted_then_dropped_and_seeded_by_block_and_op(monkeypa
 
 def test_distillation_holds_one_group_and_saves_one_file_per_candidate(monkeypatch, tmp_path):
     """The stage's own groups: never more than the largest group alive, nothing held after."""
-    config = tiny_config(ops={"include": OPS}, distill={"max_steps": 2, "max_memory": "+3MB"})
+    config = tiny_config(ops={"include": OPS}, distill={"max_steps": 2, "max_memory": "+2MB"})
     teacher, specs, splits = _setup(config)
     cands = build_all_candidates(specs, config.ops, seed=config.seed)
     planned = {}

@@ -197,12 +197,12 @@ def test_state_from_other_distill_settings_is_refused(trained_run, tmp_path, mon
 def test_memory_groups_and_feature_cache_change_no_result(trained_run, tmp_path):
     run, config, _ = trained_run
     profile: dict = {}
-    got = distill_candidates(*_fresh(config), _with(config, max_memory="+6MB"), RunFolder(tmp_path / "groups"), profile=profile)
+    got = distill_candidates(*_fresh(config), _with(config, max_memory="+8MB"), RunFolder(tmp_path / "groups"), profile=profile)
     _assert_same_losses(_distilled(run.path), got)
     # three groups; the last one's block was kept from the group before, so it needs no teacher pass
     assert (profile["groups"], profile["teacher_passes"], profile["cached_steps"]) == (3, 24, 12)
     profile = {}
-    distill_candidates(*_fresh(config), _with(config, max_memory="+6MB", feature_cache="none", max_steps=2), RunFolder(tmp_path / "none"), profile=profile)
+    distill_candidates(*_fresh(config), _with(config, max_memory="+8MB", feature_cache="none", max_steps=2), RunFolder(tmp_path / "none"), profile=profile)
     assert (profile["groups"], profile["teacher_passes"], profile["cached_steps"]) == (3, 6, 0)
 
 
@@ -215,6 +215,26 @@ def test_memory_limit_below_the_teacher_is_one_line(trained_run):
     assert len(groups) == 1
     with pytest.raises(ConfigError, match="not understood"):
         parse_bytes("lots")
+
+
+def test_a_group_needs_its_parameters_and_its_largest_blocks_activations_only():
+    """A step trains one block's candidates, forward and backward, before the next block's: the
+    planner counts every parameter of the group but only one block's activations (with margin)."""
+    from types import SimpleNamespace
+
+    from lana.distill.distributed import BLOCK_MARGIN, FLOAT
+
+    teacher = nn.Sequential(nn.Conv2d(1, 1, 1))
+    specs = [SimpleNamespace(name=b, in_shape=(1, 4, 4), in_channels=1, in_size=(4, 4), out_channels=1, out_size=(4, 4))
+             for b in "abc"]
+    acts, params = 10_000, 1_000
+    cands = {b: {op: SimpleNamespace(params=params, activations=acts) for op in ("x", "y")} for b in "abc"}
+    groups, estimate = plan_groups(teacher, specs, cands, 1, 2**40, (1, 4, 4))
+    block_peak = BLOCK_MARGIN * 2 * FLOAT * 2 * acts  # two candidates of one block, twice their activations, with margin
+    fixed = estimate - (6 * 16 * params + block_peak)
+    assert len(groups) == 1 and fixed > 0
+    assert len(plan_groups(teacher, specs, cands, 1, estimate, (1, 4, 4))[0]) == 1  # three blocks' activations not summed
+    assert len(plan_groups(teacher, specs, cands, 1, estimate - 1, (1, 4, 4))[0]) == 2
 
 
 # -- 5. bad input --------------------------------------------------------------------------

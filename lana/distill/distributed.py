@@ -34,6 +34,7 @@ from op_zoo import BlockSpec
 log = logging.getLogger("lana")
 Key = tuple[str, str]
 FLOAT = 4  # bytes per float32 element
+BLOCK_MARGIN = 2  # the largest block's counted activations, twice over (plan_groups)
 
 def resolve_train_device(name: str, local_rank: int = 0, key: str = "distill.device") -> torch.device:
     """The device distillation trains on: ``auto`` is this rank's GPU if there is one, else the CPU."""
@@ -241,10 +242,16 @@ def plan_groups(teacher: nn.Module, specs: list[BlockSpec], candidates: dict[str
     """Split the candidates, in block order, into groups whose training fits ``budget`` bytes.
 
     The estimate per candidate, from its static costs (the modules are not held), is its
-    parameters with gradient and AdamW moments (16 bytes each) plus twice its activations at
-    ``batch``; each group also holds the teacher, its
-    largest activations and the blocks' features. A candidate larger than the room left
-    trains alone.
+    parameters with gradient and AdamW moments (16 bytes each), held for the whole group,
+    and twice its activations at ``batch``, held only while its block trains: a step runs
+    one block's candidates forward and backward before the next block's
+    (:meth:`lana.distill.core._Distillation._step`), so a group needs its parameters plus
+    its largest block's activations, counted twice over (``BLOCK_MARGIN``: the activations
+    are the leaf modules' outputs, and a block's functional intermediates, such as
+    attention maps, are not among them). Each group also holds the teacher, its largest
+    activations and the blocks' features. A candidate larger than the room left trains
+    alone. Measured against the resident peak: ``python -m benchmarks.group_memory``
+    (docs/scaling.md).
 
     Returns:
         The groups (lists of (block, op)) and the estimated peak bytes of the largest group.
@@ -260,19 +267,21 @@ def plan_groups(teacher: nn.Module, specs: list[BlockSpec], candidates: dict[str
         raise ConfigError(f"distill.max_memory {mib(budget)} is below the {mib(fixed)} the teacher and its features need "
                           f"at a batch of {batch} per device; raise --max-memory or lower distill.batch_size")
     groups: list[list[Key]] = [[]]
-    used = peak = 0
+    held, blocks, peak = 0, {}, 0  # the group's parameter bytes, its activation bytes per block
     for block, name in keys:
         cand = candidates[block][name]
         activations = cand.activations if cand.activations is not None else sum(leaf_outputs(cand.module, shapes[block]))
-        need = FLOAT * (4 * cand.params + 2 * batch * activations)  # from the static costs: no module need be held
-        if groups[-1] and used + need > room:
+        params, acts = FLOAT * 4 * cand.params, FLOAT * 2 * batch * activations  # from the static costs: no module need be held
+        need = held + params + BLOCK_MARGIN * max([*blocks.values(), blocks.get(block, 0) + acts])
+        if groups[-1] and need > room:
             groups.append([])
-            used = 0
+            held, blocks, need = 0, {}, params + BLOCK_MARGIN * acts
         if need > room:
             log.warning("distill: %s/%s needs about %s, more than the %s left; it trains alone", block, name, mib(need), mib(room))
         groups[-1].append((block, name))
-        used += need
-        peak = max(peak, used)
+        held += params
+        blocks[block] = blocks.get(block, 0) + acts
+        peak = max(peak, need)
     return [g for g in groups if g], fixed + peak
 
 
