@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
           "| --- | --- | --- | --- | --- | --- |")
     for path in args.configs:  # each in its own process: a fresh peak
         done = subprocess.run([sys.executable, "-m", "benchmarks.group_memory", "--child", path, "--steps", str(args.steps)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, check=False)
         if done.returncode:
             print(f"| {path} | failed: {(done.stderr.strip().splitlines() or ['?'])[-1]} |||||", flush=True)
             continue

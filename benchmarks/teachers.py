@@ -146,11 +146,15 @@ def augment(x: torch.Tensor, gen: torch.Generator, pad: int, flip: bool, fill: t
     return x
 
 
+def _hits(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    return int((model(x).argmax(1) == y).sum())
+
+
 def top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
     """Top-1 accuracy (%) of ``model`` in eval mode."""
     model.eval()
     with torch.no_grad(), fast_inference([model], module_device(model)) as fast:  # the same figures, faster kernels
-        right = sum(fast.run(lambda: int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())) for i in range(0, len(x), batch))
+        right = sum(fast.run(_hits, model, x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch))
     return 100.0 * right / max(1, len(x))
 
 

@@ -129,9 +129,9 @@ class _Viewer(nn.Module):
 
 @pytest.mark.parametrize("view", [False, True], ids=["flatten", "view"])
 def test_evaluation_on_a_cpu_gives_the_plain_figures_and_leaves_the_weights_as_they_were(view, caplog):
+    from lana.device import Placement
     from lana.distill.inference import channels_last_weights
     from lana.distill.validation import evaluate, evaluate_stream
-    from lana.device import Placement
 
     torch.manual_seed(0)
     model, teacher = _Viewer(view).eval(), _Viewer(False).eval()

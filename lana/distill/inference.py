@@ -22,7 +22,7 @@ channels_last there, and cuDNN has no such slow paths).
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -103,7 +103,7 @@ class fast_convs:
     def __init__(self, modules: Iterable[nn.Module], device: torch.device) -> None:
         self.modules, self.device, self.patched = list(modules), device, []
 
-    def __enter__(self) -> "fast_convs":
+    def __enter__(self) -> fast_convs:
         if self.device.type != "cpu":
             return self
         seen: set[int] = set()
@@ -140,7 +140,7 @@ class channels_last_weights:
     def __init__(self, modules: Iterable[nn.Module], device: torch.device | None = None) -> None:
         self.modules, self.device, self.changed = list(modules), device, []
 
-    def __enter__(self) -> "channels_last_weights":
+    def __enter__(self) -> channels_last_weights:
         if self.device is not None and self.device.type != "cpu":
             return self
         seen: set[int] = set()
@@ -179,7 +179,7 @@ class fast_inference:
         self.layout, self.convs = channels_last_weights(modules, device), fast_convs(modules, device)
         self.enabled, self.active = enabled, False
 
-    def __enter__(self) -> "fast_inference":
+    def __enter__(self) -> fast_inference:
         if not self.enabled:  # the plain kernels (benchmarks/eval_rate.py compares the two)
             return self
         self.layout.__enter__()
@@ -192,14 +192,14 @@ class fast_inference:
         self.layout.__exit__()
         self.active = False
 
-    def run(self, fn):
-        """``fn()``; after a RuntimeError with the fast layout on, ``fn()`` again without it."""
+    def run(self, fn, *args):
+        """``fn(*args)``; after a RuntimeError with the fast layout on, ``fn(*args)`` again without it."""
         if not self.active:
-            return fn()
+            return fn(*args)
         try:
-            return fn()
+            return fn(*args)
         except RuntimeError as exc:
             self.__exit__()
             logging.getLogger("lana").info("evaluating on contiguous weights: the network failed on channels_last "
                                            "ones (%s)", str(exc).splitlines()[0][:200])
-            return fn()
+            return fn(*args)

@@ -74,7 +74,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, batc
         return per_image.sum().item(), hits.sum().item()
     with fast_inference([model], place.device, FAST_CPU_EVALUATION) as fast:  # on a CPU: the same figures, faster kernels
         for start in range(0, len(images), batch_size):
-            batch_loss, batch_hits = fast.run(lambda: one(start))
+            batch_loss, batch_hits = fast.run(one, start)
             loss += batch_loss
             correct += batch_hits
     return loss / len(images), 100.0 * correct / len(images)
@@ -129,7 +129,7 @@ def evaluate_stream(models: dict[str, nn.Module], batches: Iterable[tuple[torch.
             if len(images) == 0:
                 break
             x = place.batch(images)
-            is_features, out = fast.run(lambda: one(x, labels))
+            is_features, out = fast.run(one, x, labels)
             features = features or is_features
             for name, value in out.items():
                 sums[name] += value
