@@ -143,10 +143,11 @@ MODES = {
         # which unit a free worker takes first; --plan). ResNet-18-D and the ViT measured 2026-12-06
         # (the ViT's budgets on a one-epoch stand-in teacher: 18.4 and 30.1 min); MobileNetV2 and
         # EfficientNet-B0 from the 2026-12-05/06 runs; the ViT's teacher is its three schedules
-        # (docs/benchmarks.md)
+        # (docs/benchmarks.md); MobileNetV2's teacher (40 epochs) measured 2026-12-06: 121 min on a
+        # core shared with the ViT's training and my test runs
         "unit_minutes": {
             "resnet": {"teacher": 29, "distill": 4.8, "budget": 9.5, "long": 11, "final": 1},
-            "mobilenet": {"teacher": 45, "distill": 4.5, "budget": 4, "long": 60, "final": 1},
+            "mobilenet": {"teacher": 121, "distill": 4.5, "budget": 4, "long": 60, "final": 1},
             "efficientnet": {"teacher": 100, "distill": 16, "budget": 16, "long": 35, "final": 2},
             "vit": {"teacher": 480, "distill": 28, "budget": 24, "final": 3},
         },
