@@ -275,9 +275,9 @@ def _train(model_name: str, kwargs: dict, recipe: dict, folder: Path, data_root:
         log.info("[%s] resuming %s after epoch %d of %d", label, digest[:16], state["epoch"], recipe["epochs"])
     log.info("[%s] %s: %d train / %d val / %d test images, %d steps per epoch, recipe %s", label, digest[:16],
              len(x_train), len(x_val), len(x_test), per_epoch, digest[:16])
-    # on a CPU, channels_last weights and batches train 1.1-1.3x faster (one thread, batch 128: MobileNetV2
-    # 283 -> 231 ms a step, EfficientNet-B0 576 -> 510, ResNet-18-D 229 -> 182; 2026-12-06); the same
-    # sums in another order. Not where oneDNN issue #6035 gives wrong weight gradients.
+    # on a CPU, channels_last weights and batches train a step 1.05-1.23x faster (one thread, batch 128;
+    # ``python -m benchmarks.eval_rate --train``, docs/benchmarks.md); the same sums in another order.
+    # Not where oneDNN issue #6035 gives wrong weight gradients.
     layout = torch.channels_last if channels_last_trains_safely(model) else torch.contiguous_format
     for net in (model, ema, kd_model):
         if net is not None:

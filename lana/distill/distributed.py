@@ -245,7 +245,7 @@ def plan_groups(teacher: nn.Module, specs: list[BlockSpec], candidates: dict[str
     parameters with gradient and AdamW moments (16 bytes each), held for the whole group,
     and twice its activations at ``batch``, held only while its block trains: a step runs
     one block's candidates forward and backward before the next block's
-    (:meth:`lana.distill.core._Distillation._step`), so a group needs its parameters plus
+    (``lana.distill.core._Distiller._step``), so a group needs its parameters plus
     its largest block's activations, counted twice over (``BLOCK_MARGIN``: the activations
     are the leaf modules' outputs, and a block's functional intermediates, such as
     attention maps, are not among them). Each group also holds the teacher, its largest

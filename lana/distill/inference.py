@@ -131,8 +131,9 @@ class channels_last_weights:
 
     For inference: oneDNN then runs every convolution channels_last, even on 1-channel images
     (whose batch alone cannot say its layout). Measured with torch 2.14.1, one thread,
-    28x28 1-channel images (``python -m benchmarks.eval_rate``): evaluation 1.8x faster for
-    ResNet-18-D, 1.5x for MobileNetV2 and 2.8x for EfficientNet-B0. On a GPU it does nothing
+    28x28 1-channel images (``python -m benchmarks.eval_rate``, with :class:`fast_convs`, as
+    :class:`fast_inference` runs them): evaluation 1.9x faster for ResNet-18-D, 1.7x for
+    MobileNetV2 and 4.9x for EfficientNet-B0 (docs/benchmarks.md). On a GPU it does nothing
     (:class:`lana.device.Placement` already puts models channels_last there), nor for a
     TorchScript module, whose tensors are not reassigned.
     """
