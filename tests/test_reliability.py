@@ -222,7 +222,7 @@ def test_a_group_needs_its_parameters_and_its_largest_blocks_activations_only():
     planner counts every parameter of the group but only one block's activations (with margin)."""
     from types import SimpleNamespace
 
-    from lana.distill.distributed import BLOCK_MARGIN, FLOAT
+    from lana.distill.distributed import BLOCK_MARGIN, FLOAT, leaf_outputs
 
     teacher = nn.Sequential(nn.Conv2d(1, 1, 1))
     specs = [SimpleNamespace(name=b, in_shape=(1, 4, 4), in_channels=1, in_size=(4, 4), out_channels=1, out_size=(4, 4))
@@ -231,8 +231,8 @@ def test_a_group_needs_its_parameters_and_its_largest_blocks_activations_only():
     cands = {b: {op: SimpleNamespace(params=params, activations=acts) for op in ("x", "y")} for b in "abc"}
     groups, estimate = plan_groups(teacher, specs, cands, 1, 2**40, (1, 4, 4))
     block_peak = BLOCK_MARGIN * 2 * FLOAT * 2 * acts  # two candidates of one block, twice their activations, with margin
-    fixed = estimate - (6 * 16 * params + block_peak)
-    assert len(groups) == 1 and fixed > 0
+    fixed = FLOAT * (2 + 3 * max(leaf_outputs(teacher, (1, 4, 4))) + 3 * 2 * 16)  # the teacher, its activations, the features
+    assert len(groups) == 1 and estimate == fixed + 6 * 16 * params + block_peak  # not 3 blocks' activations
     assert len(plan_groups(teacher, specs, cands, 1, estimate, (1, 4, 4))[0]) == 1  # three blocks' activations not summed
     assert len(plan_groups(teacher, specs, cands, 1, estimate - 1, (1, 4, 4))[0]) == 2
 
