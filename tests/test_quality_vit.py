@@ -57,25 +57,30 @@ def test_vit_recipe_uses_adamw_and_leaves_the_cnn_teachers_hashes_alone(tmp_path
     bench = _load_benchmark()
     vit = bench.recipe_for("cpu", "vit")
     assert vit["optimizer"] == "adamw"
-    # the ViT teacher is its third schedule (best on validation), from its second, from its first (the
-    # 40-epoch run; all cached); all learn from ResNet-18-D's teacher, the third by its top class
     model, kwargs = bench.MODES["cpu"]["teachers"]["vit"]
-    assert recipe_hash(model, kwargs, vit)[:16] == "9ecf1608b947576b"
-    # the fourth schedule (tried, not kept) starts from the third
+    # the ViT teacher is one schedule from scratch with ResNet-18-D's top class as a second label
+    # (DeiT's hard distillation) and an EMA of the weights
+    assert "init" not in vit and vit["kd"]["hard"] and vit["kd"]["alpha"] == 0.5 and "key" not in vit["kd"]
+    assert recipe_hash(vit["kd"]["model"], vit["kd"]["kwargs"], vit["kd"]["recipe"])[:16] == "25a77904e4e4b812"
+    assert vit["ema"] == 0.999 and vit["epochs"] > bench.recipe_for("cpu", "resnet")["epochs"]
+    assert recipe_hash(model, kwargs, vit)[:16] not in ("9ecf1608b947576b", "c0aa0e9e29bf1118")
+    # the chain it replaces (docs/benchmarks.md) keeps its cache folders: its third schedule, the
+    # fourth (tried, not kept) from the third, the second and the first (the 40-epoch run)
+    third = bench._resolve("cpu", merge_recipe(bench.VIT_HARD_RECIPE, bench.teacher_recipe("cpu")), None)
+    assert recipe_hash(model, kwargs, third)[:16] == "9ecf1608b947576b"
     fourth = bench._resolve("cpu", merge_recipe(bench.VIT_HARD2_RECIPE, bench.teacher_recipe("cpu")), None)
     assert recipe_hash(model, kwargs, fourth)[:16] == "e2ff758696937665"
     assert recipe_hash(model, kwargs, fourth["init"]["recipe"])[:16] == "9ecf1608b947576b"
-    second = vit["init"]
+    second = third["init"]
     assert recipe_hash(second["model"], second["kwargs"], second["recipe"])[:16] == "f476d0df87421aee"
     first = second["recipe"]["init"]
     assert recipe_hash(first["model"], first["kwargs"], first["recipe"])[:16] == "c0aa0e9e29bf1118"
-    for kd in (vit["kd"], fourth["kd"], second["recipe"]["kd"]):
+    for kd in (third["kd"], fourth["kd"], second["recipe"]["kd"]):
         assert recipe_hash(kd["model"], kd["kwargs"], kd["recipe"])[:16] == "25a77904e4e4b812"
         assert kd["alpha"] == 0.5 and "key" not in kd
-    assert vit["kd"]["hard"] and fourth["kd"]["hard"] and not second["recipe"]["kd"].get("hard")
-    assert vit["ema"] == fourth["ema"] == 0.999 and fourth["lr"] < vit["lr"]
+    assert third["kd"]["hard"] and fourth["kd"]["hard"] and not second["recipe"]["kd"].get("hard")
+    assert third["ema"] == fourth["ema"] == 0.999 and fourth["lr"] < third["lr"]
     assert first["recipe"]["optimizer"] == "adamw" and "init" not in first["recipe"]
-    assert first["recipe"]["epochs"] > bench.recipe_for("cpu", "resnet")["epochs"]
     # the CNN teachers' cache folders (docs/benchmarks.md) are the same after the ViT's recipe keys were added
     model, kwargs = bench.MODES["cpu"]["teachers"]["resnet"]
     assert recipe_hash(model, kwargs, bench.recipe_for("cpu", "resnet"))[:16] == "25a77904e4e4b812"
@@ -83,15 +88,16 @@ def test_vit_recipe_uses_adamw_and_leaves_the_cnn_teachers_hashes_alone(tmp_path
     assert recipe_hash(model, kwargs, bench.recipe_for("cpu", "efficientnet", {"epochs": 15}))[:16] == "407f3ceec8664ec4"
     model, kwargs = bench.MODES["cpu"]["teachers"]["mobilenet"]  # 40 epochs, training since 2026-12-05
     assert recipe_hash(model, kwargs, bench.recipe_for("cpu", "mobilenet"))[:16] == "1427cffba4a13055"
-    # the GPU mode's ViT follows the same schedules, at its own image size and from its own ResNet-18-D
+    # the GPU mode's ViT follows the same recipe, at its own image size and from its own ResNet-18-D
     gpu = bench.recipe_for("gpu", "vit")
     assert gpu["kd"]["hard"] and gpu["kd"]["kwargs"] == bench.MODES["gpu"]["teachers"]["resnet"][1]
-    assert {gpu["data"]["image_size"], gpu["kd"]["recipe"]["data"]["image_size"],
-            gpu["init"]["recipe"]["init"]["recipe"]["data"]["image_size"]} == {64}
+    assert {gpu["data"]["image_size"], gpu["kd"]["recipe"]["data"]["image_size"]} == {64}
     # --recipe comes last: a short trial shortens a teacher that has its own epoch count
     assert bench.recipe_for("cpu", "vit", {"epochs": 2})["epochs"] == 2
     assert bench.recipe_for("cpu", "vit", {"epochs": 2})["optimizer"] == "adamw"
-    assert bench.recipe_for("cpu", "vit", {"epochs": 2})["init"]["recipe"]["epochs"] == 2  # the teachers it starts from too
+    assert bench.recipe_for("cpu", "vit", {"epochs": 2})["kd"]["recipe"]["epochs"] == 2  # the teacher it learns from too
+    third = bench._resolve("cpu", merge_recipe(bench.VIT_HARD_RECIPE, bench.teacher_recipe("cpu", {"epochs": 2})), {"epochs": 2})
+    assert third["init"]["recipe"]["epochs"] == 2  # and the ones a schedule starts from
     with pytest.raises(ValueError, match="optimizer 'adam' is not one of sgd, adamw"):
         merge_recipe({"optimizer": "adam"})
     with pytest.raises(SystemExit) as info:
