@@ -244,6 +244,43 @@ def work_seconds(timing: dict) -> float:
     return parts + timing.get("final_timing_s", 0.0) + timing.get("teacher_logits_s", 0.0)
 
 
+def unit_minutes(timing: dict[str, dict]) -> dict:
+    """Each teacher's measured units (``benchmarks.schedule.Unit`` → minutes) from its ``quality_timing.json``:
+    the distillation per seed, each budget and long budget, the final pass (the teacher's logits with it)."""
+    from benchmarks.schedule import Unit
+
+    out = {}
+    for key, t in timing.items():
+        for seed, seconds in t.get("distill_score_latency_s_per_seed", {}).items():
+            out[Unit(key, "distill", float(seed))] = seconds / 60
+        for name, seconds in t.items():
+            kind = name.split("_")[0]
+            if kind in ("budget", "long") and name.endswith("_s") and isinstance(seconds, (int, float)) \
+                    and not math.isnan(seconds):
+                out[Unit(key, kind, float(name.split("_")[1]))] = seconds / 60
+        out[Unit(key, "final")] = (t.get("final_timing_s", 0.0) + t.get("teacher_logits_s", 0.0)) / 60
+    return out
+
+
+def scheduled_wall(timing: dict[str, dict], jobs: int = 2) -> float:
+    """Minutes the run's units take on ``jobs`` workers in ``--jobs``' order (``benchmarks.schedule.simulate``)
+    at their measured minutes, teachers cached: the wall of one uninterrupted run of them."""
+    from benchmarks.schedule import Unit, simulate
+
+    measured = unit_minutes(timing)
+    deps = {}
+    for unit in measured:
+        own = {u for u in measured if u.key == unit.key}
+        if unit.kind in ("budget", "long"):
+            deps[unit] = {u for u in own if u.kind == "distill"}
+        elif unit.kind == "final":
+            deps[unit] = own - {unit}
+        else:
+            deps[unit] = set()
+    times = simulate(deps, measured.__getitem__, jobs)
+    return max((end for _, end in times.values()), default=0.0)
+
+
 def long_section(frame: pd.DataFrame) -> list[str]:
     """The long fine-tune's section of the doc (nothing when the run has no long fine-tune rows)."""
     lines = long_verdict(frame)
@@ -285,8 +322,9 @@ def quality_markdown(frame: pd.DataFrame, meta: dict, preset: dict) -> str:
         "",
         f"Made by `{meta['command']}` ({mode} mode) on {meta['machine']}, {meta['date']}: "
         f"{sum(work_seconds(t) for t in timing.values()) / 60:.0f} min of benchmark work in all (each teacher's under "
-        f"Teachers), this invocation {meta['seconds'] / 60:.1f} min wall (a resumed run reuses what its earlier "
-        "attempts finished). Written by `benchmarks/quality.py`; do not edit by hand "
+        f"Teachers; on 2 workers, `--jobs 2`, these units take {scheduled_wall(timing, 2):.0f} min in the scheduler's "
+        f"order at their measured minutes), this invocation {meta['seconds'] / 60:.1f} min wall (a resumed run reuses "
+        "what its earlier attempts finished). Written by `benchmarks/quality.py`; do not edit by hand "
         "(`--report-only` rewrites it from the run folder). Rows: [quality.csv](quality.csv).",
         "",
         f"Protocol: Fashion-MNIST at {preset['image_size']}×{preset['image_size']}; every method's knob (lana's and "

@@ -335,7 +335,7 @@ def test_reduced_benchmark_runs_every_method_inside_the_band(tmp_path, monkeypat
     assert len(docs_csv) == len(all_rows)
     text = (tmp_path / "docs" / "quality.md").read_text()
     assert "| lana |" in text and "tp-taylor" in text
-    assert "min of benchmark work in all (each teacher's under Teachers), this invocation" in text
+    assert "min of benchmark work in all (each teacher's under Teachers; on 2 workers, `--jobs 2`, these units take" in text
     assert ("wins | ties | losses" if "lana" in set(networks["method"]) else "No cell where lana") in text
     assert (tmp_path / "docs" / "quality.png").stat().st_size > 1000
     # --report-only rewrites the docs from the run folder alone, with the run's figures
@@ -409,6 +409,21 @@ def test_plan_lists_the_units_with_their_estimates_and_counts_what_the_run_holds
     text = capsys.readouterr().out
     assert "| resnet 0.5× | resnet distill seed 0, resnet distill seed 1 | 0 |" in text
     assert f"{work - est['resnet']['budget']:g} min of work left" in text and "on 2 worker(s)" in text
+
+
+def test_the_docs_wall_on_two_workers_is_the_schedule_of_the_measured_units():
+    from benchmarks.report import scheduled_wall, work_seconds
+
+    # one teacher: 10 + 10 min of distillation, budgets of 30, 20 and 20 min, a final pass of 2 (+ 0.5 of logits)
+    one = {"distill_score_latency_s_per_seed": {"0": 600, "1": 600}, "budget_0.3_s": 1800, "budget_0.5_s": 1200,
+           "budget_0.7_s": 1200, "final_timing_s": 120, "teacher_logits_s": 30, "train_teacher_s": 9999}
+    assert work_seconds(one) / 60 == 92.5  # the cached teacher's training is not the run's work
+    assert scheduled_wall({"a": one}, 1) == 92.5
+    # on two workers: both distillations (10), then 30 ‖ 20 + 20 (40), then the final pass
+    assert scheduled_wall({"a": one}, 2) == 10 + 40 + 2.5
+    # a second teacher's units fill the idle worker: less than the two walls one after the other
+    two = {"a": one, "b": {**one, "long_0.33_s": 600}}
+    assert 92.5 + 5 <= scheduled_wall(two, 2) < 2 * 52.5 + 10
 
 
 def test_a_baseline_that_had_lanas_compute_already_is_not_trained_again():
