@@ -265,7 +265,7 @@ def unit_minutes(timing: dict[str, dict]) -> dict:
 def scheduled_wall(timing: dict[str, dict], jobs: int = 2) -> float:
     """Minutes the run's units take on ``jobs`` workers in ``--jobs``' order (``benchmarks.schedule.simulate``)
     at their measured minutes, teachers cached: the wall of one uninterrupted run of them."""
-    from benchmarks.schedule import Unit, simulate
+    from benchmarks.schedule import simulate
 
     measured = unit_minutes(timing)
     deps = {}
