@@ -85,7 +85,12 @@ def test_vit_recipe_uses_adamw_and_leaves_the_cnn_teachers_hashes_alone(tmp_path
     model, kwargs = bench.MODES["cpu"]["teachers"]["resnet"]
     assert recipe_hash(model, kwargs, bench.recipe_for("cpu", "resnet"))[:16] == "25a77904e4e4b812"
     model, kwargs = bench.MODES["cpu"]["teachers"]["efficientnet"]  # its 15-epoch run (90.47 %) under the common recipe
-    assert recipe_hash(model, kwargs, bench.recipe_for("cpu", "efficientnet", {"epochs": 15}))[:16] == "407f3ceec8664ec4"
+    assert recipe_hash(model, kwargs, bench.teacher_recipe("cpu", {"epochs": 15}))[:16] == "407f3ceec8664ec4"
+    # its teacher: a second schedule from its 40-epoch run, with ResNet-18-D's soft targets
+    eff = bench.recipe_for("cpu", "efficientnet")
+    assert recipe_hash(eff["init"]["model"], eff["init"]["kwargs"], eff["init"]["recipe"])[:16] == "1ba508c2feb0206a"
+    assert recipe_hash(eff["kd"]["model"], eff["kd"]["kwargs"], eff["kd"]["recipe"])[:16] == "25a77904e4e4b812"
+    assert not eff["kd"].get("hard") and eff["ema"] == 0.999 and eff["lr"] < eff["init"]["recipe"]["lr"]
     model, kwargs = bench.MODES["cpu"]["teachers"]["mobilenet"]  # 40 epochs, training since 2026-12-05
     assert recipe_hash(model, kwargs, bench.recipe_for("cpu", "mobilenet"))[:16] == "1427cffba4a13055"
     # the GPU mode's ViT follows the same recipe, at its own image size and from its own ResNet-18-D
