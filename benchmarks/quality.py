@@ -73,9 +73,9 @@ VIT_HARD2_RECIPE = {**VIT_HARD_RECIPE, "lr": 2.5e-4, "epochs": 8, "init": {"key"
 # That chain (91.92 % validation, 91.97 % test) sat under the bar, and the machine that held it
 # lost its files. DeiT's own recipe instead (2026-12-06): the first schedule with DeiT's hard
 # distillation from ResNet-18-D and the EMA from the first step, one 40-epoch schedule from
-# scratch: the chain learnt the teacher's labels only after its cosine schedule had decayed (the
-# hard labels gained it 0.46 validation points there; DeiT's Table 3: +1.2 on ImageNet), and
-# it costs 40 epochs where the chain costs 62.
+# scratch: the chain learnt from ResNet-18-D only after its first cosine schedule had decayed
+# (soft targets, then hard labels: +0.46 validation points even so; DeiT's Table 3: hard
+# distillation +1.2 on ImageNet), and it costs 40 epochs where the chain costs 62.
 VIT_DEIT_RECIPE = {**VIT_RECIPE, "ema": 0.999, "kd": {"key": "resnet", "alpha": 0.5, "hard": True}}
 
 # EfficientNet-B0's 40 epochs on this machine (2026-12-06) chose epoch 35: 91.92 % validation,
