@@ -70,13 +70,14 @@ def run_budget(cmp: Comparison, share: float, methods: tuple[str, ...], n_random
         search_s = sum(d.seconds for d in draws)
         cmp.found[("random", share, seed)] = draws[0]
         cmp.train_and_add("random", share, draws[0], seed, draws[0].seconds, base_s=distill_s[seed])
-        index, tick = len(cmp.rows) - 1, time.time()  # best of N by validation top-1 of the distilled, not yet fine-tuned, network
+        # random's row and network (a miss row has no network, so the two lists are indexed apart)
+        row, model, tick = cmp.rows[-1], cmp.models[-1], time.time()
+        # best of N by validation top-1 of the distilled, not yet fine-tuned, network
         best = cmp.found[("random-best", share, seed)] = max(draws, key=lambda d: evaluate(d.model, *cmp.val)[1])
-        if best is draws[0] and cmp.rows[index].get("method") == "random":
+        if best is draws[0] and row.get("method") == "random":
             # random's network, seed and fine-tune: the same (deterministic) training, so its row, not a second run
-            row = {**cmp.rows[index], "method": "random-best", "search_s": search_s + time.time() - tick}
-            cmp.rows.append(row)
-            cmp.models.append(cmp.models[index])
+            cmp.rows.append({**row, "method": "random-best", "search_s": search_s + time.time() - tick})
+            cmp.models.append(model)
             log.info("random-best at %.2f× seed %d is random's own draw: its fine-tuned network and row", share, seed)
         else:
             cmp.train_and_add("random-best", share, best, seed, search_s + time.time() - tick, base_s=distill_s[seed])

@@ -646,7 +646,10 @@ def test_each_teacher_gets_its_own_long_fine_tune_settings_over_the_modes():
 
 
 @pytest.mark.parametrize("pick", [0, 1])
-def test_random_best_that_is_randoms_own_draw_is_not_trained_twice(monkeypatch, pick):
+@pytest.mark.parametrize("earlier", [[], [{"method": "tp-taylor", "budget": 0.3, "seed": 1, "note": "missed the band"}]])
+def test_random_best_that_is_randoms_own_draw_is_not_trained_twice(monkeypatch, pick, earlier):
+    """``earlier``: rows of a budget before, a miss among them (a row without a network): random-best
+    still reuses random's own network, not the one at random's row index."""
     from types import SimpleNamespace
 
     from benchmarks import budget_cells
@@ -660,10 +663,12 @@ def test_random_best_that_is_randoms_own_draw_is_not_trained_twice(monkeypatch, 
         cmp.models.append(f"tuned {found.model}")
 
     teacher = SimpleNamespace(model="timm:resnet18d", kwargs={})
-    cmp = SimpleNamespace(rows=[], models=[], seeds=[0], found={}, val=(None, None), train_and_add=train_and_add,
+    cmp = SimpleNamespace(rows=list(earlier), models=[], seeds=[0], found={}, val=(None, None), train_and_add=train_and_add,
                           random_draws=lambda share, seed: draws, ctx=SimpleNamespace(config=SimpleNamespace(teacher=teacher)))
     monkeypatch.setattr(budget_cells, "evaluate", lambda model, *a: (0.0, 1.0 if model == f"draw{pick}" else 0.0))
     budget_cells.run_budget(cmp, 0.5, ("random",), 2, {0: 100.0})
+    assert cmp.rows[:len(earlier)] == earlier
+    cmp.rows = cmp.rows[len(earlier):]
     assert [r["method"] for r in cmp.rows] == ["random", "random-best"]
     assert cmp.found[("random-best", 0.5, 0)] is draws[pick]
     if pick == 0:  # random's own draw: its fine-tuned network and results, one training
