@@ -7,8 +7,8 @@ counts the models with at least one block. This is the discovery part of the cov
 benchmark the issue asks for (``benchmarks/coverage.py``: distillation, assembly, export
 and speed-up per model are not measured here).
 
-    .venv/bin/python benchmarks/discovery_coverage.py                 # the whole list
-    .venv/bin/python benchmarks/discovery_coverage.py --models timm:vit_tiny_patch16_224
+    .venv/bin/python -m benchmarks.discovery_coverage                 # the whole list
+    .venv/bin/python -m benchmarks.discovery_coverage --models timm:vit_tiny_patch16_224
 """
 from __future__ import annotations
 

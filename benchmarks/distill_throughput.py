@@ -1,7 +1,7 @@
 """Distillation throughput: images per second and where the time goes (teacher vs candidates).
 
-    .venv/bin/python benchmarks/distill_throughput.py            # the figures in docs/scaling.md
-    .venv/bin/python benchmarks/distill_throughput.py --quick    # fewer steps and settings
+    .venv/bin/python -m benchmarks.distill_throughput            # the figures in docs/scaling.md
+    .venv/bin/python -m benchmarks.distill_throughput --quick    # fewer steps and settings
 
 A small demo ResNet teacher (3 stages of 16/32/64 channels, one block each; untrained: speed
 does not depend on the weights) on synthetic 32x32 images, distilled with 1, 8, 32 and every

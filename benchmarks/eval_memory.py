@@ -1,6 +1,6 @@
 """Peak memory of evaluating a large, lazily generated test split: streamed vs concatenated.
 
-    .venv/bin/python benchmarks/eval_memory.py             # both modes, each in its own process
+    .venv/bin/python -m benchmarks.eval_memory             # both modes, each in its own process
 
 10 000 images of 3×64×64 (491 MB as one float32 tensor) made on demand by a Dataset, read
 through a DataLoader of batch 500, and evaluated by a tiny network: ``stream`` is what the

@@ -1,6 +1,6 @@
 """Fine-tuning with the teacher's logits computed once vs running the teacher every step.
 
-    .venv/bin/python benchmarks/finetune_cache.py            # 1 thread, 3 repeats
+    .venv/bin/python -m benchmarks.finetune_cache            # 1 thread, 3 repeats
 
 The quality benchmark's CPU-mode ResNet-18-D teacher (half width, Fashion-MNIST 28×28,
 10 000 training images, batch 128) and a ×0.5-width student: one fine-tune epoch each

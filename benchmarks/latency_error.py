@@ -1,9 +1,9 @@
 """Latency-model error: predicted (fixed part + per-block sum) vs measured whole networks.
 
-    .venv/bin/python benchmarks/latency_error.py                 # the figures in docs/benchmarks.md
-    .venv/bin/python benchmarks/latency_error.py --quick         # fewer networks
-    .venv/bin/python benchmarks/latency_error.py --clock wall --threads 2
-    .venv/bin/python benchmarks/latency_error.py --device cuda --dtype float16 --batch 64
+    .venv/bin/python -m benchmarks.latency_error                 # the figures in docs/benchmarks.md
+    .venv/bin/python -m benchmarks.latency_error --quick         # fewer networks
+    .venv/bin/python -m benchmarks.latency_error --clock wall --threads 2
+    .venv/bin/python -m benchmarks.latency_error --device cuda --dtype float16 --batch 64
 
 For each teacher family (the demo ResNet 32x32, torchvision's MobileNetV2 x0.5 at 64x64,
 timm's mobilenetv3_large_100 at 32x32; random weights: latency does not depend on them) the

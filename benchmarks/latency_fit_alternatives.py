@@ -1,7 +1,7 @@
 """Corrections that were tried and not adopted, judged on saved ``latency_error.py`` runs.
 
-    .venv/bin/python benchmarks/latency_error.py --save /tmp/lat_run1      # once per run
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/latency_fit_alternatives.py /tmp/lat_run*
+    .venv/bin/python -m benchmarks.latency_error --save /tmp/lat_run1      # once per run
+    PYTHONPATH=$PWD .venv/bin/python -m benchmarks.latency_fit_alternatives /tmp/lat_run*
 
 For every family CSV in every folder, prints held-out error (median / worst over the
 networks other than the teacher) of:

@@ -1,6 +1,6 @@
 """In-context latency profiling: where its time goes, and what timing candidates alone briefly changes.
 
-    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/latency_rate.py --per-block 6
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python -m benchmarks.latency_rate --per-block 6
 
 The issue-24 case of ``benchmarks/score_rate.py`` (timm ``mobilenetv3_large_100``, 32x32,
 ``--per-block`` candidates per block + keep-teacher), the default ``LatencyConfig`` (batch

@@ -1,6 +1,6 @@
 """Issue 24's MobileNetV3 case, as a new user would run it: ``lana.accelerate`` with defaults.
 
-    .venv/bin/python benchmarks/mnv3_case.py --out /tmp/mnv3_digits     # torch's threads, a quiet machine
+    .venv/bin/python -m benchmarks.mnv3_case --out /tmp/mnv3_digits     # torch's threads, a quiet machine
 
 The issue's data, a 10-class 32x32 ImageFolder of 1 437 training and 360 validation images,
 is scikit-learn's handwritten digits (1 797 images: an 80/20 split), which scikit-learn ships

@@ -1,7 +1,7 @@
 """Latency in the runtime that serves the model: eager vs Inductor vs ONNX Runtime.
 
-    .venv/bin/python benchmarks/runtimes.py            # the figures in docs/benchmarks.md (about 8 min, 2 cores)
-    .venv/bin/python benchmarks/runtimes.py --json
+    .venv/bin/python -m benchmarks.runtimes            # the figures in docs/benchmarks.md (about 8 min, 2 cores)
+    .venv/bin/python -m benchmarks.runtimes --json
 
 1. A demo-like run, end to end through lana's stages: the demo teacher
    (``lana.teacher.demo_net:demo_resnet`` at widths 32/64/128, 1x28x28) trained briefly on scikit-learn's digits

@@ -1,8 +1,8 @@
 """Swap-one scoring rate: candidates scored per second, and where the time goes.
 
-    nice -n 10 .venv/bin/python benchmarks/score_rate.py                 # the figures in docs/benchmarks.md
-    nice -n 10 .venv/bin/python benchmarks/score_rate.py --per-block 6   # fewer candidates
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/score_rate.py --compare  # plain against fast, one process
+    nice -n 10 .venv/bin/python -m benchmarks.score_rate                 # the figures in docs/benchmarks.md
+    nice -n 10 .venv/bin/python -m benchmarks.score_rate --per-block 6   # fewer candidates
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.score_rate --compare  # plain against fast, one process
 
 The issue-24 case: timm ``mobilenetv3_large_100`` (10 classes, random init: the rate does
 not depend on the weights; ``--checkpoint`` and ``--val-dir`` take the trained teacher and

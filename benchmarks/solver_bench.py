@@ -1,7 +1,7 @@
 """Solver speed on random problems shaped like lana's candidate tables.
 
-    .venv/bin/python benchmarks/solver_bench.py            # the figures in docs/solvers.md
-    .venv/bin/python benchmarks/solver_bench.py --quick    # fewer repeats, no naive models
+    .venv/bin/python -m benchmarks.solver_bench            # the figures in docs/solvers.md
+    .venv/bin/python -m benchmarks.solver_bench --quick    # fewer repeats, no naive models
 
 Models: "pruned" is ``solve_selection`` as lana calls it (dominance pruning, then the exact DP
 or Lagrangian-fixed MIP); "naive" hands every row to the solver (``prune=False``); "table"

@@ -6,8 +6,8 @@ shapes it cannot reproduce). Prints a Markdown table: blocks, then min / median 
 candidates per block (``teacher`` included), over all blocks and over the shape-changing
 (strided or channel-changing) blocks alone.
 
-    .venv/bin/python benchmarks/zoo_counts.py                      # all families, 224×224
-    .venv/bin/python benchmarks/zoo_counts.py --models timm:resnet18 --size 160 --jobs 2
+    .venv/bin/python -m benchmarks.zoo_counts                      # all families, 224×224
+    .venv/bin/python -m benchmarks.zoo_counts --models timm:resnet18 --size 160 --jobs 2
 
 Only shapes matter, so weights are random; low-rank ops run one SVD per conv, which makes
 the widest models take a minute or two each on one CPU thread.

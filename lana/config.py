@@ -79,7 +79,7 @@ class DistillConfig(_Section):
     weight_decay: float = 0.0
     batch_size: int | None = None  # None = data.batch_size (the global batch, split over torchrun's ranks)
     checkpoint_every: int = Field(50, ge=1)  # steps between resumable checkpoints
-    max_memory: str | int = "auto"  # per device, e.g. 8GB; auto = what the device has free; none = one group
+    max_memory: str | int = "auto"  # per device, e.g. 8GB; auto = held + half the free memory (85 % on a GPU); none = one group
     feature_cache: str | int = "auto"  # teacher features kept for blocks split over groups, e.g. 2GB; none = recompute
     device: str | None = None  # None = the top-level `device`; set, it wins for distillation alone
     # successive halving: after halving_warmup of the steps (and each time the steps double),

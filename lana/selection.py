@@ -82,7 +82,7 @@ def parse_limit(text: str, references: dict[str, float]) -> tuple[str, str, floa
     """``COLUMN<=VALUE`` or ``COLUMN>=VALUE`` -> (column, sense, value); latency columns take units."""
     match = _LIMIT.match(text)
     if not match:
-        raise BudgetError(f"--cost '{text}' is not a limit; write e.g. 'latency_ms:cuda-b64-fp16<=2ms' or 'params<=3M'")
+        raise BudgetError(f"--cost '{text}' is not a limit; write e.g. 'latency_ms:cuda-b64-float16-eager<=2ms' or 'params<=3M'")
     column, sense, value = match.groups()
     if column.startswith(LATENCY):
         return column, sense, parse_budget(value, references.get(column))

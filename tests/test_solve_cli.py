@@ -85,7 +85,7 @@ def test_parse_counts_and_limits():
     assert [parse_count(t, "--max-params") for t in ("3M", "500k", "3000000", "1.5G", "2e6")] == [3e6, 5e5, 3e6, 1.5e9, 2e6]
     with pytest.raises(BudgetError, match="not a count"):
         parse_count("3X", "--max-params")
-    assert parse_limit("latency_ms:cuda-b64-fp16<=2ms", {}) == ("latency_ms:cuda-b64-fp16", "<=", 2.0)
+    assert parse_limit("latency_ms:cuda-b64-float16-eager<=2ms", {}) == ("latency_ms:cuda-b64-float16-eager", "<=", 2.0)
     assert parse_limit("params >= 1k", {}) == ("params", ">=", 1000.0)
 
 

@@ -37,7 +37,8 @@ def distill(
     overrides: Optional[list[str]] = SetOpt,
     force: bool = typer.Option(False, "--force", help="Redo distillation, scoring and timing even if their results exist."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Memory per device for training candidates, e.g. 8GB "
-                                             "(default auto: what the device has free); candidates train in groups that fit."),
+                                             "(default auto: what the process holds plus half the free memory, 85 % of it on a GPU); "
+                                             "candidates train in groups that fit."),
 ) -> None:
     """Distil every candidate of every block, score each by swap-one and time it on the device.
 

@@ -69,7 +69,7 @@ def solve_command(
     table: Annotated[Optional[Path], typer.Option("--table", metavar="FILE", help="Bring-your-own CSV or Parquet table with columns block, candidate, score and cost columns (latency_ms, params, macs, ...).")] = None,
     budget: Annotated[Optional[str], typer.Option("--budget", metavar="TEXT", help="Latency budget on the predicted total: 5ms, 500us, 0.005s or 50% of the teacher's latency. Run mode default: solve.budget of config.yaml.")] = None,
     solver: Annotated[Optional[str], typer.Option("--solver", metavar="NAME", help="auto (exact DP for one latency limit, MIP otherwise), pulp (CBC), cpsat, scip, mckp or brute. Run mode default: solve.solver of config.yaml, else auto.")] = None,
-    cost: Annotated[Optional[list[str]], typer.Option("--cost", metavar="'COLUMN<=VALUE'", help="Extra limit 'COLUMN<=VALUE' or 'COLUMN>=VALUE', repeatable, e.g. 'latency_ms:cuda-b64-fp16<=2ms' or 'params<=3M'.")] = None,
+    cost: Annotated[Optional[list[str]], typer.Option("--cost", metavar="'COLUMN<=VALUE'", help="Extra limit 'COLUMN<=VALUE' or 'COLUMN>=VALUE', repeatable, e.g. 'latency_ms:cuda-b64-float16-eager<=2ms' or 'params<=3M'.")] = None,
     max_params: Annotated[Optional[str], typer.Option("--max-params", metavar="COUNT", help="Limit on total parameters: 3M, 500k or 3000000.")] = None,
     max_macs: Annotated[Optional[str], typer.Option("--max-macs", metavar="COUNT", help="Limit on total multiply-accumulates: 600M, 1.2G, ...")] = None,
     sweep: Annotated[Optional[int], typer.Option("--sweep", metavar="N", help="Solve N budgets from the fastest reachable latency to the teacher's; write sweep.csv and sweep.png.")] = None,
