@@ -88,8 +88,13 @@ def test_accelerate_an_unseen_network(tmp_path, one_thread, labels):
     teacher_ms, student_ms = _median_ms([teacher, reloaded], torch.rand(32, 1, 16, 16))
     assert student_ms < teacher_ms, (student_ms, teacher_ms, result.selection)
     # the run reopens from Python with the same teacher and re-solves without re-distilling
+    stored_files = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    table = (tmp_path / "run" / "candidates.parquet").read_bytes()
     run = lana.open_run(tmp_path / "run", teacher=teacher, train=_data(labels), val=_data(labels, 48, 1))
     assert set(run.solve("90%")["choice"]) == set(BLOCKS)
+    assert (tmp_path / "run" / "candidates.parquet").read_bytes() == table
+    weights = {p: t for p, t in stored_files.items() if p.suffix == ".pt" and "weights" in p.parts}
+    assert weights and all(p.stat().st_mtime_ns == t for p, t in weights.items())  # no candidate trained again
     assert run.student().training is False
 
 

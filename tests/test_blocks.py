@@ -169,7 +169,6 @@ def test_user_basic_block_found_by_class_name():
 
 
 def test_demo_teacher_found():
-    pytest.importorskip("lana.models")
     model = load_teacher("lana.teacher.demo_net:demo_resnet", "random")
     specs = discover_blocks(model, (1, 1, 28, 28))
     assert specs and {type(s.module).__name__ for s in specs} == {"BasicBlock"}

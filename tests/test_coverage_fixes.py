@@ -2,6 +2,8 @@
 a family of the published model list, reduced to a few-line network."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -149,7 +151,7 @@ def test_finetuning_a_candidate_ending_in_an_activation_before_an_in_place_one(t
                        blocks=["units.0", "units.1"])
     run.distill()
     result = run.finetune({"choice": {"units.0": "conv_k1", "units.1": "teacher"}})
-    assert result["train_loss"] == result["train_loss"]  # a finite loss: the steps ran
+    assert math.isfinite(result["train_loss"]) and result["epochs"] >= 1  # the steps ran (none: no loss to average)
     assert teacher.units[1].act.inplace  # the user's teacher is untouched
     student = run.student({"choice": {"units.0": "conv_k1", "units.1": "teacher"}})  # loads RUN/student.pt
     assert student.units[1].act.inplace  # the student as exported keeps its in-place activation

@@ -295,16 +295,18 @@ def test_accelerate_on_the_device_with_a_loader_and_dict_batches(tmp_path, one_t
     assert again.splits.batch_fn is dict_batch and again.splits.labelled
 
 
-def test_a_teacher_is_never_refused_for_its_device(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_teacher_is_never_refused_for_its_device(tmp_path, device):
     """The issue: a teacher on another device than the data was refused with a DataError
-    blaming the data. Batches now go to the teacher's device."""
+    blaming the data. Batches now go to the teacher's device. The data is always on the CPU:
+    with CUDA the teacher is not (the issue's case); without, the same path on one device."""
     splits = user_splits(_images(8), _images(8))
-    net = Net()
+    net = Net().to(device)
     place = Placement(module_device(net))
     x = take_tensors(splits.train, 1)[0]
-    assert net(place.batch(x)).shape == (1, 10)
-    run = lana.new_run(net, _images(8), _images(8), run_dir=tmp_path / "r", blocks=BLOCKS, device="cpu")
-    assert run.splits.num_classes == 10 and run.home == torch.device("cpu")
+    assert x.device.type == "cpu" and net(place.batch(x)).shape == (1, 10)
+    run = lana.new_run(net, _images(8), _images(8), run_dir=tmp_path / "r", blocks=BLOCKS, device=device)
+    assert run.splits.num_classes == 10 and run.home.type == device
 
 
 def test_config_batch_fn_and_deterministic_reach_lana_own_datasets(tmp_path):

@@ -101,12 +101,31 @@ def test_bad_settings_are_one_line_errors():
         build_config({"latency": {"runtime": "tflite"}})
 
 
+_THREADS_SEEN: set[int] = set()
+
+
+class _SeesThreads(torch.nn.Conv2d):
+    """A conv that records the thread count torch runs it with (in a module-level set: the
+    timer may run a copy of the module)."""
+
+    def forward(self, x):
+        _THREADS_SEEN.add(torch.get_num_threads())
+        return super().forward(x)
+
+
 def test_time_module_records_spread_ci_and_respects_the_thread_count():
-    cfg = tiny_config().latency.model_copy(update={"threads": 1, "clock": "process", "max_repeats": 12})
+    cfg = tiny_config().latency.model_copy(update={"threads": 2, "clock": "wall", "max_repeats": 12})
     before = torch.get_num_threads()
-    timing = time_module(torch.nn.Conv2d(4, 4, 3, padding=1), (4, 8, 8), cfg)
-    assert torch.get_num_threads() == before  # restored
-    assert timing.median_ms > 0 and timing.iqr_ms >= 0 and timing.ci_ms >= 0 and 3 <= timing.repeats <= 12
+    torch.set_num_threads(1)  # the measurement's own count differs from the caller's
+    try:
+        _THREADS_SEEN.clear()
+        timing = time_module(_SeesThreads(4, 4, 3, padding=1), (4, 8, 8), cfg)
+        assert _THREADS_SEEN == {2}  # every timed (and warm-up) call ran on the configured threads
+        assert torch.get_num_threads() == 1  # the caller's count restored
+    finally:
+        torch.set_num_threads(before)
+    assert timing.median_ms > 0 and 3 <= timing.repeats <= 12
+    assert timing.iqr_ms >= 0 and timing.ci_ms >= 0
     assert set(timing.as_dict()) == {"median_ms", "iqr_ms", "repeats", "ci_ms", "warmup", "tight"}
 
 

@@ -45,9 +45,15 @@ def test_profile_another_setting_adds_columns_and_keeps_the_primary(run_copy):
     assert stored["settings"]["batch_size"] == 2 and stored["settings"]["threads_used"] == 1 and stored["method"] == "isolated"
     assert stored["fixed_latency_ms"] == pytest.approx(stored["teacher_latency_ms"] - stored["blocks_sum_ms"])
     assert table["latency_settings"].iloc[0] == latency["tag"]  # the primary's tag beside its figures
-    # solve limits the per-tag column too
-    solved = invoke("solve", "--run", run_copy.path, "--budget", "100%", "--cost", f"latency_ms:{tag}<=1s", "--json")
+    # solve limits the per-tag column too: a limit that binds changes the choice and holds
+    free = invoke("solve", "--run", run_copy.path, "--budget", "100%", "--cost", f"latency_ms:{tag}<=1s", "--json")
+    assert free.exit_code == 0, free.output
+    free = json.loads(free.stdout)
+    limit = 0.8 * free["totals"][f"latency_ms:{tag}"]
+    solved = invoke("solve", "--run", run_copy.path, "--budget", "100%", "--cost", f"latency_ms:{tag}<={limit:.6f}ms", "--json")
     assert solved.exit_code == 0, solved.output
+    solved = json.loads(solved.stdout)
+    assert solved["totals"][f"latency_ms:{tag}"] <= limit * (1 + 1e-6) and solved["choice"] != free["choice"]
     # and the proxy report compares the two settings
     proxy = invoke("proxy", "--run", run_copy.path, "--proxy", "latency_ms", "--target", f"latency_ms:{tag}", "--samples", "4")
     assert proxy.exit_code == 0, proxy.output

@@ -180,7 +180,11 @@ def test_an_older_run_folder_with_one_weights_file_per_block_still_works(trained
     choice = {specs[0].name: "conv_k3"}
     student = assemble_student(load_teacher(config.teacher.model, config.teacher.checkpoint, config.teacher.kwargs),
                                specs, choice, old.weights_dir)  # read from the per-block file as it is
-    assert student is not None
+    expected = load_tensors(candidate_file(run.weights_dir, specs[0].name, "conv_k3"))  # the distilled weights
+    got = student.get_submodule(specs[0].name).state_dict()
+    assert expected and set(got) == set(expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value)
     again = distill_stage(config, old)
     assert not list(old.weights_dir.glob("*.pt")), "split into one file per candidate"
     assert candidate_file(old.weights_dir, specs[0].name, "conv_k3").is_file()

@@ -1,7 +1,9 @@
 """distill.max_memory bounds the whole process: what is held comes off, freed memory goes back."""
 from __future__ import annotations
 
+import gc
 import tempfile
+import weakref
 
 import pytest
 import torch
@@ -56,15 +58,23 @@ def test_release_memory_gives_freed_heap_back():
     assert keep.sum() == 16_000
 
 
-def test_distilled_candidates_keep_no_gradients():
+def test_distilled_candidates_keep_no_gradients(monkeypatch):
     """A finished group's modules go (with their gradients, 4 bytes per weight); rebuilt, they have none."""
+    from lana.distill.candidates import Candidate
+
     config = tiny_config(ops={"include": ["conv_k1", "mbconv_k3_e1"]}, distill={"max_steps": 1})
     splits = load_data(config.data)
     teacher = load_teacher(config.teacher.model, config.teacher.checkpoint, config.teacher.kwargs)
     specs = discover_blocks(teacher, (1, *splits.input_shape))
     candidates = build_all_candidates(specs, config.ops)
+    trained = []  # weak references to every module distillation builds (and trains)
+    build = Candidate.build
+    monkeypatch.setattr(Candidate, "build", lambda self: trained.append(weakref.ref(module := build(self))) or module)
     with tempfile.TemporaryDirectory() as folder:
         distill_candidates(teacher, specs, candidates, splits, config, RunFolder(folder))
         assert not any(c.alive for cands in candidates.values() for c in cands.values())
+        gc.collect()
+        assert trained and all(ref() is None for ref in trained)  # nothing holds a trained module (or its gradients)
+        monkeypatch.undo()
         params = [p for cands in candidates.values() for c in cands.values() for p in c.module.parameters()]
     assert params and all(p.grad is None for p in params)

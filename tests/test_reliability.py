@@ -21,7 +21,7 @@ from torch import nn
 
 from lana.data import load_data
 from lana.distill.candidates import build_all_candidates
-from lana.distill.checkpoint import STATE_FILE, STATE_FORMAT
+from lana.distill.checkpoint import STATE_FILE, STATE_FORMAT, save_state
 from lana.distill.core import FAULT_ENV, _Distiller, distill_candidates
 from lana.distill.distributed import parse_bytes, plan_groups
 from lana.errors import ConfigError, RunFolderError
@@ -400,8 +400,24 @@ def test_checkpoints_and_configs_never_run_code(trained_run, tmp_path, monkeypat
     assert code == 2 and "not valid YAML" in err and not MARKER.exists()
 
 
-def test_tables_and_state_hold_no_pickled_objects(trained_run):
+def test_tables_and_state_hold_no_pickled_objects(trained_run, tmp_path):
     run, _, _ = trained_run
     schema = pq.read_schema(run.file("candidates.parquet"))
     assert all(str(t) in ("string", "large_string", "int64", "double", "bool") for t in schema.types), schema
     assert b"pickle" not in (schema.metadata or {}).get(b"pandas", b"")
+    # every weights file the run wrote loads with weights_only=True (tensors and plain containers only)
+    stored = sorted(run.path.rglob("*.pt"))
+    assert stored
+    for path in stored:
+        torch.load(path, map_location="cpu", weights_only=True)
+    # so does the distillation state a stop leaves (optimiser and scheduler state, rng, stats)
+    conv = nn.Conv2d(2, 2, 3)
+    optimiser = torch.optim.AdamW(conv.parameters(), lr=1e-3)
+    conv(torch.ones(1, 2, 4, 4)).sum().backward()
+    optimiser.step()
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=1e-3, total_steps=10)
+    state = tmp_path / STATE_FILE
+    save_state(state, "settings", [[("b", "conv_k1")]], 0, 3, {"b\tconv_k1": conv.state_dict()}, optimiser, scheduler,
+               {("b", "conv_k1"): {"loss": 0.5}})
+    loaded = torch.load(state, map_location="cpu", weights_only=True)
+    assert loaded["format"] == STATE_FORMAT and loaded["step"] == 3 and loaded["optimiser"]["state"]

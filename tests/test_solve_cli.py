@@ -214,7 +214,9 @@ def test_solve_run_for_the_demo(run_dir):
 
 def test_sweep_writes_table_and_plot_with_marks(run_dir):
     (run_dir / "measured.csv").write_text("latency_ms_measured,acc_measured\n1.2,88.0\n2.9,90.5\n")
-    invoke("--run", str(run_dir), "--budget", "2ms")  # a selection to mark
+    chosen = invoke("--run", str(run_dir), "--budget", "2ms", "--json")  # a selection to mark
+    assert chosen.exit_code == 0, chosen.output
+    selected = json.loads(chosen.stdout)
     result = invoke("--run", str(run_dir), "--sweep", "6", "--json")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)["sweep"]
@@ -225,6 +227,11 @@ def test_sweep_writes_table_and_plot_with_marks(run_dir):
     assert accs == sorted(accs)
     assert len(pd.read_csv(run_dir / "sweep.csv")) == 6
     assert (run_dir / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from lana.selection import _marks  # what the plot marks: the current selection and the measured rows
+
+    marks = _marks(run_dir)
+    assert marks["selection"] == (pytest.approx(selected["predicted_latency_ms"]), pytest.approx(selected["predicted_acc_delta"]))
+    assert list(marks["measured"][0]) == [1.2, 2.9] and list(marks["measured"][1]) == [88.0, 90.5]
     readable = invoke("--run", str(run_dir), "--sweep", "3", "--max-params", "2k")
     assert readable.exit_code == 0 and "Pareto sweep" in readable.stdout
     assert "drop --budget" in failure(invoke("--run", str(run_dir), "--sweep", "3", "--budget", "2ms"), ConfigError)

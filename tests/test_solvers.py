@@ -5,6 +5,7 @@ so a new back-end is tested by adding three lines.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from types import SimpleNamespace
@@ -257,7 +258,31 @@ class TestBrute(SolverContract):
             solve_selection(collinear_problem(), self.solver, time_limit=0.3)
 
     def test_agrees_with_the_exact_dp_on_a_larger_problem(self):
-        pytest.skip("too large to enumerate")
+        with pytest.raises(ConfigError, match="at most 2,000,000 selections"):  # too large to enumerate: refused
+            solve_selection(random_problem(25, 40, seed=3), self.solver)
+
+    @FEW
+    @given(data=st.data())
+    def test_matches_brute_force_without_pruning(self, data):
+        # brute_force() is this back-end itself: the reference here is a plain walk over every selection
+        problem = data.draw(problems(self.several_limits))
+        best = naive_optimum(problem)
+        if best is None:
+            with pytest.raises(InfeasibleError):
+                solve_selection(problem, self.solver, prune=False)
+            return
+        selection = solve_selection(problem, self.solver, prune=False)
+        assert_valid(problem, selection)
+        assert selection.optimal and self.close(selection.objective, best, problem)
+
+
+def naive_optimum(problem: SelectionProblem) -> float | None:
+    """The best objective over every selection (itertools.product and the problem's own totals and
+    limits, no numpy broadcasting); None when no selection is feasible."""
+    blocks = [range(a, z) for a, z in zip(problem.block_start[:-1], problem.block_start[1:])]
+    values = [problem.objective(np.array(rows)) for rows in itertools.product(*blocks)
+              if not problem.violated(problem.totals(np.array(rows)))]
+    return max(values, default=None)
 
 
 # -- the problem type ------------------------------------------------------------------

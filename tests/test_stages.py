@@ -118,7 +118,7 @@ def test_distillation_loss_falls(tmp_path):
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3, 4, 5])
-def test_short_training_runs_and_learns(steps):
+def test_short_training_runs_and_moves_the_weights(steps):
     """A fine-tune of a few steps (tiny data, fractional epochs) must not crash the LR schedule."""
     from lana.distill.train import fit, label_loss
 
