@@ -213,7 +213,11 @@ def build_config(data: dict[str, Any] | None = None, overrides: list[str] | None
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{item}': '{part}' is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({str(exc).splitlines()[0]}); "
+                              "quote it, e.g. --set 'name=\"a[1\"'") from None
     try:
         return LanaConfig.model_validate(tree)
     except ValidationError as exc:
@@ -273,9 +277,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not path.is_file():
             raise ConfigError(f"config file {path} not found; pass an existing YAML file to --config")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections, found {type(data).__name__}")
         data = map_paths(data, _found_beside(path.parent))

@@ -36,7 +36,7 @@ from solvers import (
 pd = lazy_import("pandas")  # loaded when a table is first used: `lana solve --help` never pays for it
 
 _NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
-_BUDGET = re.compile(rf"^\s*{_NUMBER}\s*(ms|us|µs|s|%)?\s*$", re.IGNORECASE)
+_BUDGET = re.compile(rf"^\s*(-?){_NUMBER}\s*(ms|us|µs|s|%)?\s*$", re.IGNORECASE)  # a sign only to say it must be positive
 _COUNT = re.compile(rf"^\s*{_NUMBER}\s*([kmgb]?)\s*$", re.IGNORECASE)
 _LIMIT = re.compile(r"^\s*(.+?)\s*(<=|>=)\s*(.+?)\s*$")
 _TO_MS = {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}
@@ -57,7 +57,7 @@ def parse_budget(text: str, reference_ms: float | None) -> float:
     match = _BUDGET.match(str(text))
     if not match:
         raise BudgetError(f"budget '{text}' is not a latency; write e.g. 5ms, 500us, 0.005s or 50%")
-    value, unit = float(match.group(1)), (match.group(2) or "").lower()
+    value, unit = float(match.group(1) + match.group(2)), (match.group(3) or "").lower()
     if not unit:
         raise BudgetError(f"budget '{text}' has no unit; write e.g. 5ms, 500us, 0.005s or 50%")
     if value <= 0:

@@ -175,7 +175,9 @@ class SelectionProblem:
         for kind, limits in (("upper limit", self.upper), ("lower limit", self.lower), ("offset", self.offsets)):
             for name, value in limits.items():
                 if name not in self.cost_names:
-                    raise TableError(f"{kind} on '{name}' but the table has no such cost column; costs: {', '.join(self.cost_names)}")
+                    option = {"latency_ms": " (--budget)", "params": " (--max-params)", "macs": " (--max-macs)"}.get(name, "")
+                    raise TableError(f"{kind} on '{name}'{option} but the table has no such cost column; "
+                                     f"its cost columns: {', '.join(self.cost_names) or 'none'}")
                 if not math.isfinite(value):
                     raise TableError(f"{kind} on '{name}' must be a finite number, got {value}")
 

@@ -93,3 +93,53 @@ def test_blocks_piped_keeps_long_block_names_whole(tmp_path, monkeypatch) -> Non
     assert result.exit_code == 0, result.output
     rows = table_cells(result.output)
     assert [r[0] for r in rows] == [LONG] and rows[0][-1] == "3"  # teacher, identity, conv_k1
+
+
+# -- user errors the CLI probes found: one line and exit 2, never a traceback --------------
+def _one_line_error(code: int, out: str, err: str, fragment: str) -> None:
+    assert code == 2 and "Traceback" not in out + err, err
+    assert fragment in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_set_value_that_is_not_yaml(monkeypatch, capsys) -> None:
+    _one_line_error(*lana(["config", "--set", "distill.epochs=[1"], monkeypatch, capsys), "the value is not valid YAML")
+
+
+def test_a_config_file_that_is_not_utf8(tmp_path, monkeypatch, capsys) -> None:
+    path = tmp_path / "latin.yaml"
+    path.write_bytes(b"name: \xff\xfe\n")
+    _one_line_error(*lana(["config", "--config", str(path)], monkeypatch, capsys), "is not UTF-8 text")
+
+
+def test_a_run_config_whose_solve_section_is_not_a_section(tmp_path, monkeypatch, capsys) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "candidates.csv").write_text("block,candidate,score,latency_ms\nb,teacher,0,2\nb,fast,-1,1\n")
+    (run / "latency.json").write_text('{"teacher_latency_ms": 3.0, "fixed_latency_ms": 1.0}')
+    (run / "config.yaml").write_text("solve: fast\n")
+    _one_line_error(*lana(["solve", "--run", str(run), "--budget", "5ms"], monkeypatch, capsys), "'solve' must be a section")
+
+
+def test_a_proxy_table_without_blocks(tmp_path, monkeypatch, capsys) -> None:
+    table = tmp_path / "t.csv"
+    table.write_text("candidate,latency_ms,lat2\na,1,2\nb,2,3\nc,3,5\n")
+    args = ["proxy", "--table", str(table), "--proxy", "latency_ms", "--target", "lat2"]
+    _one_line_error(*lana(args, monkeypatch, capsys), "no 'block' column")
+
+
+def test_a_table_without_the_budgets_column_names_the_option(tmp_path, monkeypatch, capsys) -> None:
+    table = tmp_path / "t.csv"
+    table.write_text("block,candidate,score,params\nb,teacher,0,10\nb,fast,-1,5\n")
+    code, out, err = lana(["solve", "--table", str(table), "--budget", "5ms"], monkeypatch, capsys)
+    _one_line_error(code, out, err, "latency_ms")
+    assert "--budget" in err
+
+
+def test_show_on_a_missing_run_folder(tmp_path, monkeypatch, capsys) -> None:
+    _one_line_error(*lana(["show", "--run", str(tmp_path / "nope")], monkeypatch, capsys), "not found")
+
+
+def test_a_max_memory_that_is_not_a_size_names_the_option(tmp_path, monkeypatch, capsys) -> None:
+    code, out, err = lana(["distill", "--max-memory", "lots", "--run", str(tmp_path / "r")], monkeypatch, capsys)
+    _one_line_error(code, out, err, "--max-memory")
+    assert not (tmp_path / "r" / "candidates.parquet").exists()

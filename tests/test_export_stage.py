@@ -79,6 +79,9 @@ def test_all_formats_round_trip_through_the_stage(export_run, one_thread):
 
 def test_bad_formats_fail_before_any_file(export_run, monkeypatch, capsys, one_thread):
     run, _ = export_run
+    def no_work(*args, **kwargs):  # a bad format is said before the data and the teacher are loaded
+        raise AssertionError("the run was prepared before its formats were checked")
+    monkeypatch.setattr("lana.stages.export.prepare", no_work)
     code, err = run_main(["export", "--run", str(run.path), "--format", "pt2,tflite"], monkeypatch, capsys)
     assert code != 0 and "unknown export format(s) tflite" in err and len(err.strip().splitlines()) == 1
     before = sorted(p.name for p in run.path.iterdir())

@@ -23,7 +23,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 out = console()
 RunArg = Annotated[Path, typer.Option("--run", help="Run folder written by `lana distill`.")]
-SetArg = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key, e.g. --set latency.batch_size=1 (repeatable).")]
+SetArg = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set latency.batch_size=1 (repeatable).")]
 
 
 def _folder(run: Path):

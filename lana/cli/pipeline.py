@@ -27,7 +27,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 out = console()
 
 RunOpt = typer.Option(..., "--run", help="Run folder (created by `lana distill`; every stage reads and writes it).")
-SetOpt = typer.Option(None, "--set", help="Override a config key, e.g. --set distill.epochs=0.5 (repeatable).")
+SetOpt = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set distill.epochs=0.5 (repeatable).")
 
 
 @app.command()

@@ -129,6 +129,9 @@ def proxy_report(table: pd.DataFrame, proxy: str, target: str, samples: int = 0,
         ``{"rank": ..., "pareto_raw": DataFrame, "correction": factors or None, "pareto_corrected": ...,
         "corrected_error_pct": {"median", "worst"} on rows not sampled}``.
     """
+    if "block" not in table.columns:
+        raise TableError("the table has no 'block' column: the proxy report compares latencies within each block "
+                         "(a lana candidates table has one)")
     rows = table[np.isfinite(_column(table, proxy)) & np.isfinite(_column(table, target))].reset_index(drop=True)
     report: dict = {"proxy": proxy, "target": target, "rows": len(rows), "rank": rank_correlation(rows, proxy, target),
                     "pareto_raw": pareto_check(rows, proxy, target, list(shares)) if "score" in rows else None,

@@ -185,6 +185,8 @@ class RunFolder:
     def load_table(self) -> pd.DataFrame:
         """Read the candidates table; a missing or corrupted table is a one-line error."""
         path = self.file(f"{TABLE}.parquet")
+        if not self.path.is_dir():
+            raise RunFolderError(f"run folder {self.path} not found; check --run, or run `lana distill --run {self.path}` first")
         if not path.is_file():
             raise RunFolderError(f"{self.path} has no candidates table; run `lana distill --run {self.path}` first")
         try:

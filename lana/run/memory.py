@@ -172,6 +172,7 @@ def memory_limits(cfg: DistillConfig) -> tuple[int | str | None, int | str | Non
         text = str(getattr(cfg, what)).strip().lower()
         none = text in ("none", "off", "unlimited", "inf") or (what == "feature_cache" and text == "0")
         extra = what == "max_memory" and text.startswith("+")
-        size = "auto" if text == "auto" else None if none else parse_bytes(text.removeprefix("+") if extra else text, f"distill.{what}")
+        name = "--max-memory / distill.max_memory" if what == "max_memory" else f"distill.{what}"
+        size = "auto" if text == "auto" else None if none else parse_bytes(text.removeprefix("+") if extra else text, name)
         limits.append(OnTop(size) if extra else size)
     return limits[0], limits[1]

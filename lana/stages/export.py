@@ -310,6 +310,7 @@ def run_export(run: RunFolder, overrides: list[str] | None = None, finetuned: bo
                formats: str | list[str] | None = None) -> dict:
     """``lana export``: export the run's selected (and fine-tuned) student in ``formats``."""
     config = run.load_config(overrides)
+    resolve_formats(formats, config.export.formats, config.latency.runtime)  # a bad --format fails before any work
     ctx = prepare(config, run)
     return export_stage(ctx, load_selection(run), finetuned, out, formats)
 

@@ -43,10 +43,13 @@ def load_run(run_dir: Path) -> SolveInputs:
     config: dict = {}
     if (run_dir / "config.yaml").is_file():
         try:
-            loaded = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        except yaml.YAMLError as exc:
+            loaded = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{run_dir / 'config.yaml'} is not valid YAML ({str(exc).splitlines()[0]}); fix it") from None
         config = (loaded.get("solve") or {}) if isinstance(loaded, dict) else {}
+        if not isinstance(config, dict):
+            raise ConfigError(f"{run_dir / 'config.yaml'}: 'solve' must be a section (budget, solver, top_k), "
+                              f"found {type(config).__name__} {config!r}; fix it")
 
     offsets, teachers = latency_offsets(latency)
     offsets.pop(LATENCY, None)
