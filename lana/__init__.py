@@ -15,11 +15,19 @@ import importlib
 from lana.errors import (
     BlockDiscoveryError,
     BudgetError,
+    CheckpointError,
     ConfigError,
     DataError,
+    DeviceError,
+    ExportError,
     InfeasibleError,
     LanaError,
     RunFolderError,
+    SolverUnavailableError,
+    TableError,
+    TeacherOutputError,
+    UnknownModelError,
+    UnknownOpError,
 )
 
 __version__ = "0.1.0"
@@ -28,7 +36,8 @@ _API = ("accelerate", "new_run", "open_run", "Run", "Result", "distill_candidate
         "finetune", "export_student", "read_report")
 _ELSEWHERE = {"parse_budget": "lana.selection", "list_ops": "op_zoo"}
 __all__ = [*_API, *_ELSEWHERE, "LanaError", "ConfigError", "DataError", "BlockDiscoveryError", "BudgetError",
-           "InfeasibleError", "RunFolderError", "__version__"]
+           "InfeasibleError", "RunFolderError", "CheckpointError", "DeviceError", "ExportError", "SolverUnavailableError",
+           "TableError", "TeacherOutputError", "UnknownModelError", "UnknownOpError", "__version__"]
 
 
 def __getattr__(name: str):

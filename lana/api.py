@@ -15,7 +15,6 @@ teacher's device.
 """
 from __future__ import annotations
 
-import copy
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,11 +26,12 @@ import torch
 from torch import nn
 
 from lana.config import LanaConfig, build_config
-from lana.data import BatchFn, DataSplits, batch_fn_name, is_loader, load_batch_fn, take_tensors, user_splits
-from lana.device import Placement, module_device, move_to
-from lana.errors import ConfigError, DataError
+from lana.data import BatchFn, DataSplits, batch_fn_name, is_loader, load_batch_fn, user_splits
+from lana.device import module_device, move_to, resolve_compute_device
+from lana.errors import ConfigError, DataError, TableError
 from lana.names import DEFAULT_SOLVER
 from lana.run.context import Context, prepare
+from lana.run.inputs import check_labels, config_tree, folder_at, merge_defaults, num_classes
 from lana.run.folder import RunFolder, read_json, save_tensors, write_json
 from lana.selection import SolveInputs, build_problem, parse_budget, solve_inputs
 from lana.stages.budget import aimed_budget, hold_budget, solve_aimed
@@ -42,7 +42,6 @@ from lana.stages.finetune import finetune_stage, load_selection, load_student
 from lana.stages.solve import solve_run
 from lana.teacher.blocks import discover_blocks
 from lana.teacher.load import PYTHON_TEACHER, load_teacher, teacher_fingerprint
-from lana.teacher.outputs import classes_of
 
 Announce = Callable[[str], None]
 
@@ -104,6 +103,11 @@ class Run:
         budget, solver = budget or self.config.solve.budget, solver or self.config.solve.solver
         if self.config.solve.top_k == 1:  # nothing to compare: no teacher or data needed
             return solve_run(self.folder, budget, solver, time_limit, max_params, max_macs)
+        self.folder.load_table()  # a run not distilled yet is said first
+        if self.splits is None and self.config.data.kind == "python":
+            raise DataError(f"solve compares the solver's {self.config.solve.top_k} best selections (solve.top_k) on the "
+                            "run's validation images, which were passed from Python; pass them again: lana.open_run(RUN, "
+                            "teacher=..., train=..., val=...), or take the solver's first with `lana solve --run RUN`")
         return solve_and_choose(self.context(), budget, solver, time_limit, max_params, max_macs)
 
     def selection(self) -> dict:
@@ -151,26 +155,6 @@ class Result:
     run: Run  # the run, for re-solving or exporting again
 
 
-def _merge(tree: dict, key: str, values: dict) -> None:
-    """Set ``values`` in section ``key`` unless the user's config already set them."""
-    section = tree.setdefault(key, {})
-    for name, value in values.items():
-        section.setdefault(name, value)
-
-
-def _num_classes(teacher: nn.Module, splits: DataSplits) -> int:
-    """The teacher's classes on one real image; 0 where it returns feature maps, not logits."""
-    image = take_tensors(splits.train, 1, 1, splits.batch_fn)[0]
-    image = Placement(module_device(teacher)).batch(image)  # the teacher may be on any device
-    try:
-        with torch.no_grad():
-            out = teacher.eval()(image)
-    except Exception as exc:  # any failure of the user's forward means the data do not fit it
-        raise DataError(f"the teacher cannot run on the data's images (one image of shape {tuple(image.shape[1:])}): "
-                        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; pass images the teacher takes") from None
-    return classes_of(out)
-
-
 def new_run(teacher: nn.Module | str, train, val, test=None, *, run_dir: str | Path | None = None,
             device: str = "auto", config: dict | None = None, blocks: list[str] | None = None,
             batch_fn: BatchFn | str | None = None) -> Run:
@@ -203,9 +187,14 @@ def new_run(teacher: nn.Module | str, train, val, test=None, *, run_dir: str | P
     Raises:
         ConfigError, DataError, BlockDiscoveryError, RunFolderError: one-line messages.
     """
-    tree = copy.deepcopy(config or {})
+    tree = config_tree(config)
+    folder = folder_at(run_dir) if run_dir is not None else None
+    if device != "auto":  # a missing GPU is said before anything is read or written
+        resolve_compute_device(device, key="device")
+    if isinstance(blocks, str):
+        raise ConfigError(f"blocks is the string {blocks!r}; pass a list of module names, e.g. blocks=[{blocks!r}]")
     if isinstance(teacher, str):
-        _merge(tree, "teacher", {"model": teacher})
+        merge_defaults(tree, "teacher", {"model": teacher})
         cfg = build_config(tree)
         teacher = load_teacher(cfg.teacher.model, cfg.teacher.checkpoint, cfg.teacher.kwargs)
     elif not isinstance(teacher, nn.Module):
@@ -217,7 +206,7 @@ def new_run(teacher: nn.Module | str, train, val, test=None, *, run_dir: str | P
         tree["teacher"]["blocks"] = list(blocks)
     gpu = device == "auto" and torch.cuda.is_available()
     tree.setdefault("device", device)
-    _merge(tree, "latency", {"device": "cuda" if gpu else ("cpu" if device == "auto" else device)})
+    merge_defaults(tree, "latency", {"device": "cuda" if gpu else ("cpu" if device == "auto" else device)})
     if is_loader(train) and train.batch_size:  # the loader's batch size is the one used (and recorded)
         tree.setdefault("data", {})["batch_size"] = train.batch_size
     tree.setdefault("data", {})["kind"] = "python"
@@ -227,10 +216,11 @@ def new_run(teacher: nn.Module | str, train, val, test=None, *, run_dir: str | P
     early = build_config(tree)  # bad keys are said before the data are read
     splits = user_splits(train, val, test, batch_fn=fn, deterministic=early.data.deterministic,
                          num_workers=early.data.num_workers)
-    splits.num_classes = _num_classes(teacher, splits)
+    splits.num_classes = num_classes(teacher, splits)
+    check_labels(splits, splits.num_classes)
     discover_blocks(teacher, (1, *splits.input_shape), tree["teacher"].get("blocks"))  # said before anything is written
 
-    folder = RunFolder(run_dir if run_dir is not None else tempfile.mkdtemp(prefix="lana-run-"))
+    folder = folder or RunFolder(tempfile.mkdtemp(prefix="lana-run-"))
     weights = folder.file("teacher.pt").resolve()
     tree["teacher"]["checkpoint"] = str(weights)
     cfg = build_config(tree)
@@ -250,13 +240,16 @@ def open_run(run_dir: str | Path, teacher: nn.Module | None = None, train=None, 
         teacher: the teacher module, needed where it was passed from Python; the folder's
             fingerprint refuses any other.
         train, val, test: the data, needed where they were passed from Python (for the
-            student, fine-tuning and export; solving needs none).
+            student, fine-tuning, export, and solving with ``solve.top_k`` > 1).
         batch_fn: as for :func:`new_run`; None uses the folder's ``data.batch_fn``.
 
     Returns:
         The :class:`Run` with the folder's ``config.yaml``.
     """
-    folder = RunFolder(run_dir)
+    folder = folder_at(run_dir)
+    if teacher is not None and not isinstance(teacher, nn.Module):
+        raise ConfigError(f"teacher is a {type(teacher).__name__}; pass the nn.Module the run was made with "
+                          "(for weights, load them into the model first)")
     config = folder.load_config()
     splits = None
     if train is not None or val is not None:
@@ -266,7 +259,8 @@ def open_run(run_dir: str | Path, teacher: nn.Module | None = None, train=None, 
         splits = user_splits(train, val, test, batch_fn=fn, deterministic=config.data.deterministic,
                              num_workers=config.data.num_workers)
         if teacher is not None:
-            splits.num_classes = _num_classes(teacher, splits)
+            splits.num_classes = num_classes(teacher, splits)
+            check_labels(splits, splits.num_classes)
     return Run(folder, config, teacher, splits)
 
 
@@ -373,6 +367,9 @@ def solve(target: Run | str | Path | pd.DataFrame, budget: str, *, solver: str |
     Returns:
         The selection record: ``choice`` (block → op), ``predicted_latency_ms``, ``optimal``, ...
     """
+    if isinstance(target, (dict, list, tuple)):
+        raise TableError(f"target is a {type(target).__name__}; pass a pandas DataFrame (e.g. pd.DataFrame(rows)), "
+                         "a Run or a run folder")
     if not isinstance(target, pd.DataFrame):
         return _as_run(target).solve(budget, solver, time_limit, max_params, max_macs)
     inputs = SolveInputs(target, Path.cwd(), teacher_ms=teacher_ms)

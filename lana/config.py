@@ -47,7 +47,7 @@ class DataConfig(_Section):
     val_size: int = 5000  # held out from train for scoring candidates
     train_limit: int | None = None  # use only the first N training images (after the val split)
     test_limit: int | None = None
-    batch_size: int = 128
+    batch_size: int = Field(128, ge=1)
     num_workers: int = 0  # lana's loader's workers, every stage (a DataLoader passed from Python keeps its own)
     seed: int = 0
     batch_fn: str | None = None  # "pkg.module:function" mapping one batch to (images, labels or None), e.g. dict batches
@@ -74,10 +74,10 @@ class DistillConfig(_Section):
     """Layer-wise feature-map distillation of all candidates."""
 
     epochs: float = 1.0
-    max_steps: int | None = None
+    max_steps: int | None = Field(None, ge=1)
     lr: float = 2e-3
     weight_decay: float = 0.0
-    batch_size: int | None = None  # None = data.batch_size (the global batch, split over torchrun's ranks)
+    batch_size: int | None = Field(None, ge=1)  # None = data.batch_size (the global batch, split over torchrun's ranks)
     checkpoint_every: int = Field(50, ge=1)  # steps between resumable checkpoints
     max_memory: str | int = "auto"  # per device, e.g. 8GB; auto = held + half the free memory (85 % on a GPU); none = one group
     feature_cache: str | int = "auto"  # teacher features kept for blocks split over groups, e.g. 2GB; none = recompute
@@ -105,7 +105,7 @@ class LatencyConfig(_Section):
     """How latency is measured: the figures the solver trusts."""
 
     device: str = "cpu"
-    batch_size: int = 64
+    batch_size: int = Field(64, ge=1)
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     # where the model will be served: candidates, the budget and the report are all timed there
     runtime: Literal["eager", "torchscript", "inductor", "aoti", "onnxruntime", "openvino", "tensorrt"] = "eager"

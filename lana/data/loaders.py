@@ -277,6 +277,9 @@ def _first_pair(data, name: str, batch_fn: BatchFn | None) -> tuple[tuple[int, .
         if len(data) == 0:
             raise DataError(f"{name} is empty; pass at least one image")
         source = make_loader(Subset(data, [0]), 1, shuffle=False)
+    elif isinstance(data, IterableDataset):
+        raise DataError(f"{name} is an IterableDataset ({type(data).__name__}); pass it in a DataLoader "
+                        "(lana iterates a DataLoader as given) or pass a map-style Dataset")
     else:
         raise DataError(f"{name} is a {type(data).__name__}; expected a torch Dataset or DataLoader of images or (images, labels)")
     try:

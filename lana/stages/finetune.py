@@ -11,7 +11,7 @@ from lana.device import Placement, module_device, move_to
 from lana.distill.candidates import assemble_student
 from lana.distill.validation import evaluate_stream, split_validation
 from lana.distill.train import distil_into
-from lana.errors import RunFolderError
+from lana.errors import ConfigError, RunFolderError
 from lana.run.context import Context, prepare
 from lana.run.folder import RunFolder, load_tensors, read_json, save_tensors, write_json
 
@@ -58,6 +58,9 @@ def load_student(ctx: Context, selection: dict, finetuned: bool = True) -> tuple
     Returns:
         The student (on the teacher's device) and whether fine-tuned weights were loaded.
     """
+    if not isinstance(selection, dict) or not isinstance(selection.get("choice"), dict):
+        raise ConfigError(f"the selection is {type(selection).__name__} {str(selection)[:60]!r}; pass the record a solve "
+                          "returns (a dict with 'choice': block -> op), or none for the run's last")
     student = move_to(assemble_student(ctx.teacher, ctx.specs, selection["choice"], ctx.run.weights_dir), module_device(ctx.teacher))
     path = ctx.run.file(STUDENT_WEIGHTS)
     if finetuned and path.is_file():
