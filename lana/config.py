@@ -154,6 +154,7 @@ class FinetuneConfig(_Section):
     weight_decay: float = 0.0
     temperature: float = 4.0
     alpha: float = 0.7  # weight of the KL term; (1 - alpha) weights the label loss
+    checkpoint_every_s: float = Field(300.0, ge=0)  # resumable state (RUN/finetune_state.pt) at most this often, and on Ctrl-C
 
 
 class ExportConfig(_Section):

@@ -350,7 +350,7 @@ class GlobalBatches:
 
 
 @contextmanager
-def graceful_stop():
+def graceful_stop(what: str = "distill"):
     """Turn SIGINT/SIGTERM into a request to stop after the current step (a second Ctrl-C aborts)."""
     flag = {"stop": False}
     if threading.current_thread() is not threading.main_thread():
@@ -361,7 +361,7 @@ def graceful_stop():
         if flag["stop"] and signum == signal.SIGINT:
             raise KeyboardInterrupt
         flag["stop"] = True
-        log.warning("distill: signal %d received; stopping after this step (Ctrl-C again to abort without saving)", signum)
+        log.warning("%s: signal %d received; stopping after this step (Ctrl-C again to abort without saving)", what, signum)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -16,14 +20,38 @@ from torch.utils.data import Dataset
 from lana.config import FinetuneConfig
 from lana.data import NO_LABEL, BatchFn, DataSplits, epoch_steps, is_loader, iterate, make_loader, to_pair
 from lana.device import Placement, module_device
+from lana.distill.distributed import graceful_stop
 from lana.distill.inference import channels_last_trains_safely, fast_batch
 from lana.progress import bar as progress
+from lana.run.folder import load_tensors, save_tensors
 from lana.teacher.outputs import feature_distance, is_logits
 
 log = logging.getLogger("lana")
 
 LossFn = Callable[..., torch.Tensor]  # loss_fn(model, images, labels[, teacher_logits]) -> scalar
 CACHE_LIMIT_BYTES = 256 * 2**20  # teacher logits kept in memory up to this size, else recomputed per step
+FIT_STATE_FORMAT = 1
+
+
+@dataclass
+class Resumable:
+    """Where :func:`fit` keeps its state so that a stopped training resumes instead of starting over.
+
+    The state (weights, optimiser, schedule, grad scaler, step, position in the epoch, RNG) is
+    written atomically to ``path`` at most every ``every_s`` seconds and when Ctrl-C or SIGTERM
+    asks to stop (then :class:`KeyboardInterrupt` is raised once it is saved). A state whose
+    ``key`` differs (other work: another selection, other settings) is ignored and replaced.
+    Resuming replays the epoch's order up to the saved batch: exact for lana's loader (seeded
+    per epoch); a user's DataLoader is iterated as given, so its shuffling may differ.
+    """
+
+    path: Path
+    key: str
+    every_s: float = 300.0
+
+    def clear(self) -> None:
+        """Remove the state (once what it led to is saved)."""
+        self.path.unlink(missing_ok=True)
 
 
 def _batches(data, splits: DataSplits, batch_size: int, shuffle: bool, seed: int, place: Placement):
@@ -75,6 +103,7 @@ def fit(
     desc: str,
     train: Dataset | None = None,
     place: Placement | None = None,
+    resume: Resumable | None = None,
 ) -> float:
     """Train ``model`` on the train split with AdamW and a one-cycle schedule.
 
@@ -95,6 +124,7 @@ def fit(
         train: what to train on instead of ``splits.train``, e.g. :class:`TeacherLogits`
             (its extra fields are passed on to ``loss_fn``).
         place: the compute device and its mixed precision (default: where ``model`` is).
+        resume: where to keep the state so a stopped run resumes (:class:`Resumable`); None: not kept.
 
     Returns:
         The mean loss over the last 50 steps.
@@ -106,14 +136,23 @@ def fit(
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = one_cycle(optimiser, lr, steps)
     scaler = place.grad_scaler()
-    model.train()
     recent: list[float] = []
-    step, epoch, fast = 0, 0, None
-    with progress(total=steps, desc=desc, unit="step") as bar:
+    step, epoch, in_epoch, fast = 0, 0, 0, None
+    saved = _load_fit_state(resume, steps, model, optimiser, schedule, scaler)
+    if saved is not None:
+        step, epoch, in_epoch, recent = saved
+        log.info("%s: resuming at step %d of %d (%s)", desc, step, steps, resume.path.name)
+    model.train()
+    skip, last_save = in_epoch, time.monotonic()
+    with progress(total=steps, initial=step, desc=desc, unit="step") as bar, \
+            (graceful_stop(desc) if resume is not None else nullcontext({"stop": False})) as stop:
         while step < steps:
             for batch in _batches(train, splits, batch_size, True, seed + epoch, place):
                 if step >= steps:
                     break
+                if skip:  # resumed: the epoch's batches before the saved position were trained on
+                    skip -= 1
+                    continue
                 if fast is None:
                     fast = channels_last_trains(model, loss_fn, batch, place)
                 if fast:
@@ -128,14 +167,49 @@ def fit(
                 scaler.update()
                 schedule.step()
                 recent = (recent + [loss.item()])[-50:]
-                step += 1
+                step, in_epoch = step + 1, in_epoch + 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{sum(recent) / len(recent):.3f}")
-            epoch += 1
+                if resume is not None and step < steps and (stop["stop"] or time.monotonic() - last_save >= resume.every_s):
+                    _save_fit_state(resume, steps, model, optimiser, schedule, scaler, step, epoch, in_epoch, recent)
+                    last_save = time.monotonic()
+                    if stop["stop"]:
+                        log.info("%s: stopped at step %d of %d; state saved, run again to resume", desc, step, steps)
+                        raise KeyboardInterrupt
+            epoch, in_epoch = epoch + 1, 0
     if fast:  # the weights leave as they came: contiguous
         model.to(memory_format=torch.contiguous_format)
     model.eval()
     return sum(recent) / len(recent)
+
+
+def _save_fit_state(resume: Resumable, steps: int, model: nn.Module, optimiser, schedule, scaler, step: int, epoch: int,
+                    in_epoch: int, recent: list[float]) -> None:
+    save_tensors(resume.path, {
+        "format": FIT_STATE_FORMAT, "key": resume.key, "steps": steps, "step": step, "epoch": epoch, "in_epoch": in_epoch,
+        "recent": list(recent), "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
+        "rng": torch.get_rng_state(),
+    })
+
+
+def _load_fit_state(resume: Resumable | None, steps: int, model: nn.Module, optimiser, schedule,
+                    scaler) -> tuple[int, int, int, list[float]] | None:
+    """Load a saved state of the same work into the objects; its position, or None (no state, or another work's)."""
+    if resume is None or not resume.path.is_file():
+        return None
+    state = load_tensors(resume.path)
+    if not isinstance(state, dict) or state.get("format") != FIT_STATE_FORMAT or state.get("key") != resume.key \
+            or state.get("steps") != steps:
+        log.info("%s holds another training's state; starting over", resume.path.name)
+        return None
+    model.load_state_dict(state["model"])
+    optimiser.load_state_dict(state["optimiser"])
+    schedule.load_state_dict(state["schedule"])
+    if state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"])
+    return int(state["step"]), int(state["epoch"]), int(state["in_epoch"]), [float(x) for x in state["recent"]]
 
 
 def one_cycle(optimiser: torch.optim.Optimizer, lr: float, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
@@ -196,6 +270,7 @@ def distil_into(
     lr: float | None = None,
     targets: TeacherLogits | None = None,
     place: Placement | None = None,
+    resume: Resumable | None = None,
 ) -> float:
     """Train ``student`` end to end by logit distillation from ``teacher`` (``finetune`` settings).
 
@@ -215,6 +290,7 @@ def distil_into(
             same images every epoch) and they fit in memory. Otherwise the teacher runs
             beside the student on every batch; the log says which.
         place: the compute device (teacher and student are moved there; default: where ``student`` is).
+        resume: where to keep the training's state so a stopped run resumes (:class:`Resumable`).
 
     Returns:
         The mean loss over the last 50 steps.
@@ -232,7 +308,8 @@ def distil_into(
         log.info("%s: teacher logits %s", desc, f"computed beside the student every step ({why})" if why
                  else "cached once (the train split is deterministic)")
     return fit(student, splits, distillation_loss(teacher, cfg.temperature, cfg.alpha), epochs,
-               cfg.lr if lr is None else lr, cfg.weight_decay, batch_size, seed, desc, train=targets, place=place)
+               cfg.lr if lr is None else lr, cfg.weight_decay, batch_size, seed, desc, train=targets, place=place,
+               resume=resume)
 
 
 class TeacherLogits(Dataset):

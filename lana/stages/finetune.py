@@ -1,6 +1,8 @@
 """``lana finetune``: the selected student, fine-tuned end to end by distillation."""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections import OrderedDict
 
@@ -10,7 +12,7 @@ from lana.data import epoch_steps, iterate
 from lana.device import Placement, module_device, move_to
 from lana.distill.candidates import assemble_student
 from lana.distill.validation import evaluate_stream, split_validation
-from lana.distill.train import distil_into
+from lana.distill.train import Resumable, distil_into
 from lana.errors import ConfigError, RunFolderError
 from lana.run.context import Context, prepare
 from lana.run.folder import RunFolder, load_tensors, read_json, save_tensors, write_json
@@ -19,6 +21,7 @@ log = logging.getLogger("lana")
 
 
 STUDENT_WEIGHTS = "student.pt"
+FINETUNE_STATE = "finetune_state.pt"  # a stopped fine-tune resumes from it (lana.distill.train.Resumable)
 
 
 def score_kind(ctx: Context) -> str:
@@ -114,12 +117,17 @@ def finetune_stage(ctx: Context, selection: dict) -> dict:
     before = split_figures(ctx, {"student": student}, place, "val", data=choice)["student"]
     batch = ctx.config.data.batch_size
     epochs = finetune_epochs(cfg, round(epoch_steps(ctx.splits.train, batch) * batch), batch)
-    loss = distil_into(student, ctx.teacher, ctx.splits, cfg, batch, ctx.config.seed, epochs=epochs, place=place)
+    work = {"choice": selection["choice"], "finetune": cfg.model_dump(mode="json", exclude={"checkpoint_every_s"}),
+            "epochs": epochs, "batch": batch, "seed": ctx.config.seed}
+    resume = Resumable(ctx.run.file(FINETUNE_STATE), hashlib.sha256(json.dumps(work, sort_keys=True).encode()).hexdigest()[:16],
+                       cfg.checkpoint_every_s)
+    loss = distil_into(student, ctx.teacher, ctx.splits, cfg, batch, ctx.config.seed, epochs=epochs, place=place, resume=resume)
     after = split_figures(ctx, {"student": student}, place, "val", data=choice)["student"]
     state = student.state_dict()
     weights = OrderedDict((k, v.cpu()) for k, v in state.items())
     weights._metadata = getattr(state, "_metadata", OrderedDict())  # module versions: torchvision's MNASNet needs them to load
     save_tensors(ctx.run.file(STUDENT_WEIGHTS), {"choice": selection["choice"], "state_dict": weights})
+    resume.clear()  # student.pt holds what it led to
     place.offload(ctx.teacher)
     result = {
         "val_loss_before": before["loss"],
