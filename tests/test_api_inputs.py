@@ -114,3 +114,15 @@ def test_a_selection_of_the_wrong_shape(tmp_path):
     for selection in ("90%", {"layers.0": "teacher"}):
         with pytest.raises(lana.ConfigError, match=r"pass the record a solve returns \(a dict with 'choice'"):
             run.student(selection)
+
+
+def test_solve_on_a_reopened_python_run_asks_for_the_data_it_compares_on(tmp_path, one_thread):
+    config = {"ops": {"include": ["conv_k1"]}, "distill": {"max_steps": 1}, "score": {"val_images": 8},
+              "latency": {"batch_size": 1, "warmup": 1, "repeats": 3, "max_repeats": 3, "time_cap_s": 0.1, "context_rounds": 1},
+              "data": {"batch_size": 8}}
+    teacher = _teacher()
+    _new_run(tmp_path, teacher=teacher, blocks=BLOCKS, config=config, device="cpu").distill()
+    with pytest.raises(lana.DataError, match=r"compares the solver's 3 best selections \(solve.top_k\) .* lana.open_run"):
+        lana.open_run(tmp_path / "r").solve("90%")
+    reopened = lana.open_run(tmp_path / "r", teacher=teacher, train=_data(), val=_data())
+    assert set(reopened.solve("90%")["choice"]) == set(BLOCKS)
