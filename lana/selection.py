@@ -195,8 +195,9 @@ def describe(selection: Selection, inputs: SolveInputs, limits: Limits) -> dict[
     }
 
 
-def explain(error: InfeasibleError, limits: Limits) -> InfeasibleError:
-    """Reword a solver's infeasibility in terms of the command-line options."""
+def explain(error: InfeasibleError, limits: Limits, offsets: dict[str, float] | None = None) -> InfeasibleError:
+    """Reword a solver's infeasibility in terms of the command-line options; where the part of
+    the network outside the blocks (``offsets``) takes half the budget or more, say so."""
     report = getattr(error, "report", None)
     if report is None or report.kind != "upper":
         return error
@@ -208,6 +209,10 @@ def explain(error: InfeasibleError, limits: Limits) -> InfeasibleError:
     under = f" under {', '.join(report.others)}" if report.others else ""
     message = (f"{what} {report.limit:.4g}{unit} is below the {word} reachable {report.reachable:.4g}{unit}{under}; "
                f"raise {option} to at least {fix}{unit.strip()}")
+    fixed = (offsets or {}).get(report.cost, 0.0)
+    if report.cost.startswith(LATENCY) and fixed >= 0.5 * report.limit:
+        message += (f" (the layers outside the replaceable blocks alone take {fixed:.4g} ms: name more of them as "
+                    "blocks, teacher.blocks or blocks=, to replace them too)")
     new = InfeasibleError(message)
     new.report = report
     return new
@@ -222,7 +227,7 @@ def solve_inputs(inputs: SolveInputs, problem: SelectionProblem, limits: Limits,
         else:
             found = [solve_selection(problem, solver, time_limit)]
     except InfeasibleError as error:
-        raise explain(error, limits) from None
+        raise explain(error, limits, problem.offsets) from None
     record = describe(found[0], inputs, limits)
     if top_k > 1:
         record["top_k"] = [describe(s, inputs, limits) for s in found]

@@ -158,6 +158,14 @@ def test_joint_infeasibility_names_the_other_limit(table):
                        "raise --budget to at least 2.05ms")
 
 
+def test_a_budget_that_the_fixed_layers_alone_nearly_fill_says_so(run_dir):
+    # the layers outside the blocks take 0.4 ms (latency.json); a 0.7 ms budget cannot be met
+    message = failure(invoke("--run", str(run_dir), "--budget", "0.7ms"), InfeasibleError)
+    assert message.startswith("latency budget 0.7 ms is below the fastest reachable 1.05 ms; raise --budget to at least 1.05ms")
+    assert "outside the replaceable blocks alone take 0.4 ms" in message and "teacher.blocks" in message
+    assert "outside" not in failure(invoke("--run", str(run_dir), "--budget", "0.9ms", "--max-params", "10"), InfeasibleError)
+
+
 def test_missing_and_broken_tables(tmp_path):
     failure(invoke("--table", str(tmp_path / "nope.csv"), "--budget", "1ms"), TableError)
     (tmp_path / "bad.csv").write_text("block,candidate\n\"unterminated\n")
