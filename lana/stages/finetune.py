@@ -117,8 +117,10 @@ def finetune_stage(ctx: Context, selection: dict) -> dict:
     before = split_figures(ctx, {"student": student}, place, "val", data=choice)["student"]
     batch = ctx.config.data.batch_size
     epochs = finetune_epochs(cfg, round(epoch_steps(ctx.splits.train, batch) * batch), batch)
+    distilled = ctx.run.file("distill.json")  # a rerun distillation (--force) starts the fine-tune over
     work = {"choice": selection["choice"], "finetune": cfg.model_dump(mode="json", exclude={"checkpoint_every_s"}),
-            "epochs": epochs, "batch": batch, "seed": ctx.config.seed}
+            "epochs": epochs, "batch": batch, "seed": ctx.config.seed,
+            "distilled": hashlib.sha256(distilled.read_bytes()).hexdigest() if distilled.is_file() else None}
     resume = Resumable(ctx.run.file(FINETUNE_STATE), hashlib.sha256(json.dumps(work, sort_keys=True).encode()).hexdigest()[:16],
                        cfg.checkpoint_every_s)
     loss = distil_into(student, ctx.teacher, ctx.splits, cfg, batch, ctx.config.seed, epochs=epochs, place=place, resume=resume)
