@@ -156,17 +156,16 @@ MODES = {
         "threads": 1,
         "jobs": 2,
         # minutes per unit of work on one core beside another one-thread job (benchmarks.schedule:
-        # which unit a free worker takes first; --plan). ResNet-18-D and the ViT measured 2026-12-06
-        # (the ViT's budgets on a one-epoch stand-in teacher: 18.4 and 30.1 min); MobileNetV2 and
-        # EfficientNet-B0 from the 2026-12-05/06 runs; the ViT's teacher (one 40-epoch schedule)
-        # estimated from 556 s epochs beside another job (2026-12-06); MobileNetV2's teacher (40
-        # epochs) measured 2026-12-06: 121 min on a core shared with the ViT and my test runs;
-        # EfficientNet-B0's second schedule (its 40 epochs cached): 15 epochs at about 240 s
+        # which unit a free worker takes first; --plan). Measured in the final run of 2026-12-06 at
+        # 82aee40 (docs/quality.md, `report.unit_minutes` of its quality_timing.json files; a budget
+        # is the mean of the three; the minutes a make test paused two units are left out); the teachers' training:
+        # ResNet-18-D 29 min, MobileNetV2 121 min (40 epochs on a shared core), EfficientNet-B0's
+        # second schedule about 60 min (15 epochs at about 240 s), the ViT's 40 epochs 486 min.
         "unit_minutes": {
-            "resnet": {"teacher": 29, "distill": 4.8, "budget": 9.5, "long": 11, "final": 1},
-            "mobilenet": {"teacher": 121, "distill": 4.5, "budget": 4, "long": 60, "final": 1},
-            "efficientnet": {"teacher": 60, "distill": 16, "budget": 16, "long": 35, "final": 2},
-            "vit": {"teacher": 380, "distill": 28, "budget": 24, "final": 3},
+            "resnet": {"teacher": 29, "distill": 3.6, "budget": 8.4, "long": 12.3, "final": 1},
+            "mobilenet": {"teacher": 121, "distill": 6.4, "budget": 4.7, "long": 81, "final": 1},
+            "efficientnet": {"teacher": 60, "distill": 9.4, "budget": 21.9, "long": 39, "final": 3.2},
+            "vit": {"teacher": 486, "distill": 22, "budget": 28.9, "final": 1.4},
         },
     },
     "gpu": {
