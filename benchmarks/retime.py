@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from fnmatch import fnmatch
 from pathlib import Path
 
 import torch
-import yaml
 
-from lana.config import LatencyConfig
+from lana.config import load_config
 from lana.latency.measure import measure_networks
 from lana.teacher.load import load_teacher
 
@@ -28,26 +28,23 @@ from lana.teacher.load import load_teacher
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="one teacher's folder of a quality run (RUN/<teacher>)")
-    parser.add_argument("--files", default="long_*.pt", help="which saved units' networks to time (glob)")
+    parser.add_argument("--files", default="long_*.pt", help="which saved units' networks to report (glob, among --all)")
     parser.add_argument("--all", default="*_*.pt", help="the networks of the round-robin (glob; the final pass: every unit)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     run = Path(args.run)
-    config = yaml.safe_load((run / "seed0" / "config.yaml").read_text())
-    spec = config["teacher"]
-    teacher = load_teacher(spec["model"], spec["checkpoint"], spec.get("kwargs"))
-    latency = LatencyConfig(**{**config["latency"], "device": "cpu"})
-    shape = (int(spec["kwargs"].get("in_chans", 3)), config["data"]["image_size"], config["data"]["image_size"])
+    config = load_config(run / "seed0" / "config.yaml")
+    teacher = load_teacher(config.teacher.model, config.teacher.checkpoint, config.teacher.kwargs)
+    latency, size = config.latency, config.data.image_size
+    shape = (int(config.teacher.kwargs.get("in_chans", 3)), size, size)
 
-    def networks(pattern: str) -> list[tuple[str, torch.nn.Module]]:
-        out = []
-        for path in sorted(run.glob(pattern)):
-            saved = torch.load(path, weights_only=False)  # the benchmark's own files: whole modules
-            rows = [r for r in saved["rows"] if "val_top1" in r]
-            out += [(f"{path.stem} {r['method']} seed {r['seed']}", m.eval()) for r, m in zip(rows, saved["models"])]
-        return out
-
-    chosen, everyone = networks(args.files), networks(args.all)
+    everyone, chosen = [], []  # (name, network): the round-robin's, and the ones reported
+    for path in sorted(run.glob(args.all)):
+        saved = torch.load(path, weights_only=False)  # the benchmark's own files: whole modules
+        rows = [r for r in saved["rows"] if "val_top1" in r]
+        these = [(f"{path.stem} {r['method']} seed {r['seed']}", m.eval()) for r, m in zip(rows, saved["models"])]
+        everyone += these
+        chosen += these if fnmatch(path.name, args.files) else []
     names = {name for name, _ in chosen}
     pair, robin = {n: [] for n in names}, {n: [] for n in names}
     for _ in range(args.rounds):
