@@ -77,6 +77,12 @@ VIT_HARD2_RECIPE = {**VIT_HARD_RECIPE, "lr": 2.5e-4, "epochs": 8, "init": {"key"
 # (soft targets, then hard labels: +0.46 validation points even so; DeiT's Table 3: hard
 # distillation +1.2 on ImageNet), and it costs 40 epochs where the chain costs 62.
 VIT_DEIT_RECIPE = {**VIT_RECIPE, "ema": 0.999, "kd": {"key": "resnet", "alpha": 0.5, "hard": True}}
+# It ended at 92.00 % validation, 91.82 % test (2026-12-06, epoch 40 of 40), still rising: over its
+# last eight epochs validation 91.52 -> 92.00 %, test 91.53 -> 91.82 %, training loss falling. A second
+# schedule from its weights, as EfficientNet-B0's second schedule passed the bar: 12 epochs at a
+# quarter of the learning rate, one warm-up epoch, the same hard distillation and EMA (2026-12-07).
+VIT_DEIT2_RECIPE = {**VIT_DEIT_RECIPE, "lr": 2.5e-4, "warmup_epochs": 1, "epochs": 12,
+                    "init": {"key": "vit", "recipe": VIT_DEIT_RECIPE}}
 
 # EfficientNet-B0's 40 epochs on this machine (2026-12-06) chose epoch 35: 91.92 % validation,
 # 91.39 % test, under the bar (the same recipe gave 92.47 / 92.56 % on the machine before;
@@ -121,7 +127,7 @@ MODES = {
         },
         # per-teacher recipe changes (each a new hash): after the common 15 epochs MobileNetV2
         # reached 91.52 % test and EfficientNet-B0 90.47 % (2026-12-05), below the 92 % bar
-        "teacher_recipes": {"mobilenet": {"epochs": 40}, "efficientnet": EFFICIENTNET_KD_RECIPE, "vit": VIT_DEIT_RECIPE},
+        "teacher_recipes": {"mobilenet": {"epochs": 40}, "efficientnet": EFFICIENTNET_KD_RECIPE, "vit": VIT_DEIT2_RECIPE},
         # per-teacher changes to the lana settings: the ViT's blocks are token blocks; its
         # latency is timed on batches of 32: one forward of 128 takes 461 ms on one thread (ResNet-18-D
         # 55 ms), 107 ms at 32 (measured 2026-12-05), and every measurement times at least 25 of each;
@@ -186,8 +192,9 @@ MODES = {
             "vit": (DEIT, {"num_classes": 10, "in_chans": 1, "img_size": 64, "patch_size": 8, "embed_dim": 192,
                            "depth": 12, "num_heads": 3, "mlp_ratio": 4.0}),
         },
-        # the CPU mode's recipe (DeiT's: ResNet-18-D's hard labels and the EMA from the first step)
-        "teacher_recipes": {"vit": VIT_DEIT_RECIPE},
+        # the CPU mode's recipe (DeiT's: ResNet-18-D's hard labels and the EMA from the first step,
+        # then a second schedule from its weights)
+        "teacher_recipes": {"vit": VIT_DEIT2_RECIPE},
         "teacher_trees": {"vit": {"ops": {"include": VIT_OPS}, "teacher_training": {"lr": VIT_RECIPE["lr"]}}},
         "shares": [0.3, 0.5, 0.7],
         "long_finetune": {"shares": [0.33, 0.4], "steps": 8000, "methods": ["lana", "tp-taylor"]},

@@ -58,11 +58,16 @@ def test_vit_recipe_uses_adamw_and_leaves_the_cnn_teachers_hashes_alone(tmp_path
     vit = bench.recipe_for("cpu", "vit")
     assert vit["optimizer"] == "adamw"
     model, kwargs = bench.MODES["cpu"]["teachers"]["vit"]
-    # the ViT teacher is one schedule from scratch with ResNet-18-D's top class as a second label
+    # the ViT teacher: a second, shorter schedule at a lower learning rate from one schedule from
+    # scratch (cached as ab83772e489a24b3), both with ResNet-18-D's top class as a second label
     # (DeiT's hard distillation) and an EMA of the weights
-    assert "init" not in vit and vit["kd"]["hard"] and vit["kd"]["alpha"] == 0.5 and "key" not in vit["kd"]
-    assert recipe_hash(vit["kd"]["model"], vit["kd"]["kwargs"], vit["kd"]["recipe"])[:16] == "25a77904e4e4b812"
-    assert vit["ema"] == 0.999 and vit["epochs"] > bench.recipe_for("cpu", "resnet")["epochs"]
+    first = vit["init"]
+    assert recipe_hash(first["model"], first["kwargs"], first["recipe"])[:16] == "ab83772e489a24b3"
+    assert "init" not in first["recipe"] and first["recipe"]["epochs"] > bench.recipe_for("cpu", "resnet")["epochs"]
+    assert vit["lr"] < first["recipe"]["lr"] and vit["epochs"] < first["recipe"]["epochs"]
+    for recipe in (vit, first["recipe"]):
+        assert recipe["kd"]["hard"] and recipe["kd"]["alpha"] == 0.5 and "key" not in recipe["kd"] and recipe["ema"] == 0.999
+        assert recipe_hash(recipe["kd"]["model"], recipe["kd"]["kwargs"], recipe["kd"]["recipe"])[:16] == "25a77904e4e4b812"
     assert recipe_hash(model, kwargs, vit)[:16] not in ("9ecf1608b947576b", "c0aa0e9e29bf1118")
     # the chain it replaces (docs/benchmarks.md) keeps its cache folders: its third schedule, the
     # fourth (tried, not kept) from the third, the second and the first (the 40-epoch run)
