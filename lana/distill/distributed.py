@@ -97,6 +97,9 @@ class Dist:
     def close(self) -> None:
         """Leave the process group if this object started it."""
         if self.owns_group and tdist.is_initialized():
+            # every rank past its last collective before any tears its connections down: a gloo
+            # rank that left at once aborted ("terminate called without an active exception") in CI
+            tdist.barrier()
             tdist.destroy_process_group()
             self.owns_group = False
 
