@@ -14,6 +14,7 @@ not inside the band after the allowed measurements is reported as missing it.
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,21 @@ def measure_share(model: nn.Module, reference: nn.Module, input_shape: tuple[int
     """
     ref, own = measure_networks([reference.eval(), model.eval()], input_shape, cfg, time_cap_s=cfg.time_cap_s * rounds)
     return own["median_ms"], own["median_ms"] / ref["median_ms"]
+
+
+def median_shares(models: list[nn.Module], reference: nn.Module, input_shape: tuple[int, ...], cfg: LatencyConfig,
+                  rounds: int) -> list[float]:
+    """Each model's share of ``reference``'s latency, measured as a search measures it
+    (:func:`measure_share`), in ``rounds`` rounds over all the models: the median of each's rounds.
+
+    Round after round rather than model after model, so a slow spell of the machine touches
+    one round of many models, not every round of one.
+    """
+    shares: list[list[float]] = [[] for _ in models]
+    for _ in range(rounds):
+        for own, model in zip(shares, models):
+            own.append(measure_share(model, reference, input_shape, cfg)[1])
+    return [statistics.median(own) for own in shares]
 
 
 @dataclass

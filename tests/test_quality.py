@@ -20,7 +20,7 @@ from torch import nn
 from benchmarks import search as search_mod
 from benchmarks.baselines import EFFICIENTNET, MEMBERS, prune_magnitude, prune_taylor, random_in_band, width_scaled
 from benchmarks.compare import solve_in_window
-from benchmarks.report import cells, headline, judge, long_verdict, verdict
+from benchmarks.report import cells, close_to_teacher, headline, judge, long_verdict, verdict
 from benchmarks.search import OutOfBand, search_band
 from lana.errors import ConfigError, InfeasibleError
 from solvers import SelectionProblem
@@ -251,6 +251,29 @@ def test_long_fine_tune_rows_are_judged_apart_and_can_make_the_headline():
     assert long_verdict(frame[frame["protocol"].ne("long")]) == []
 
 
+def test_the_headline_reads_the_pairwise_median_where_the_run_timed_one():
+    frame = _rows(("lana", 0.5, [89.2, 89.4], [88.0, 88.4], 0.49), ("lana", 0.7, [89.4, 89.6], [88.9, 88.9], 0.69))
+    students = frame["method"] == "lana"
+    # the round-robin put 0.5× at 0.49, pairwise with the teacher it reads 0.53 and 0.55 (median of 5 rounds)
+    frame.loc[students, "headline_share"] = [0.53, 0.55, 0.68, 0.70]
+    frame.loc[students, "headline_rounds"] = 5
+    text = headline(frame, cells(frame))
+    assert f"{1 / 0.54:.2f}× (budget 0.5×" in text and "median of 5 rounds; one round-robin of every network: 2.04×" in text
+    # one seed without it (a run before the pairwise timing): the cell falls back to the round-robin
+    frame.loc[frame.index[2], "headline_share"] = float("nan")
+    assert f"{1 / 0.49:.2f}× (budget 0.5×" in headline(frame, cells(frame))
+
+
+def test_median_shares_take_every_model_once_per_round_and_keep_the_median(monkeypatch):
+    from benchmarks import search
+
+    reads = {"a": iter([0.50, 0.80, 0.52]), "b": iter([0.30, 0.31, 0.20])}
+    order = []
+    monkeypatch.setattr(search, "measure_share", lambda model, ref, shape, cfg: (order.append(model) or 1.0, next(reads[model])))
+    assert search.median_shares(["a", "b"], "teacher", (1, 8, 8), None, rounds=3) == [0.52, 0.30]
+    assert order == ["a", "b"] * 3  # round after round: a slow spell touches one round of each
+
+
 TINY_BAND = (0.88, 1.00)
 
 
@@ -330,6 +353,11 @@ def test_reduced_benchmark_runs_every_method_inside_the_band(tmp_path, monkeypat
     assert len(list((tmp_path / "teachers").glob("*/teacher.pt"))) == 1
     assert networks["top1"].between(0, 100).all() and networks["val_top1"].between(0, 100).all()
     assert networks["final_share"].notna().all() and (networks["search_s"] > 0).all()
+    # the headline's students, lana's cells within 0.5 validation points of the teacher, alone were timed again pairwise
+    close = close_to_teacher(cells(all_rows), all_rows.loc[all_rows["method"] == "teacher", "val_top1"].iloc[0])
+    timed = all_rows.dropna(subset=["headline_share"])
+    assert set(zip(timed["budget"], timed["method"])) == set(zip(close["budget"], close["method"]))
+    assert (timed["headline_share"] > 0).all() and (timed["headline_rounds"] == compare.HEADLINE_ROUNDS).all()
     docs_csv = pd.read_csv(tmp_path / "docs" / "quality.csv")
     assert list(docs_csv.columns[:9]) == ["teacher", "method", "budget", "seed", "share", "val_top1", "top1", "search_s", "train_s"]
     assert len(docs_csv) == len(all_rows)
