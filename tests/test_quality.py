@@ -429,7 +429,7 @@ def test_plan_lists_the_units_with_their_estimates_and_counts_what_the_run_holds
     est = bench.MODES["cpu"]["unit_minutes"]
     assert "| vit teacher | resnet teacher | 486 |" in text and "| resnet 0.5× | resnet distill seed 0, resnet distill seed 1 |" in text
     work = (sum(est[k]["teacher"] + 2 * est[k]["distill"] + 3 * est[k]["budget"] + est[k]["final"] for k in ("resnet", "vit"))
-            + est["resnet"]["long"])  # the ViT has no long budget
+            + 2 * est["resnet"]["long"])  # ResNet-18-D has two long budgets, the ViT none
     assert f"min of work left: about {work:g} min on 1 worker(s)" in text
     (run / "resnet").mkdir(parents=True)
     (run / "resnet" / "budget_0.5.pt").write_bytes(b"")  # a finished budget: nothing left to estimate
@@ -666,7 +666,7 @@ def test_a_loss_to_an_equal_compute_row_is_explained_from_the_runs_rows():
 def test_each_teacher_gets_its_own_long_fine_tune_settings_over_the_modes():
     bench = _load_benchmark()
     base = bench.MODES["cpu"]["long_finetune"]
-    assert bench.long_finetune_for("cpu", "resnet") == base
+    assert bench.long_finetune_for("cpu", "resnet") == {**base, "shares": [0.33, 0.3]}
     # its own budget and steps, the methods the mode's
     assert bench.long_finetune_for("cpu", "mobilenet") == {**base, "shares": [0.37], "steps": 24000}
     assert bench.long_finetune_for("cpu", "vit")["shares"] == []
