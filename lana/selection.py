@@ -41,7 +41,8 @@ _COUNT = re.compile(rf"^\s*{_NUMBER}\s*([kmgb]?)\s*$", re.IGNORECASE)
 _LIMIT = re.compile(r"^\s*(.+?)\s*(<=|>=)\s*(.+?)\s*$")
 _TO_MS = {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}
 _COUNT_UNIT = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}
-_OPTION = {"latency_ms": "--budget", "params": "--max-params", "macs": "--max-macs"}
+_OPTION = {"latency_ms": "--budget (budget= in Python)", "params": "--max-params (max_params=)",
+           "macs": "--max-macs (max_macs=)"}
 
 
 # -- parsing ---------------------------------------------------------------------------

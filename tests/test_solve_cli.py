@@ -138,8 +138,8 @@ def test_percent_budget_uses_teacher_rows_of_a_table(table):
 
 @pytest.mark.parametrize("args, kind, fragment", [
     (["--budget", "5"], BudgetError, "has no unit"),
-    (["--budget", "0.5ms"], InfeasibleError, "latency budget 0.5 ms is below the fastest reachable 0.65 ms; raise --budget to at least 0.65ms"),
-    (["--budget", "1.5ms", "--max-params", "500"], InfeasibleError, "raise --max-params to at least 900"),
+    (["--budget", "0.5ms"], InfeasibleError, "latency budget 0.5 ms is below the fastest reachable 0.65 ms; raise --budget (budget= in Python) to at least 0.65ms"),
+    (["--budget", "1.5ms", "--max-params", "500"], InfeasibleError, "raise --max-params (max_params=) to at least 900"),
     (["--budget", "0.7ms", "--max-params", "100"], InfeasibleError, "raise --max-params"),
     (["--budget", "2ms", "--solver", "gurobi"], SolverUnavailableError, "unknown solver 'gurobi'"),
     (["--budget", "2ms", "--cost", "energy<=3"], TableError, "'energy'"),
@@ -155,13 +155,13 @@ def test_joint_infeasibility_names_the_other_limit(table):
     # each limit alone can be met; together the fastest selection with >= 3000 params takes 2.05 ms
     message = failure(invoke("--table", str(table), "--budget", "1.2ms", "--cost", "params>=3k"), InfeasibleError)
     assert message == ("latency budget 1.2 ms is below the fastest reachable 2.05 ms under params>=3000; "
-                       "raise --budget to at least 2.05ms")
+                       "raise --budget (budget= in Python) to at least 2.05ms")
 
 
 def test_a_budget_that_the_fixed_layers_alone_nearly_fill_says_so(run_dir):
     # the layers outside the blocks take 0.4 ms (latency.json); a 0.7 ms budget cannot be met
     message = failure(invoke("--run", str(run_dir), "--budget", "0.7ms"), InfeasibleError)
-    assert message.startswith("latency budget 0.7 ms is below the fastest reachable 1.05 ms; raise --budget to at least 1.05ms")
+    assert message.startswith("latency budget 0.7 ms is below the fastest reachable 1.05 ms; raise --budget (budget= in Python) to at least 1.05ms")
     assert "outside the replaceable blocks alone take 0.4 ms" in message and "teacher.blocks" in message
     assert "outside" not in failure(invoke("--run", str(run_dir), "--budget", "0.9ms", "--max-params", "10"), InfeasibleError)
 
