@@ -2,8 +2,8 @@
 
 Checks that every method's pipeline runs end to end and that every reachable network was
 measured inside its band by the shared search, plus the pieces a wrong comparison would
-hide in: random selections that land in the predicted window, the bisection itself, the
-pruners, the win/tie rule and the headline chosen on validation.
+hide in: the pruners, the win/tie rule and the headline chosen on validation. The band search
+itself is in ``test_quality_search.py``, the teacher cache in ``test_quality_teachers.py``.
 """
 from __future__ import annotations
 
@@ -17,139 +17,13 @@ import torch
 from conftest import tiny_config
 from torch import nn
 
-from benchmarks import search as search_mod
-from benchmarks.baselines import EFFICIENTNET, MEMBERS, prune_magnitude, prune_taylor, random_in_band, width_scaled
+from benchmarks.baselines import EFFICIENTNET, MEMBERS, prune_magnitude, prune_taylor, width_scaled
 from benchmarks.compare import solve_in_window
 from benchmarks.report import cells, close_to_teacher, headline, judge, long_verdict, verdict
-from benchmarks.search import OutOfBand, search_band
-from lana.errors import ConfigError, InfeasibleError
-from solvers import SelectionProblem
+from lana.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RESNET = {"num_classes": 10, "in_chans": 1, "channels": [16, 32, 64, 64], "stem_width": 8}
-
-
-def _table(rng: np.random.Generator, blocks: int = 6, per_block: int = 5) -> pd.DataFrame:
-    rows = []
-    for b in range(blocks):
-        for c in range(per_block):
-            rows.append({"block": f"b{b}", "candidate": "teacher" if c == 0 else f"op{c}",
-                         "latency_ms": 1.0 if c == 0 else float(rng.uniform(0.05, 1.2)), "score": -float(rng.uniform(0, 1)) if c else 0.0})
-    return pd.DataFrame(rows)
-
-
-@pytest.mark.parametrize("factor", [1.3, 2.0, 2.8])
-def test_random_selections_land_in_the_predicted_window_and_vary(factor):
-    rng = np.random.default_rng(0)
-    table = _table(rng)
-    high = factor * table.groupby("block")["latency_ms"].min().sum()
-    problem = SelectionProblem.from_frame(table)
-    draws = [random_in_band(problem, rng, 0.97 * high, high) for _ in range(40)]
-    lat = table.set_index(["block", "candidate"])["latency_ms"]
-    for choice in draws:
-        assert list(choice) == [f"b{b}" for b in range(6)]
-        assert 0.97 * high - 1e-9 <= sum(lat[(b, op)] for b, op in choice.items()) <= high + 1e-9
-    assert len({tuple(d.values()) for d in draws}) > 10  # random, not one fixed answer
-
-
-def test_random_selection_outside_the_table_is_infeasible():
-    rng = np.random.default_rng(1)
-    table = _table(rng)
-    fastest = table.groupby("block")["latency_ms"].min().sum()
-    with pytest.raises(InfeasibleError):
-        random_in_band(SelectionProblem.from_frame(table), rng, 0.5 * fastest, 0.9 * fastest)
-
-
-class _Knob(nn.Module):
-    def __init__(self, knob: float) -> None:
-        super().__init__()
-        self.knob = knob
-
-
-def _fake_share(curve):
-    """measure_share stand-in: the share is ``curve(knob)``; counts calls."""
-    calls = []
-
-    def measure(model, reference, shape, cfg, rounds=3):
-        calls.append(model.knob)
-        return curve(model.knob), curve(model.knob)
-    return measure, calls
-
-
-def test_search_bisects_into_the_band_and_says_when_it_cannot(monkeypatch):
-    measure, calls = _fake_share(lambda k: 1.0 - 0.8 * k)  # knob 0 = teacher, 1 = fastest (0.2×)
-    monkeypatch.setattr(search_mod, "measure_share", measure)
-    found = search_band(_Knob, 1.0, 0.0, 0.5, None, (1, 8, 8), None, max_measurements=8)
-    assert 0.97 * 0.5 <= found.share <= 0.5 and found.measurements == len(calls) <= 8
-    with pytest.raises(OutOfBand, match="cannot reach: fastest 0.20×"):
-        search_band(_Knob, 1.0, 0.0, 0.15, None, (1, 8, 8), None)
-    step, _ = _fake_share(lambda k: 1.0 if k < 0.5 else 0.3)  # no setting between 0.3× and 1×
-    monkeypatch.setattr(search_mod, "measure_share", step)
-    with pytest.raises(OutOfBand, match="missed the band"):
-        search_band(_Knob, 1.0, 0.0, 0.5, None, (1, 8, 8), None, max_measurements=5)
-
-
-def test_search_interpolates_and_retakes_a_near_miss(monkeypatch):
-    # a straight line is found by interpolation in one step after the fastest setting
-    measure, calls = _fake_share(lambda k: 1.0 - 0.8 * k)
-    monkeypatch.setattr(search_mod, "measure_share", measure)
-    found = search_band(_Knob, 1.0, 0.0, 0.5, None, (1, 8, 8), None, max_measurements=8)
-    assert found.measurements == len(calls) == 2 and 0.485 <= found.share <= 0.5
-    # noise: the same network reads 0.505× then 0.495×; the mean (0.50×) is inside 0.5 × [0.97, 1]
-    readings = iter([0.2, 0.505, 0.495])
-    monkeypatch.setattr(search_mod, "measure_share", lambda m, r, s, c, rounds=3: (1.0, next(readings)))
-    found = search_band(_Knob, 1.0, 0.0, 0.5, None, (1, 8, 8), None)
-    assert found.measurements == 3 and found.share == pytest.approx(0.5)
-    # further outside than half the band's width (0.0075× here): no retake
-    for outside in (0.8, 0.51):
-        readings = iter([0.2, outside, 0.3, 0.5])
-        monkeypatch.setattr(search_mod, "measure_share", lambda m, r, s, c, rounds=3, readings=readings: (1.0, next(readings)))
-        assert search_band(_Knob, 1.0, 0.0, 0.5, None, (1, 8, 8), None).measurements == 4
-
-
-def test_search_probes_around_a_closed_bracket(monkeypatch):
-    """Selections either side of the band at every knob in between: the search looks just outside."""
-    def share(knob):  # fastest (knob 1) 0.2×; over the band below knob 0.5, under it above, except one network
-        if knob >= 0.5:
-            return 0.2 if knob == 1.0 else 0.4
-        return 0.49 if 0.485 <= knob < 0.49 else 0.6
-
-    def build(knob):
-        key = "inside" if 0.485 <= knob < 0.49 else ("fast" if knob == 1.0 else "under" if knob >= 0.5 else "over")
-        return _Knob(knob), {"key": key}
-    measure, calls = _fake_share(share)
-    monkeypatch.setattr(search_mod, "measure_share", measure)
-    found = search_band(build, 1.0, 0.0, 0.5, None, (1, 8, 8), None, max_measurements=8)
-    assert 0.485 <= found.share <= 0.5 and 0.485 <= found.knob < 0.49
-    assert found.measurements == len(calls) == 4  # fastest, under, over, inside: no network timed twice
-    # without probing the bracket closes on "under" and "over" and the search gives up
-    with pytest.raises(OutOfBand, match="missed the band"):
-        search_band(build, 1.0, 0.0, 0.5, None, (1, 8, 8), None, max_measurements=8, probe_step=0.0)
-    # a share that jumps across the band: the miss says between which settings
-    measure, _ = _fake_share(lambda knob: 0.4 if knob >= 0.5 else 0.6)
-    monkeypatch.setattr(search_mod, "measure_share", measure)
-    with pytest.raises(OutOfBand, match=r"missed the band .*; it jumps from 0\.400× at knob 0\.5\d* to 0\.600× at 0\.4\d*"):
-        search_band(lambda k: (_Knob(k), {}), 1.0, 0.0, 0.5, None, (1, 8, 8), None, max_measurements=16)
-
-
-def test_search_simulation_finds_a_noiseless_table_every_time_and_misses_some_noisy_ones():
-    from benchmarks.search_sim import miss_rate
-
-    assert miss_rate(20, 10, 0.0, 0.0, 0.003) == (0.0, pytest.approx(2.0, abs=1.5))
-    rate, spent = miss_rate(200, 10, 0.05, 0.02, 0.01)
-    assert 0.0 < rate < 0.5 and 2 <= spent <= 10
-
-
-def test_search_does_not_time_the_same_network_twice(monkeypatch):
-    """Knobs that build the same network (a table method's selection) share its measurements."""
-    def build(knob):  # two networks: knob < 0.5 is the slow one (0.8×), the rest the fast one (0.3×)
-        key = "slow" if knob < 0.5 else "fast"
-        return _Knob(knob), {"key": key}
-    measure, calls = _fake_share(lambda k: 0.8 if k < 0.5 else 0.3)
-    monkeypatch.setattr(search_mod, "measure_share", measure)
-    with pytest.raises(OutOfBand, match=r"in 2 measurements \(nearest 0.300×\)"):
-        search_band(build, 1.0, 0.0, 0.5, None, (1, 8, 8), None, max_measurements=6)
-    assert len(calls) == 2  # each network timed once; the other knobs reused those figures
 
 
 def test_pruners_keep_the_classifier_and_shrink_the_network(one_thread):
@@ -158,7 +32,7 @@ def test_pruners_keep_the_classifier_and_shrink_the_network(one_thread):
     torch.manual_seed(0)
     teacher = build_model("timm:resnet18d", TINY_RESNET).eval()
     x = torch.randn(3, 1, 16, 16)
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())
     uniform = prune_magnitude(teacher, (1, 16, 16), 0.5, num_classes=10)
     batches = [(torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,)))]
     taylor = prune_taylor(teacher, batches, 0.5, num_classes=10)
@@ -167,7 +41,7 @@ def test_pruners_keep_the_classifier_and_shrink_the_network(one_thread):
         assert count(pruned) < 0.7 * count(teacher)
     assert count(prune_taylor(teacher, batches, 0.0, 10)) == count(teacher)
     # global ranking: Taylor prunes layers unevenly, the uniform pruner evenly
-    widths = lambda m: [c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)]  # noqa: E731
+    widths = lambda m: [c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)]
     ratios = np.array(widths(taylor)) / np.array(widths(teacher))
     assert ratios.std() > 0.01 and all(p.grad is None for p in taylor.parameters())
 
@@ -246,8 +120,8 @@ def test_long_fine_tune_rows_are_judged_apart_and_can_make_the_headline():
     assert not any("0.4×" in line and "cannot reach" in line for line in lines)
     assert "2.56× (budget 0.4×, long fine-tune" in lines[-1]  # within 0.5 validation points only after the long one
     long = long_verdict(frame)
-    assert long == ["t at 0.4×: lana (long fine-tune) 92.55 ± 0.05 % wins against the best other by validation, "
-                    "tp-taylor (long fine-tune) 90.85 ± 0.15 %"]
+    assert long == [("t at 0.4×: lana (long fine-tune) 92.55 ± 0.05 % wins against the best other by validation, "
+                    "tp-taylor (long fine-tune) 90.85 ± 0.15 %")]
     assert long_verdict(frame[frame["protocol"].ne("long")]) == []
 
 
@@ -503,99 +377,6 @@ def test_parallel_teachers_can_still_silence_progress_bars():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "False"]
 
-
-# -- converged teachers: the cache ---------------------------------------------------------
-DEMO = "lana.teacher.demo_net:demo_resnet"
-DEMO_KWARGS = {"num_classes": 10, "in_chans": 1, "widths": [8, 16], "depth": 1}
-
-
-def _tiny_recipe(**changes):
-    from benchmarks.teachers import merge_recipe
-
-    data = {"kind": "synthetic", "image_size": 12, "val_size": 100, "seed": 3}
-    return merge_recipe({"epochs": 2, "batch_size": 20, "lr": 0.05, "data": data, "pad_crop": 0, "hflip": False, **changes})
-
-
-def test_teacher_is_cached_by_recipe_hash_reused_and_resumed_after_a_stop(tmp_path, monkeypatch, one_thread):
-    from benchmarks import teachers
-
-    recipe = _tiny_recipe()
-    stopped, straight = tmp_path / "stopped", tmp_path / "straight"
-    # a run stopped after epoch 1 leaves its per-epoch checkpoint and no teacher
-    assert teachers.prepare_teacher(DEMO, DEMO_KWARGS, recipe, root=stopped, stop_after=1) is None
-    folder = stopped / teachers.recipe_hash(DEMO, DEMO_KWARGS, recipe)[:16]
-    assert (folder / "checkpoint.pt").is_file() and not (folder / "teacher.pt").exists()
-    first_epoch = torch.load(folder / "checkpoint.pt", weights_only=True)["state"]["history"]
-    assert [h["epoch"] for h in first_epoch] == [1]
-    # started again, it trains epoch 2 only, and ends where an uninterrupted run ends
-    resumed = teachers.prepare_teacher(DEMO, DEMO_KWARGS, recipe, root=stopped)
-    assert resumed["trained_now"] == 1 and resumed["history"][0] == first_epoch[0]
-    whole = teachers.prepare_teacher(DEMO, DEMO_KWARGS, recipe, root=straight)
-    assert whole["trained_now"] == 2
-    assert [h["val_top1"] for h in whole["history"]] == [h["val_top1"] for h in resumed["history"]]
-    a, b = torch.load(resumed["weights"], weights_only=True), torch.load(whole["weights"], weights_only=True)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    # the record: recipe, hash, the epoch chosen on validation, its figures
-    vals = [h["val_top1"] for h in whole["history"]]
-    assert whole["chosen_epoch"] == vals.index(max(vals)) + 1 and whole["val_top1"] == max(vals)
-    assert whole["recipe"] == recipe and whole["hash"] == teachers.recipe_hash(DEMO, DEMO_KWARGS, recipe)
-    assert whole["history"][-1]["test_top1"] > 50 and not (folder / "checkpoint.pt").exists()
-    # reused without training: the same record, the same file
-    monkeypatch.setattr(teachers, "_train", lambda *a, **k: pytest.fail("a cached teacher was trained again"))
-    mtime = Path(resumed["weights"]).stat().st_mtime_ns
-    again = teachers.prepare_teacher(DEMO, DEMO_KWARGS, recipe, root=stopped)
-    assert again["trained_now"] == 0 and again["weights"] == resumed["weights"]
-    assert Path(again["weights"]).stat().st_mtime_ns == mtime
-    # another recipe (or another model) is another teacher
-    other = _tiny_recipe(lr=0.02)
-    assert teachers.recipe_hash(DEMO, DEMO_KWARGS, other) != whole["hash"]
-    assert teachers.recipe_hash(DEMO, {**DEMO_KWARGS, "depth": 2}, recipe) != whole["hash"]
-    assert teachers.cached(DEMO, DEMO_KWARGS, other, stopped) is None
-
-
-def test_teacher_augmentation_shifts_by_at_most_the_padding_and_flips():
-    from benchmarks.teachers import augment
-
-    x = torch.zeros(64, 1, 8, 10)
-    x[:, 0, 3, 2] = 1.0  # one bright pixel in the left half, 2 from the edge: a crop never loses it
-    out = augment(x, torch.Generator().manual_seed(0), pad=2, flip=True, fill=torch.zeros(1, 1, 1, 1))
-    assert out.shape == x.shape and torch.equal(out.sum((1, 2, 3)), torch.ones(64))
-    where = out[:, 0].flatten(1).argmax(1)
-    rows, cols = where.div(10, rounding_mode="floor"), where % 10
-    assert set((rows - 3).tolist()) == {-2, -1, 0, 1, 2}
-    flipped = cols >= 5  # a flip moves the pixel to the right half (column 7 ± 2)
-    assert 10 < int(flipped.sum()) < 54 and ((cols - 2).abs() <= 2)[~flipped].all() and ((cols - 7).abs() <= 2)[flipped].all()
-    assert torch.equal(augment(x, torch.Generator(), pad=0, flip=False, fill=torch.zeros(1)), x)
-
-
-def test_teacher_cache_location_and_recipe_errors(tmp_path, monkeypatch, capsys):
-    from benchmarks.teachers import cache_root, merge_recipe
-
-    monkeypatch.setenv("LANA_TEACHER_CACHE", str(tmp_path / "c"))
-    assert cache_root() == tmp_path / "c"
-    monkeypatch.delenv("LANA_TEACHER_CACHE")
-    assert cache_root() == Path.home() / ".cache" / "lana" / "quality-teachers"
-    with pytest.raises(KeyError, match="unknown recipe key 'epoch'"):
-        merge_recipe({"epoch": 3})
-    with pytest.raises(SystemExit) as info:
-        _load_benchmark().main(["--teachers-only", "--recipe", '{"epoch": 3}'])
-    assert info.value.code == 2 and "unknown recipe key 'epoch'" in capsys.readouterr().err
-
-
-def test_teachers_only_prints_the_table_of_cached_teachers(tmp_path, monkeypatch, capsys, one_thread):
-    bench = _load_benchmark()
-    monkeypatch.setenv("LANA_TEACHER_CACHE", str(tmp_path))
-    monkeypatch.setitem(bench.MODES, "tiny", {**bench.MODES["cpu"], "image_size": 12, "recipe": _tiny_recipe(epochs=1),
-                                              "teachers": {"demo": (DEMO, DEMO_KWARGS)}})
-    assert bench.main(["--mode", "tiny", "--teachers-only"]) == 0
-    out = capsys.readouterr().out
-    assert "| demo | lana.teacher.demo_net:demo_resnet |" in out and "| 1 / 1 |" in out and str(tmp_path) in out
-    import torch
-
-    asked = []
-    monkeypatch.setattr(torch, "set_num_threads", asked.append)
-    assert bench.main(["--mode", "tiny", "--teachers-only", "--threads", "2"]) == 0  # the cached teacher, on 2 threads
-    assert asked == [2] and "| demo |" in capsys.readouterr().out
 
 
 def test_the_comparisons_choice_images_are_every_validation_image_lana_did_not_score():
