@@ -18,8 +18,8 @@ fine-tune by distillation, once per seed (``benchmarks.compare``), and the figur
 judged by ``benchmarks.report``.
 
 Writes RUN/<teacher>/quality.csv, RUN/quality.csv, and with ``--docs`` (default ``docs/``)
-``quality.csv``, ``quality.md`` and ``quality.png``. With ``--jobs N`` the work runs in N
-processes, in units (a teacher's training, each seed's distillation, each budget, the final
+``quality.csv``, ``quality.md`` and ``quality.png``. With ``--jobs N`` (N > 1) the work runs in N
+processes, a fresh one for each unit, in units (a teacher's training, each seed's distillation, each budget, the final
 pass; ``benchmarks.schedule``) taken longest path first (CPU mode: one thread each, latency
 by process CPU time).
 """

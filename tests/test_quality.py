@@ -273,7 +273,7 @@ def test_jobs_run_the_work_in_units_that_a_single_job_run_then_reuses(tmp_path, 
     from benchmarks import compare, schedule
 
     bench = _tiny_mode(monkeypatch, tmp_path)
-    monkeypatch.setattr(schedule, "ProcessPoolExecutor", lambda max_workers, mp_context: ThreadPoolExecutor(max_workers))
+    monkeypatch.setattr(schedule, "ProcessPoolExecutor", lambda max_workers, mp_context, **_: ThreadPoolExecutor(max_workers))
     monkeypatch.setitem(bench.MODES["tiny"], "long_finetune", {"shares": [0.7], "steps": 4, "methods": ["lana"]})
     args = ["--mode", "tiny", "--methods", "lana", "--run", str(tmp_path / "q"), "--docs", ""]
     assert bench.main([*args, "--jobs", "2"]) == 0

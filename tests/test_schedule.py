@@ -1,6 +1,8 @@
 """The quality benchmark's units over several workers (``benchmarks/schedule.py``)."""
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -111,3 +113,14 @@ def test_a_dead_worker_fails_what_ran_in_its_pool_and_the_rest_goes_on_in_a_new_
     with pytest.raises(UnitsFailed, match="crash distill seed 0: a worker process died") as info:
         run_units(deps, lambda u: 2.0 if u.key == "crash" else 1.0, 1, work, pools=new_pool)
     assert len(pools) == 2 and "fine final" not in str(info.value)  # a new pool ran the other teacher's units
+
+
+def _pid(key, kind, arg):
+    return os.getpid()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="max_tasks_per_child needs Python 3.11")
+def test_every_unit_runs_in_a_fresh_process_by_default():
+    deps = plan(["t"], [0, 1], [0.5], {}, {}, cached={"t"})  # 2 distills, 1 budget, 1 final
+    pids = run_units(deps, lambda u: 1.0, 2, _pid)
+    assert len(pids) == 4 and len(set(pids.values())) == 4 and os.getpid() not in pids.values()
