@@ -363,7 +363,8 @@ def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float]
     tick = time.time()
     frame = pd.DataFrame(cmp.rows).assign(teacher=model_name)
     close = close_to_teacher(cells(frame), frame.loc[frame["method"] == "teacher", "val_top1"].iloc[0])
-    picked = [i for i, r in enumerate(networks) if (r["budget"], r["method"]) in set(zip(close["budget"], close["method"]))]
+    wanted = set(zip(close["budget"], close["method"]))
+    picked = [i for i, r in enumerate(networks) if (r["budget"], r["method"]) in wanted]
     medians = median_shares([cmp.models[i] for i in picked], cmp.models[0], ctx.input_shape, config.latency, HEADLINE_ROUNDS)
     for i, share in zip(picked, medians):
         networks[i].update(headline_share=share, headline_rounds=HEADLINE_ROUNDS)
