@@ -91,3 +91,10 @@ def run_main(args, monkeypatch, capsys) -> tuple[int, str]:
     with pytest.raises(SystemExit) as exit_info:
         cli.main()
     return exit_info.value.code, capsys.readouterr().err
+
+
+def quality_benchmark():
+    """``benchmarks.quality`` itself: a mode a test adds to its ``MODES`` is seen by ``benchmarks.quality_run`` too."""
+    import importlib
+
+    return importlib.import_module("benchmarks.quality")

@@ -7,14 +7,13 @@ itself is in ``test_quality_search.py``, the teacher cache in ``test_quality_tea
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import quality_benchmark, tiny_config
 from torch import nn
 
 from benchmarks.baselines import EFFICIENTNET, MEMBERS, prune_magnitude, prune_taylor, width_scaled
@@ -151,14 +150,9 @@ def test_median_shares_take_every_model_once_per_round_and_keep_the_median(monke
 TINY_BAND = (0.88, 1.00)
 
 
-def _load_benchmark():
-    """``benchmarks.quality`` itself: a mode a test adds to its ``MODES`` is seen by ``benchmarks.quality_run`` too."""
-    return importlib.import_module("benchmarks.quality")
-
-
 def _tiny_mode(monkeypatch, tmp_path):
     """The benchmark with a mode "tiny": one tiny timm ResNet teacher on digits, one budget, two seeds, few steps."""
-    bench = _load_benchmark()
+    bench = quality_benchmark()
     config = tiny_config(latency={"batch_size": 16, "warmup": 1, "repeats": 5, "threads": 1, "clock": "process", "time_cap_s": 0.15},
                          data={"image_size": 32})
     tree = config.model_dump(mode="json")
@@ -295,7 +289,7 @@ def test_jobs_run_the_work_in_units_that_a_single_job_run_then_reuses(tmp_path, 
 
 
 def test_plan_lists_the_units_with_their_estimates_and_counts_what_the_run_holds_as_done(tmp_path, monkeypatch, capsys):
-    bench = _load_benchmark()
+    bench = quality_benchmark()
     monkeypatch.setenv("LANA_TEACHER_CACHE", str(tmp_path / "teachers"))  # none cached: each teacher is a unit
     run = tmp_path / "q"
     assert bench.main(["--plan", "--teachers", "resnet,vit", "--jobs", "1", "--run", str(run)]) == 0
@@ -353,15 +347,15 @@ def test_a_baseline_that_had_lanas_compute_already_is_not_trained_again():
 
 def test_unknown_method_is_one_usage_line(capsys):
     with pytest.raises(SystemExit) as info:
-        _load_benchmark().main(["--methods", "lana,prunning"])
+        quality_benchmark().main(["--methods", "lana,prunning"])
     assert info.value.code == 2 and "prunning" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
-        _load_benchmark().main(["--long-shares", "0.4x"])
+        quality_benchmark().main(["--long-shares", "0.4x"])
     assert info.value.code == 2 and "'0.4x'" in capsys.readouterr().err
 
 
 def test_report_only_without_a_finished_run_says_what_is_missing(tmp_path, capsys):
-    bench = _load_benchmark()
+    bench = quality_benchmark()
     with pytest.raises(SystemExit) as info:
         bench.main(["--run", str(tmp_path / "nothing"), "--report-only"])
     assert info.value.code == 2 and "quality.csv" in capsys.readouterr().err
@@ -445,7 +439,7 @@ def test_a_loss_to_an_equal_compute_row_is_explained_from_the_runs_rows():
 
 
 def test_each_teacher_gets_its_own_long_fine_tune_settings_over_the_modes():
-    bench = _load_benchmark()
+    bench = quality_benchmark()
     base = bench.MODES["cpu"]["long_finetune"]
     assert bench.long_finetune_for("cpu", "resnet") == {**base, "shares": [0.33, 0.3]}
     # its own budget and steps, the methods the mode's

@@ -2,16 +2,11 @@
 stop, and listed by ``--teachers-only``."""
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pytest
 import torch
-
-
-def _load_benchmark():
-    """``benchmarks.quality`` itself, as ``tests/test_quality.py`` loads it."""
-    return importlib.import_module("benchmarks.quality")
+from conftest import quality_benchmark
 
 
 # -- converged teachers: the cache ---------------------------------------------------------
@@ -88,12 +83,12 @@ def test_teacher_cache_location_and_recipe_errors(tmp_path, monkeypatch, capsys)
     with pytest.raises(KeyError, match="unknown recipe key 'epoch'"):
         merge_recipe({"epoch": 3})
     with pytest.raises(SystemExit) as info:
-        _load_benchmark().main(["--teachers-only", "--recipe", '{"epoch": 3}'])
+        quality_benchmark().main(["--teachers-only", "--recipe", '{"epoch": 3}'])
     assert info.value.code == 2 and "unknown recipe key 'epoch'" in capsys.readouterr().err
 
 
 def test_teachers_only_prints_the_table_of_cached_teachers(tmp_path, monkeypatch, capsys, one_thread):
-    bench = _load_benchmark()
+    bench = quality_benchmark()
     monkeypatch.setenv("LANA_TEACHER_CACHE", str(tmp_path))
     monkeypatch.setitem(bench.MODES, "tiny", {**bench.MODES["cpu"], "image_size": 12, "recipe": _tiny_recipe(epochs=1),
                                               "teachers": {"demo": (DEMO, DEMO_KWARGS)}})
