@@ -123,6 +123,7 @@ def test_solve_on_a_reopened_python_run_asks_for_the_data_it_compares_on(tmp_pat
     teacher = _teacher()
     _new_run(tmp_path, teacher=teacher, blocks=BLOCKS, config=config, device="cpu").distill()
     with pytest.raises(lana.DataError, match=r"compares the solver's 3 best selections \(solve.top_k\) .* lana.open_run"):
-        lana.open_run(tmp_path / "r").solve("90%")
+        lana.open_run(tmp_path / "r").solve("150%")
     reopened = lana.open_run(tmp_path / "r", teacher=teacher, train=_data(), val=_data())
-    assert set(reopened.solve("90%")["choice"]) == set(BLOCKS)
+    # 150 %: always feasible, however the 3 timing repeats fall (at 90 % noise once made it infeasible)
+    assert set(reopened.solve("150%")["choice"]) == set(BLOCKS)
