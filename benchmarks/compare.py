@@ -56,7 +56,7 @@ from lana.latency.measure import measure_networks
 from lana.run.context import Context, prepare
 from lana.run.folder import RunFolder, atomic_write_bytes, setup_logging, write_json
 from lana.selection import LATENCY, Limits, build_problem, solve_inputs
-from lana.stages.choose import best_of, measure_selections
+from lana.stages.choose import measure_selections, ranked
 from lana.stages.distill import distill_stage
 from lana.stages.solve import load_run
 
@@ -133,11 +133,17 @@ class Comparison:
         problem, _ = build_problem(inputs, f"{inputs.teacher_ms:.6f}ms")
         fast = float(problem.min_totals()[problem.cost_names.index(LATENCY)]) * (1 + 1e-6)
 
-        def build(table_ms: float):
-            choice = draw(problem, table_ms)
+        def network(choice: dict[str, str], rank: int = 0):
             # the same selection from another table budget is the same network: the search does not time it again
             key = tuple(sorted(choice.items()))
-            return assemble_student(ctx.teacher, ctx.specs, choice, ctx.run.weights_dir), {"choice": choice, "key": key}
+            return assemble_student(ctx.teacher, ctx.specs, choice, ctx.run.weights_dir), {"choice": choice, "key": key, "rank": rank}
+
+        def build(table_ms: float):
+            drawn = draw(problem, table_ms)  # one selection, or several in the method's order of preference
+            first, *others = drawn if isinstance(drawn, list) else [drawn]
+            model, extra = network(first)
+            extra["alternatives"] = [(tuple(sorted(c.items())), lambda c=c, r=r: network(c, r)) for r, c in enumerate(others, 1)]
+            return model, extra
         return build, fast, float(inputs.teacher_ms)
 
     def lana(self, share: float, seed: int) -> Found | None:
@@ -148,8 +154,8 @@ class Comparison:
 
         picked: dict = {}  # the same top-k from another table budget: not assembled and compared again
 
-        def draw(problem, table_ms):
-            return choose_in_window(ctx, inputs, table_ms, self.band[0], self.solver, picked)
+        def draw(problem, table_ms):  # the kept selection first, the other top-k after it: the search's alternatives
+            return rank_in_window(ctx, inputs, table_ms, self.band[0], self.solver, picked)
         found = self.search("lana", share, seed, *self._table(share, seed, draw))
         if found:
             self.found[("lana", share, seed)] = found
@@ -238,21 +244,28 @@ def solve_in_window(inputs, table_ms: float, low: float, solver: str = "auto", t
     return [r["choice"] for r in record.get("top_k") or [record]]
 
 
-def choose_in_window(ctx: Context, inputs, table_ms: float, low: float, solver: str = "auto",
-                     picked: dict | None = None) -> dict[str, str]:
-    """lana's selection as its pipeline makes it (:func:`lana.stages.choose.solve_and_choose`),
-    inside the window of :func:`solve_in_window`: the ``solve.top_k`` best, assembled and
-    compared on the choice images, the one that keeps the teacher's outputs best.
-    ``picked`` remembers the choice per set of alternatives across calls (a search's table budgets)."""
+def rank_in_window(ctx: Context, inputs, table_ms: float, low: float, solver: str = "auto",
+                   picked: dict | None = None) -> list[dict[str, str]]:
+    """lana's ``solve.top_k`` best selections inside the window of :func:`solve_in_window`,
+    assembled and compared on the choice images as its pipeline does
+    (:func:`lana.stages.choose.solve_and_choose`): best first, the one that keeps the teacher's
+    outputs best. ``picked`` remembers the order per set of selections across calls (a search's
+    table budgets)."""
     choices = solve_in_window(inputs, table_ms, low, solver, ctx.config.solve.top_k)
     if len(choices) == 1:
-        return choices[0]
+        return choices
     picked = {} if picked is None else picked
     key = tuple(tuple(sorted(c.items())) for c in choices)
     if key not in picked:
         figures = measure_selections(ctx, [{"choice": c} for c in choices])
-        picked[key] = choices[best_of(figures, ctx.config.score.metric)]
+        picked[key] = [choices[i] for i in ranked(figures, ctx.config.score.metric)]
     return picked[key]
+
+
+def choose_in_window(ctx: Context, inputs, table_ms: float, low: float, solver: str = "auto",
+                     picked: dict | None = None) -> dict[str, str]:
+    """lana's selection as its pipeline makes it: the first of :func:`rank_in_window`."""
+    return rank_in_window(ctx, inputs, table_ms, low, solver, picked)[0]
 
 
 def choice_split(ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,7 +284,8 @@ def _setting(found: Found) -> str:
     counts: dict[str, int] = {}
     for op in choice.values():
         counts[op] = counts.get(op, 0) + 1
-    return ", ".join(f"{op}×{n}" if n > 1 else op for op, n in counts.items())
+    rank = found.extra.get("rank", 0)  # an alternative the band search took: the pipeline's choice jumped over the band
+    return (f"top-k #{rank + 1}: " if rank else "") + ", ".join(f"{op}×{n}" if n > 1 else op for op, n in counts.items())
 
 
 def compare_teacher(config: LanaConfig, run_dir: str | Path, shares: list[float], seeds: list[int], n_random: int = 3,

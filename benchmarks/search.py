@@ -7,7 +7,9 @@ measurements allowed, each measurement one interleaved run of the network and th
 (:func:`measure_share`), so the machine's drift cancels out of the share. The search is a
 safeguarded interpolation inside a bracket; a network measured just outside the band is
 measured once more (the mean decides), and a bracket closed on two networks either side of
-the band is probed around, for every method alike. A method whose
+the band is probed around, for every method alike. A method that has other networks to offer
+at one knob (lana's other top-k selections) has those measured first at a closed bracket,
+within the same number of measurements. A method whose
 fastest setting measures above the band cannot reach the budget and says so; one that is
 not inside the band after the allowed measurements is reported as missing it.
 """
@@ -96,6 +98,11 @@ def search_band(build: Callable[[float], nn.Module | tuple[nn.Module, dict]], fa
       time: a knob-to-network map that is not monotonic (selections whose measured shares
       scatter around the table's prediction) may have a network inside the band there.
       Knobs that build a network already measured cost no measurement.
+    - before probing, and after every probe, the alternatives a closed bracket's networks offer
+      (``extra["alternatives"]``: ``(key, make)`` pairs, ``make()`` building another network the
+      method accepts at that knob, in its order of preference) are measured, the slower end's
+      first: a table method's other top-k selections scatter around the table's prediction as
+      its first does, so one of them may measure inside a band its first jumped over.
 
     Args:
         build: knob → network (or ``(network, extra)``); the network's latency is assumed to
@@ -121,6 +128,9 @@ def search_band(build: Callable[[float], nn.Module | tuple[nn.Module, dict]], fa
     near = (high - low) / 2 if near is None else near
     target = (low + high) / 2
     nets: dict = {}  # key → [model, extra, shares, latencies]
+    built_at: dict = {}  # knob → key of the network it built
+    pending: list = []  # (knob, key, make): alternatives offered at the closed bracket, not measured yet
+    offered: set = set()  # keys whose alternatives are queued
     count = 0
 
     def measure(key, knob: float) -> float:
@@ -134,11 +144,11 @@ def search_band(build: Callable[[float], nn.Module | tuple[nn.Module, dict]], fa
                  sum(shares) / len(shares), len(shares))
         return sum(shares) / len(shares)
 
-    def try_knob(knob: float) -> tuple[float, Found | None]:
-        """The mean share of ``build(knob)``'s network, and the Found when it is inside the band."""
-        built = build(knob)
+    def judge(knob: float, built, key=None) -> tuple[float, Found | None]:
+        """The mean share of the network ``built`` (measured unless its key was), and the Found when it is inside the band."""
         model, extra = built if isinstance(built, tuple) else (built, {})
-        key = extra.get("key", knob)
+        key = extra.get("key", knob) if key is None else key
+        built_at.setdefault(knob, key)
         if key not in nets:
             nets[key] = [model, extra, [], []]
             share = measure(key, knob)
@@ -149,6 +159,17 @@ def search_band(build: Callable[[float], nn.Module | tuple[nn.Module, dict]], fa
         if low <= share <= high:
             return share, Found(knob, model, share, sum(times) / len(times), count, time.time() - tick, extra)
         return share, None
+
+    def try_knob(knob: float) -> tuple[float, Found | None]:
+        return judge(knob, build(knob))
+
+    def offer(knob: float) -> None:
+        """Queue the alternatives of the network ``knob`` built (once per network)."""
+        key = built_at.get(knob)
+        if key is None or key in offered:
+            return
+        offered.add(key)
+        pending.extend((knob, alt, make) for alt, make in nets[key][1].get("alternatives", ()) if alt not in nets)
 
     share, found = try_knob(fast)
     if found:
@@ -167,12 +188,23 @@ def search_band(build: Callable[[float], nn.Module | tuple[nn.Module, dict]], fa
         if centre is not None or abs(span) <= step:
             # the bracket has closed on two networks either side of the band (a table method's
             # selections can jump over it): probe knobs around it, alternately above and below
+            if centre is None:
+                centre = under[0] + span / 2
+                offer(over[0])
+                offer(under[0])
+            if pending:
+                knob, key, make = pending.pop(0)
+                if key not in nets:
+                    share, found = judge(knob, make(), key)
+                    if found:
+                        return found
+                continue
             probes += 1
-            centre = under[0] + span / 2 if centre is None else centre
             knob = min(max(centre + (1 if probes % 2 else -1) * ((probes + 1) // 2) * step, min(fast, slow)), max(fast, slow))
             share, found = try_knob(knob)
             if found:
                 return found
+            offer(knob)
             continue
         if len(moved) >= 2 and moved[-1] == moved[-2]:
             t = 0.5  # the same end moved twice: bisect

@@ -3,7 +3,8 @@
 A table method's knob (its table budget) maps to selections piecewise: every ``--segment``
 of the knob (as a share of the teacher) builds another selection, and a selection's
 measured share scatters around the table's prediction (``--selection-sd``, relative); every
-measurement adds its own noise (``--measurement-sd``). :func:`benchmarks.search.search_band`
+measurement adds its own noise (``--measurement-sd``). With ``alternatives`` each knob also
+offers that many other selections (lana's other top-k), each with its own scatter. :func:`benchmarks.search.search_band`
 runs on that map with its measurements replaced, so its miss rate and the measurements it
 spends can be compared between settings (or, with another checkout first on ``PYTHONPATH``,
 between versions of the search) in a minute::
@@ -22,19 +23,20 @@ from lana.errors import InfeasibleError
 
 
 def miss_rate(trials: int, max_measurements: int, selection_sd: float, measurement_sd: float, segment: float,
-              budget: float = 0.5, seed: int = 0) -> tuple[float, float]:
+              budget: float = 0.5, seed: int = 0, alternatives: int = 0) -> tuple[float, float]:
     """Share of searches that end outside the band, and the mean measurements of those that do not."""
     rng = np.random.default_rng(seed)
     misses, spent = 0, []
     fast, slow = 0.05, 1.0  # knob = predicted share; the fastest selection measures 0.05×
     for _ in range(trials):
-        scatter: dict[int, float] = {}
+        scatter: dict = {}
 
-        def build(knob: float, scatter: dict = scatter):
-            key = int(knob / segment)
+        def build(knob: float, scatter: dict = scatter, alt: int = 0):
+            key = (int(knob / segment), alt)
             scatter.setdefault(key, rng.normal(0.0, selection_sd))
             true = 0.05 if knob <= fast else 0.9 * knob * (1 + scatter[key])  # the table over-predicts by about 10 %
-            return true, {"key": key}
+            others = [((key[0], j), lambda knob=knob, j=j: build(knob, alt=j)) for j in range(1, alternatives + 1)]
+            return true, {"key": key, "alternatives": [] if alt or knob <= fast else others}
 
         def measure(model, reference, shape, cfg, rounds=3):
             share = model * (1 + rng.normal(0.0, measurement_sd))
@@ -56,13 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--measurement-sd", type=float, default=0.012, help="one measurement's relative noise")
     args = parser.parse_args(argv)
     print(f"band {search.BAND}, budget {args.budget}×, measurement noise {args.measurement_sd:.1%}, {args.trials} searches each")
-    print("| selections every | selection scatter | max measurements | missed | measurements when found |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| selections every | selection scatter | max measurements | alternatives per knob | missed | measurements when found |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for segment in (0.003, 0.01):
-        for sd in (0.02, 0.03):
-            for most in (10, 12):
-                rate, used = miss_rate(args.trials, most, sd, args.measurement_sd, segment, args.budget)
-                print(f"| {segment:.1%} of the teacher | {sd:.0%} | {most} | {rate:.1%} | {used:.1f} |", flush=True)
+        for sd in (0.02, 0.03, 0.05):
+            for alternatives in (0, 2):
+                rate, used = miss_rate(args.trials, 12, sd, args.measurement_sd, segment, args.budget, alternatives=alternatives)
+                print(f"| {segment:.1%} of the teacher | {sd:.0%} | 12 | {alternatives} | {rate:.1%} | {used:.1f} |", flush=True)
     return 0
 
 

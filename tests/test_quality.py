@@ -393,7 +393,7 @@ def test_the_comparisons_choice_images_are_every_validation_image_lana_did_not_s
 
 def test_lanas_draw_keeps_the_top_k_selection_that_keeps_the_teachers_outputs_best(trained_run, one_thread):
     """As lana's pipeline does (``solve.top_k``): the k best in the window, assembled, compared on the choice images."""
-    from benchmarks.compare import choose_in_window
+    from benchmarks.compare import choose_in_window, rank_in_window
     from lana.run.context import prepare
     from lana.stages.choose import measure_selections
     from lana.stages.solve import load_run
@@ -419,6 +419,15 @@ def test_lanas_draw_keeps_the_top_k_selection_that_keeps_the_teachers_outputs_be
     finally:
         compare_mod.measure_selections = real
     assert len(calls) == 1 and len(picked) == 1
+    # the band search's alternatives: all k, best first; a table budget's network offers the others
+    order = rank_in_window(ctx, inputs, table_ms, 0.0)
+    assert order == [choices[i] for i in sorted(range(3), key=lambda i: (kl[i], i))]
+    cmp = compare_mod.Comparison.__new__(compare_mod.Comparison)
+    cmp.contexts, cmp.inputs = {0: ctx}, {0: inputs}
+    build, _, _ = cmp._table(0.5, 0, lambda problem, t: order)
+    _, extra = build(table_ms)
+    assert extra["choice"] == order[0] and [key for key, _ in extra["alternatives"]] == [tuple(sorted(c.items())) for c in order[1:]]
+    assert extra["alternatives"][1][1]()[1]["choice"] == order[2] and extra["rank"] == 0
 
 
 def test_a_loss_to_an_equal_compute_row_is_explained_from_the_runs_rows():

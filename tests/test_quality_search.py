@@ -136,3 +136,37 @@ def test_search_does_not_time_the_same_network_twice(monkeypatch):
         search_band(build, 1.0, 0.0, 0.5, None, (1, 8, 8), None, max_measurements=6)
     assert len(calls) == 2  # each network timed once; the other knobs reused those figures
 
+
+
+class _Net(nn.Module):
+    def __init__(self, name: str, share: float) -> None:
+        super().__init__()
+        self.name, self.share = name, share
+
+
+def test_search_measures_a_closed_brackets_alternatives_before_it_probes(monkeypatch):
+    """lana's other top-k selections: a first selection either side of the band, an alternative inside it."""
+    shares = {"fast": 0.2, "under": 0.4, "over": 0.6, "o2": 0.55, "u2": 0.45, "u3": 0.49}
+    offers = {"under": ["u2", "u3"], "over": ["o2"]}
+
+    def build(knob):
+        name = "fast" if knob == 1.0 else "under" if knob >= 0.5 else "over"
+        return net(name)
+
+    def net(name):
+        return _Net(name, shares[name]), {"key": name, "alternatives": [(alt, lambda alt=alt: net(alt)) for alt in offers.get(name, [])]}
+    calls = []
+
+    def measure(model, reference, shape, cfg, rounds=3):
+        calls.append(model.name)
+        return model.share, model.share
+    monkeypatch.setattr(search_mod, "measure_share", measure)
+    found = search_band(build, 1.0, 0.0, 0.5, None, (1, 8, 8), None, max_measurements=12)
+    assert found.extra["key"] == "u3" and found.share == 0.49 and 0.5 <= found.knob < 0.51  # the under end offered it
+    # each network timed once; at the closed bracket the slower end's alternative first, then the faster end's in order
+    assert found.measurements == 6 and calls[:3] == ["fast", "under", "over"] and calls[-3:] == ["o2", "u2", "u3"] and len(calls) == len(set(calls))
+    # the alternatives count against the same allowance: with too few measurements left the search still gives up
+    calls.clear()
+    with pytest.raises(OutOfBand, match="missed the band"):
+        search_band(build, 1.0, 0.0, 0.5, None, (1, 8, 8), None, max_measurements=5)
+    assert len(calls) == 5 and "u3" not in calls

@@ -51,10 +51,15 @@ def measure_selections(ctx: Context, alternatives: list[dict]) -> list[dict]:
     return figures
 
 
+def ranked(figures: list[dict], metric: str) -> list[int]:
+    """Indices of the measured selections, best first by ``score.metric`` (ties: the solver's order)."""
+    key = {"kl": lambda f: f["choice_kl"], "loss": lambda f: f["choice_loss"], "accuracy": lambda f: -f["choice_acc"]}[metric]
+    return sorted(range(len(figures)), key=lambda i: (key(figures[i]), i))
+
+
 def best_of(figures: list[dict], metric: str) -> int:
     """Index of the best measured selection by ``score.metric`` (ties: the solver's order)."""
-    key = {"kl": lambda f: f["choice_kl"], "loss": lambda f: f["choice_loss"], "accuracy": lambda f: -f["choice_acc"]}[metric]
-    return min(range(len(figures)), key=lambda i: (key(figures[i]), i))
+    return ranked(figures, metric)[0]
 
 
 def solve_and_choose(ctx: Context, budget: str | None, solver: str | None = None, time_limit: float | None = None,
