@@ -295,7 +295,7 @@ def test_plan_lists_the_units_with_their_estimates_and_counts_what_the_run_holds
     assert bench.main(["--plan", "--teachers", "resnet,vit", "--jobs", "1", "--run", str(run)]) == 0
     text = capsys.readouterr().out
     est = bench.MODES["cpu"]["unit_minutes"]
-    assert "| vit teacher | resnet teacher | 486 |" in text and "| resnet 0.5× | resnet distill seed 0, resnet distill seed 1 |" in text
+    assert "| vit teacher | resnet teacher | 875 |" in text and "| resnet 0.5× | resnet distill seed 0, resnet distill seed 1 |" in text
     work = (sum(est[k]["teacher"] + 2 * est[k]["distill"] + 3 * est[k]["budget"] + est[k]["final"] for k in ("resnet", "vit"))
             + 2 * est["resnet"]["long"])  # ResNet-18-D has two long budgets, the ViT none
     assert f"min of work left: about {work:g} min on 1 worker(s)" in text
