@@ -37,7 +37,7 @@ def run(run_dir: Path, share: float, variants: list[tuple[int, int]]) -> list[di
     """One row per variant: steps, training images, validation top-1, fine-tune seconds."""
     import copy
 
-    from benchmarks.compare import choice_split
+    from benchmarks.table_choice import choice_split
     from lana.config import load_config
     from lana.distill.candidates import assemble_student
     from lana.distill.train import TeacherLogits, distil_into

@@ -17,7 +17,7 @@ from conftest import quality_benchmark, tiny_config
 from torch import nn
 
 from benchmarks.baselines import EFFICIENTNET, MEMBERS, prune_magnitude, prune_taylor, width_scaled
-from benchmarks.compare import solve_in_window
+from benchmarks.table_choice import solve_in_window
 from benchmarks.report import cells, close_to_teacher, headline, judge, long_verdict, verdict
 from lana.errors import ConfigError
 
@@ -378,7 +378,7 @@ def test_the_comparisons_choice_images_are_every_validation_image_lana_did_not_s
     used: the complement of lana's scoring part, whatever order lana draws it in."""
     from types import SimpleNamespace
 
-    from benchmarks.compare import choice_split
+    from benchmarks.table_choice import choice_split
     from lana.config import ScoreConfig
     from lana.distill.validation import split_validation
 
@@ -393,7 +393,7 @@ def test_the_comparisons_choice_images_are_every_validation_image_lana_did_not_s
 
 def test_lanas_draw_keeps_the_top_k_selection_that_keeps_the_teachers_outputs_best(trained_run, one_thread):
     """As lana's pipeline does (``solve.top_k``): the k best in the window, assembled, compared on the choice images."""
-    from benchmarks.compare import choose_in_window, rank_in_window
+    from benchmarks.table_choice import choose_in_window, rank_in_window
     from lana.run.context import prepare
     from lana.stages.choose import measure_selections
     from lana.stages.solve import load_run
@@ -409,15 +409,16 @@ def test_lanas_draw_keeps_the_top_k_selection_that_keeps_the_teachers_outputs_be
     assert choose_in_window(ctx, inputs, table_ms, 0.0) == choices[kl.index(min(kl))]
     # a search asks again at other table budgets: the same alternatives are compared once
     import benchmarks.compare as compare_mod
+    import benchmarks.table_choice as choice_mod
 
     picked, calls = {}, []
-    real = compare_mod.measure_selections
-    compare_mod.measure_selections = lambda *a: (calls.append(1), real(*a))[1]
+    real = choice_mod.measure_selections
+    choice_mod.measure_selections = lambda *a: (calls.append(1), real(*a))[1]
     try:
         first = choose_in_window(ctx, inputs, table_ms, 0.0, picked=picked)
         assert choose_in_window(ctx, inputs, table_ms * 1.000001, 0.0, picked=picked) == first == choices[kl.index(min(kl))]
     finally:
-        compare_mod.measure_selections = real
+        choice_mod.measure_selections = real
     assert len(calls) == 1 and len(picked) == 1
     # the band search's alternatives: all k, best first; a table budget's network offers the others
     order = rank_in_window(ctx, inputs, table_ms, 0.0)
