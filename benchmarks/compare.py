@@ -145,16 +145,15 @@ class Comparison:
             return model, extra
         return build, fast, float(inputs.teacher_ms)
 
-    def lana(self, share: float, seed: int) -> Found | None:
-        """lana's selection from ``seed``'s own distillation, its table budget searched into the band."""
-        inputs = self.inputs[seed]
-
-        ctx = self.contexts[seed]
-
+    def lana(self, share: float, seed: int, alternatives: bool = True) -> Found | None:
+        """lana's selection from ``seed``'s own distillation, its table budget searched into the band
+        (``alternatives``: the other top-k selections are offered to the search too)."""
+        inputs, ctx = self.inputs[seed], self.contexts[seed]
         picked: dict = {}  # the same top-k from another table budget: not assembled and compared again
 
         def draw(problem, table_ms):  # the kept selection first, the other top-k after it: the search's alternatives
-            return rank_in_window(ctx, inputs, table_ms, self.band[0], self.solver, picked)
+            order = rank_in_window(ctx, inputs, table_ms, self.band[0], self.solver, picked)
+            return order if alternatives else order[0]
         found = self.search("lana", share, seed, *self._table(share, seed, draw))
         if found:
             self.found[("lana", share, seed)] = found

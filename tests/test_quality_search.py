@@ -170,3 +170,12 @@ def test_search_measures_a_closed_brackets_alternatives_before_it_probes(monkeyp
     with pytest.raises(OutOfBand, match="missed the band"):
         search_band(build, 1.0, 0.0, 0.5, None, (1, 8, 8), None, max_measurements=5)
     assert len(calls) == 5 and "u3" not in calls
+
+
+def test_band_sweep_reads_its_grid_and_says_how_each_search_ended():
+    from benchmarks.band_sweep import grid, line
+
+    assert grid("0.28:0.34:0.02") == [0.28, 0.3, 0.32, 0.34] and grid("0.3,0.5") == [0.3, 0.5]
+    row = {"budget": 0.7, "with": {"share": 0.6912, "measurements": 5, "rank": 1, "seconds": 9.0},
+           "without": {"note": "missed the band 0.679–0.700× in 12 measurements (nearest 0.678×)", "seconds": 20.0}}
+    assert line(row) == "| 0.70× | 0.691× in 5 (top-k #2) | missed |"
