@@ -8,8 +8,8 @@ measurements allowed, each measurement one interleaved run of the network and th
 safeguarded interpolation inside a bracket; a network measured just outside the band is
 measured once more (the mean decides), and a bracket closed on two networks either side of
 the band is probed around, for every method alike. A method that has other networks to offer
-at one knob (lana's other top-k selections) has those measured first at a closed bracket,
-within the same number of measurements. A method whose
+at one knob (lana's other top-k selections) has those measured with the last of the same
+number of measurements, at a closed bracket. A method whose
 fastest setting measures above the band cannot reach the budget and says so; one that is
 not inside the band after the allowed measurements is reported as missing it.
 """
@@ -98,11 +98,13 @@ def search_band(build: Callable[[float], nn.Module | tuple[nn.Module, dict]], fa
       time: a knob-to-network map that is not monotonic (selections whose measured shares
       scatter around the table's prediction) may have a network inside the band there.
       Knobs that build a network already measured cost no measurement.
-    - before probing, and after every probe, the alternatives a closed bracket's networks offer
-      (``extra["alternatives"]``: ``(key, make)`` pairs, ``make()`` building another network the
-      method accepts at that knob, in its order of preference) are measured, the slower end's
-      first: a table method's other top-k selections scatter around the table's prediction as
-      its first does, so one of them may measure inside a band its first jumped over.
+    - the alternatives the closed bracket's two networks offer (``extra["alternatives"]``:
+      ``(key, make)`` pairs, ``make()`` building another network the method accepts at that
+      knob, in its order of preference) get the last measurements, the slower end's first: a
+      table method's other top-k selections scatter around the table's prediction as its first
+      does, so one of them may measure inside a band its first jumped over. A probe comes
+      first while measurements are left beside them: it finds the method's first choice at a
+      nearby knob, which the method prefers to its own lesser ones.
 
     Args:
         build: knob → network (or ``(network, extra)``); the network's latency is assumed to
@@ -192,7 +194,10 @@ def search_band(build: Callable[[float], nn.Module | tuple[nn.Module, dict]], fa
                 centre = under[0] + span / 2
                 offer(over[0])
                 offer(under[0])
-            if pending:
+            # a probe finds the method's first choice at a nearby knob; the alternatives are its
+            # lesser ones at the ends, so they get the last measurements (and builds) only
+            pending[:] = [p for p in pending if p[1] not in nets]  # a probe may have built one already
+            if pending and len(pending) >= min(max_measurements - count, 4 * max_measurements - builds + 1):
                 knob, key, make = pending.pop(0)
                 if key not in nets:
                     share, found = judge(knob, make(), key)
@@ -204,7 +209,6 @@ def search_band(build: Callable[[float], nn.Module | tuple[nn.Module, dict]], fa
             share, found = try_knob(knob)
             if found:
                 return found
-            offer(knob)
             continue
         if len(moved) >= 2 and moved[-1] == moved[-2]:
             t = 0.5  # the same end moved twice: bisect

@@ -145,7 +145,8 @@ class _Net(nn.Module):
 
 
 def test_search_measures_a_closed_brackets_alternatives_before_it_probes(monkeypatch):
-    """lana's other top-k selections: a first selection either side of the band, an alternative inside it."""
+    """lana's other top-k selections: a first selection either side of the band, an alternative inside it,
+    measured with the last measurements once probing found nothing."""
     shares = {"fast": 0.2, "under": 0.4, "over": 0.6, "o2": 0.55, "u2": 0.45, "u3": 0.49}
     offers = {"under": ["u2", "u3"], "over": ["o2"]}
 
@@ -163,8 +164,15 @@ def test_search_measures_a_closed_brackets_alternatives_before_it_probes(monkeyp
     monkeypatch.setattr(search_mod, "measure_share", measure)
     found = search_band(build, 1.0, 0.0, 0.5, None, (1, 8, 8), None, max_measurements=12)
     assert found.extra["key"] == "u3" and found.share == 0.49 and 0.5 <= found.knob < 0.51  # the under end offered it
-    # each network timed once; at the closed bracket the slower end's alternative first, then the faster end's in order
+    # each network timed once; the probes built no new network, then the slower end's alternative, the faster end's in order
     assert found.measurements == 6 and calls[:3] == ["fast", "under", "over"] and calls[-3:] == ["o2", "u2", "u3"] and len(calls) == len(set(calls))
+    # a probe that finds the method's first choice at a nearby knob is preferred: alternatives are its lesser ones
+    def build_with_inside(knob):
+        return net("inside") if 0.485 <= knob < 0.49 else build(knob)
+    shares["inside"] = 0.492
+    calls.clear()
+    found = search_band(build_with_inside, 1.0, 0.0, 0.5, None, (1, 8, 8), None, max_measurements=12)
+    assert found.extra["key"] == "inside" and calls == ["fast", "under", "over", "inside"]
     # the alternatives count against the same allowance: with too few measurements left the search still gives up
     calls.clear()
     with pytest.raises(OutOfBand, match="missed the band"):
