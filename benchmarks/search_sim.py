@@ -4,8 +4,8 @@ A table method's knob (its table budget) maps to selections piecewise: every ``-
 of the knob (as a share of the teacher) builds another selection, and a selection's
 measured share scatters around the table's prediction (``--selection-sd``, relative); every
 measurement adds its own noise (``--measurement-sd``). With ``alternatives`` each knob also
-offers that many other selections (lana's other top-k), each with its own scatter. :func:`benchmarks.search.search_band`
-runs on that map with its measurements replaced, so its miss rate and the measurements it
+offers that many other selections (lana's other top-k), each with its own scatter.
+:func:`benchmarks.search.search_band` runs on that map with its measurements replaced, so its miss rate and the measurements it
 spends can be compared between settings (or, with another checkout first on ``PYTHONPATH``,
 between versions of the search) in a minute::
 
