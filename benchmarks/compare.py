@@ -61,6 +61,7 @@ from lana.stages.solve import load_run
 
 log = logging.getLogger("lana")
 METHODS = ("lana", "torch-pruning", "width", "random")  # families the command line can choose
+ALTERNATIVES = 2  # of a table method's selections at one knob, besides its first, offered to the band search
 
 
 def _finetune(ctx: Context, model: nn.Module, targets: TeacherLogits | None, seed: int, epochs: float | None = None,
@@ -141,7 +142,10 @@ class Comparison:
             drawn = draw(problem, table_ms)  # one selection, or several in the method's order of preference
             first, *others = drawn if isinstance(drawn, list) else [drawn]
             model, extra = network(first)
-            extra["alternatives"] = [(tuple(sorted(c.items())), lambda c=c, r=r: network(c, r)) for r, c in enumerate(others, 1)]
+            # the next two by the method's order: a closed bracket's alternatives get the search's last
+            # measurements, and more would take every one left from the probes (benchmarks.search)
+            extra["alternatives"] = [(tuple(sorted(c.items())), lambda c=c, r=r: network(c, r))
+                                     for r, c in enumerate(others[:ALTERNATIVES], 1)]
             return model, extra
         return build, fast, float(inputs.teacher_ms)
 

@@ -122,7 +122,7 @@ def test_solve_on_a_reopened_python_run_asks_for_the_data_it_compares_on(tmp_pat
               "data": {"batch_size": 8}}
     teacher = _teacher()
     _new_run(tmp_path, teacher=teacher, blocks=BLOCKS, config=config, device="cpu").distill()
-    with pytest.raises(lana.DataError, match=r"compares the solver's 3 best selections \(solve.top_k\) .* lana.open_run"):
+    with pytest.raises(lana.DataError, match=r"compares the solver's 10 best selections \(solve.top_k\) .* lana.open_run"):
         lana.open_run(tmp_path / "r").solve("150%")
     reopened = lana.open_run(tmp_path / "r", teacher=teacher, train=_data(), val=_data())
     # 150 %: always feasible, however the 3 timing repeats fall (at 90 % noise once made it infeasible)
