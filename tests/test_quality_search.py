@@ -188,3 +188,13 @@ def test_band_sweep_reads_its_grid_and_says_how_each_search_ended():
     row = {"budget": 0.7, "with": {"share": 0.6912, "measurements": 5, "rank": 1, "seconds": 9.0},
            "without": {"note": "missed the band 0.679–0.700× in 12 measurements (nearest 0.678×)", "seconds": 20.0}}
     assert line(row) == "| 0.70× | 0.691× in 5 (top-k #2) | missed |"
+
+
+@pytest.mark.parametrize("module", ["band_sweep", "topk_kl"])
+def test_run_folder_tools_say_what_is_missing(module, tmp_path, capsys):
+    import importlib
+
+    args = ["--run", str(tmp_path), "--teacher", "resnet"] + (["--table-ms", "10"] if module == "topk_kl" else [])
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(f"benchmarks.{module}").main(args)
+    assert exit_info.value.code == 2 and "seed0 is missing: run benchmarks.quality --teachers resnet first" in capsys.readouterr().err
