@@ -59,15 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", default="cpu")
     parser.add_argument("--data", default=None, help="Fashion-MNIST folder (default: Debian's location)")
     args = parser.parse_args(argv)
-    from benchmarks.compare import Comparison, distill_seed
+    from benchmarks.compare import Comparison
     from benchmarks.quality import MODES
-    from benchmarks.quality_run import _prepared
+    from benchmarks.quality_run import seed_context
 
     folder = Path(args.run) / args.teacher
     if not (folder / f"seed{args.seed}").is_dir():
         parser.error(f"{folder / f'seed{args.seed}'} is missing: run benchmarks.quality --teachers {args.teacher} first")
-    _, config = _prepared(args.mode, args.teacher, args.run, args.data, [], None, None)
-    ctx = distill_seed(config, folder, args.seed, run_stage=False)[0]
+    ctx = seed_context(args.mode, args.teacher, args.run, args.seed, args.data)
     cmp = Comparison({args.seed: ctx}, 0, MODES[args.mode]["max_measurements"])
     print(f"{args.teacher} seed {args.seed}: lana's band search with and without its other top-k selections")
     print("| budget | with alternatives | without |\n| --- | --- | --- |")

@@ -74,6 +74,15 @@ def _prepared(mode: str, key: str, out: str, data_root: str | None, overrides: l
     return teacher, teacher_config(mode, key, teacher["weights"], recipe, data_root, overrides)
 
 
+def seed_context(mode: str, key: str, out: str, seed: int, data_root: str | None = None):
+    """Teacher ``key``'s lana context for ``seed`` in run folder ``out`` (its distillation done,
+    read, not run): what the tools that study one seed's table start from."""
+    from benchmarks.compare import distill_seed
+
+    _, config = _prepared(mode, key, out, data_root, [], None, None)
+    return distill_seed(config, Path(out) / key, seed, run_stage=False)[0]
+
+
 def run_teacher(mode: str, key: str, out: str, data_root: str | None, overrides: list[str], shares: list[float],
                 seeds: list[int], methods: list[str], quiet: bool = False, recipe_overrides: dict | None = None,
                 long_shares: list[float] | None = None, unit: str = "", distill: bool = True, final: bool = True) -> pd.DataFrame:

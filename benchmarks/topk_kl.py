@@ -25,15 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(args.run) / args.teacher
     if not (folder / f"seed{args.seed}").is_dir():
         parser.error(f"{folder / f'seed{args.seed}'} is missing: run benchmarks.quality --teachers {args.teacher} first")
-    from benchmarks.compare import distill_seed
-    from benchmarks.quality_run import _prepared
+    from benchmarks.quality_run import seed_context
     from benchmarks.search import BAND
     from benchmarks.table_choice import solve_in_window
     from lana.stages.choose import measure_selections
     from lana.stages.solve import load_run
 
-    _, config = _prepared(args.mode, args.teacher, args.run, None, [], None, None)
-    ctx = distill_seed(config, folder, args.seed, run_stage=False)[0]
+    ctx = seed_context(args.mode, args.teacher, args.run, args.seed)
     choices = solve_in_window(load_run(ctx.run.path), args.table_ms, BAND[0], "auto", args.k)
     figures = measure_selections(ctx, [{"choice": c} for c in choices])
     print(f"{args.teacher} seed {args.seed}, table budget {args.table_ms} ms: the solver's {len(choices)} best, assembled")
