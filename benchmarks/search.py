@@ -132,7 +132,6 @@ def search_band(build: Callable[[float], nn.Module | tuple[nn.Module, dict]], fa
     nets: dict = {}  # key → [model, extra, shares, latencies]
     built_at: dict = {}  # knob → key of the network it built
     pending: list = []  # (knob, key, make): alternatives offered at the closed bracket, not measured yet
-    offered: set = set()  # keys whose alternatives are queued
     count = 0
 
     def measure(key, knob: float) -> float:
@@ -166,11 +165,10 @@ def search_band(build: Callable[[float], nn.Module | tuple[nn.Module, dict]], fa
         return judge(knob, build(knob))
 
     def offer(knob: float) -> None:
-        """Queue the alternatives of the network ``knob`` built (once per network)."""
+        """Queue the alternatives of the network ``knob`` built (a bracket end: called once for each)."""
         key = built_at.get(knob)
-        if key is None or key in offered:
+        if key is None:
             return
-        offered.add(key)
         pending.extend((knob, alt, make) for alt, make in nets[key][1].get("alternatives", ()) if alt not in nets)
 
     share, found = try_knob(fast)
@@ -199,10 +197,9 @@ def search_band(build: Callable[[float], nn.Module | tuple[nn.Module, dict]], fa
             pending[:] = [p for p in pending if p[1] not in nets]  # a probe may have built one already
             if pending and len(pending) >= min(max_measurements - count, 4 * max_measurements - builds + 1):
                 knob, key, make = pending.pop(0)
-                if key not in nets:
-                    share, found = judge(knob, make(), key)
-                    if found:
-                        return found
+                share, found = judge(knob, make(), key)
+                if found:
+                    return found
                 continue
             probes += 1
             knob = min(max(centre + (1 if probes % 2 else -1) * ((probes + 1) // 2) * step, min(fast, slow)), max(fast, slow))
