@@ -184,6 +184,7 @@ def test_cover_networks_take_context_repeats_calls_each(monkeypatch):
         taken.extend(r["repeats"] for r in results)
         return results
     monkeypatch.setattr(context.core, "sample_interleaved", spy)
+    monkeypatch.setattr(core, "relative_ci", lambda samples: 2.0)  # a loaded machine: six calls' CI over 100 %
     teacher = demo_resnet(in_chans=1, widths=[4, 8], depth=1).eval()
     specs = discover_blocks(teacher, (1, 1, 8, 8))
     cands = build_all_candidates(specs, tiny_config(ops={"include": ["identity", "conv_k1"]}).ops)
@@ -193,6 +194,8 @@ def test_cover_networks_take_context_repeats_calls_each(monkeypatch):
                                     base.model_copy(update={"context_repeats": 6, "context_min_s": 0.0}))
     assert taken and set(taken) == {6}  # 6 calls each (two rounds of 3), although the CI target (0) is never met
     assert set(timings) == {(b, n) for b, c in cands.items() for n in c}
+    monkeypatch.undo()
+    monkeypatch.setattr(context.core, "sample_interleaved", spy)
     taken.clear()
     # a floor of time: these sub-millisecond networks get more calls, up to 8 x context_repeats
     measure_in_context(teacher, specs, cands, (1, 8, 8), base.model_copy(update={"context_repeats": 6, "context_min_s": 0.05}))
