@@ -198,3 +198,24 @@ def test_run_folder_tools_say_what_is_missing(module, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         importlib.import_module(f"benchmarks.{module}").main(args)
     assert exit_info.value.code == 2 and "seed0 is missing: run benchmarks.quality --teachers resnet first" in capsys.readouterr().err
+
+
+def test_table_agreement_compares_two_seeds_tables_candidate_by_candidate(tmp_path, capsys):
+    import json
+
+    from benchmarks.table_agreement import main
+
+    rows = [("b0", "teacher", 2.0), ("b0", "x", 1.0), ("b1", "teacher", 4.0), ("b1", "y", 0.5)]
+    for seed, scale in ((0, {}), (1, {"x": 1.5, "y": 0.5})):  # seed 1: x 50 % slower, y twice as fast, the rest alike
+        folder = tmp_path / "resnet" / f"seed{seed}"
+        folder.mkdir(parents=True)
+        record = {"teacher_latency_ms": 6.0 * (1 + seed), "measured_at": f"t{seed}",
+                  "candidates": [{"block": b, "candidate": c, "median_ms": ms * scale.get(c, 1.0)} for b, c, ms in rows]}
+        (folder / "latency.json").write_text(json.dumps(record))
+    assert main(["--run", str(tmp_path), "--teacher", "resnet"]) == 0
+    out = capsys.readouterr().out
+    assert "seed 0: teacher 6.00 ms, measured at t0" in out and "seed 1: teacher 12.00 ms" in out
+    assert "over 4 candidates: teacher 2.000; per candidate min 0.500" in out and "max 1.500" in out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--run", str(tmp_path), "--teacher", "mobilenet"])
+    assert exit_info.value.code == 2 and "seed0/latency.json is missing" in capsys.readouterr().err
