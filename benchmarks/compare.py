@@ -153,7 +153,7 @@ class Comparison:
         """lana's selection from ``seed``'s own distillation, its table budget searched into the band
         (``alternatives``: the other top-k selections are offered to the search too)."""
         inputs, ctx = self.inputs[seed], self.contexts[seed]
-        picked: dict = {}  # the same top-k from another table budget: not assembled and compared again
+        picked: dict = {}  # a selection seen at another table budget: not assembled and measured again
 
         def draw(problem, table_ms):  # the kept selection first, the other top-k after it: the search's alternatives
             order = rank_in_window(ctx, inputs, table_ms, self.band[0], self.solver, picked)

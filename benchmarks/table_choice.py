@@ -39,17 +39,17 @@ def rank_in_window(ctx: Context, inputs, table_ms: float, low: float, solver: st
     """lana's ``solve.top_k`` best selections inside the window of :func:`solve_in_window`,
     assembled and compared on the choice images as its pipeline does
     (:func:`lana.stages.choose.solve_and_choose`): best first, the one that keeps the teacher's
-    outputs best. ``picked`` remembers the order per set of selections across calls (a search's
-    table budgets)."""
+    outputs best. ``picked`` remembers each selection's figures across calls (a search's table
+    budgets share most of their k selections), so each is assembled and measured once."""
     choices = solve_in_window(inputs, table_ms, low, solver, ctx.config.solve.top_k)
     if len(choices) == 1:
         return choices
     picked = {} if picked is None else picked
-    key = tuple(tuple(sorted(c.items())) for c in choices)
-    if key not in picked:
-        figures = measure_selections(ctx, [{"choice": c} for c in choices])
-        picked[key] = [choices[i] for i in ranked(figures, ctx.config.score.metric)]
-    return picked[key]
+    keys = [tuple(sorted(c.items())) for c in choices]
+    new = [(key, c) for key, c in zip(keys, choices) if key not in picked]
+    if new:
+        picked.update(zip((key for key, _ in new), measure_selections(ctx, [{"choice": c} for _, c in new])))
+    return [choices[i] for i in ranked([picked[key] for key in keys], ctx.config.score.metric)]
 
 
 def choose_in_window(ctx: Context, inputs, table_ms: float, low: float, solver: str = "auto",

@@ -413,14 +413,19 @@ def test_lanas_draw_keeps_the_top_k_selection_that_keeps_the_teachers_outputs_be
     import benchmarks.table_choice as choice_mod
 
     picked, calls = {}, []
-    real = choice_mod.measure_selections
-    choice_mod.measure_selections = lambda *a: (calls.append(1), real(*a))[1]
+    real, solve = choice_mod.measure_selections, choice_mod.solve_in_window
+    other = next(c for c in solve(inputs, table_ms * 0.5, 0.0, top_k=k) if c not in choices)
+    choice_mod.measure_selections = lambda ctx, records: (calls.append(len(records)), real(ctx, records))[1]
     try:
         first = choose_in_window(ctx, inputs, table_ms, 0.0, picked=picked)
         assert choose_in_window(ctx, inputs, table_ms * 1.000001, 0.0, picked=picked) == first == choices[kl.index(min(kl))]
+        assert calls == [k] and len(picked) == k
+        # another budget's k share some selections with these: only the new ones are assembled
+        choice_mod.solve_in_window = lambda *a: choices[:3] + [other]
+        again = rank_in_window(ctx, inputs, table_ms, 0.0, picked=picked)
     finally:
-        choice_mod.measure_selections = real
-    assert len(calls) == 1 and len(picked) == 1
+        choice_mod.measure_selections, choice_mod.solve_in_window = real, solve
+    assert calls[1:] == [1] and len(again) == 4 and sorted(map(str, again)) == sorted(map(str, choices[:3] + [other]))
     # the band search's alternatives: all k, best first; a table budget's network offers the others
     order = rank_in_window(ctx, inputs, table_ms, 0.0)
     assert order == [choices[i] for i in sorted(range(k), key=lambda i: (kl[i], i))]
