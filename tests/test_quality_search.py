@@ -219,3 +219,21 @@ def test_table_agreement_compares_two_seeds_tables_candidate_by_candidate(tmp_pa
     with pytest.raises(SystemExit) as exit_info:
         main(["--run", str(tmp_path), "--teacher", "mobilenet"])
     assert exit_info.value.code == 2 and "seed0/latency.json is missing" in capsys.readouterr().err
+
+
+def test_table_noise_variants_are_validated_latency_settings(tmp_path, capsys):
+    from benchmarks.table_noise import main, spreads, variant
+    from lana.config import LatencyConfig
+
+    base = LatencyConfig()
+    assert variant(base, "-") is base
+    tuned = variant(base, "time_cap_s=1.2,context_repeats=none")
+    assert tuned.time_cap_s == 1.2 and tuned.context_repeats is None and tuned.batch_size == base.batch_size
+    with pytest.raises(ValueError, match="got 'bogus=1'"):
+        variant(base, "bogus=1")
+    record = {"teacher_latency_ms": 1.0, "candidates": [{"block": "b", "candidate": c, "median_ms": 1.0} for c in "xyz"]}
+    assert spreads([record, record, record]) == [0.0, 0.0, 0.0]  # three tables: three pairs
+    for args, said in ((["--repeats", "1"], "at least 2"), ([], "seed0 is missing")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--run", str(tmp_path), *args])
+        assert exit_info.value.code == 2 and said in capsys.readouterr().err
