@@ -6,8 +6,8 @@
     .venv/bin/python -m benchmarks.latency_error --device cuda --dtype float16 --batch 64
 
 For each teacher family (the demo ResNet 32x32, torchvision's MobileNetV2 x0.5 at 64x64,
-timm's mobilenetv3_large_100 at 32x32; random weights: latency does not depend on them) the
-candidates of a small op set are profiled as ``lana distill`` does
+timm's mobilenetv3_large_100 at 32x32; ``--families vit``: the quality benchmark's ViT with its
+token ops; random weights: latency does not depend on them) the candidates of a small op set are profiled as ``lana distill`` does
 (``lana.latency.profiles.profile_latency``: alone and in context, the clocked teacher timed
 in every group as the reference), then N networks (half spread over the latency range, half
 random mixes) are measured end to end in interleaved groups that each also time the teacher
@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.baselines import DEIT
+from benchmarks.quality import VIT_OPS
 from lana.config import LatencyConfig, OpsConfig
 from lana.distill.candidates import build_all_candidates
 from lana.latency.calibration import check_latency, mixed_selections
@@ -52,7 +54,11 @@ FAMILIES = {
     "demo_resnet": ("lana.teacher.demo_net:demo_resnet", {"num_classes": 10, "in_chans": 3, "widths": [32, 64, 128], "depth": 2}, (3, 32, 32), 16),
     "mobilenet_v2": ("torchvision:mobilenet_v2", {"num_classes": 10, "width_mult": 0.5}, (3, 64, 64), 8),
     "mobilenetv3": ("timm:mobilenetv3_large_100", {"num_classes": 10}, (3, 32, 32), 8),
+    # the quality benchmark's ViT (its teacher's shape, batch and token ops)
+    "vit": (DEIT, {"num_classes": 10, "in_chans": 1, "img_size": 28, "patch_size": 4, "embed_dim": 96, "depth": 12,
+                   "num_heads": 3, "mlp_ratio": 4.0}, (1, 28, 28), 32),
 }
+FAMILY_OPS = {"vit": VIT_OPS}  # the others: OPS
 METHODS = (("naive sum (alone)", "naive"), ("in context", "context"), ("in context + fit", "context_fit"))
 
 
@@ -68,7 +74,7 @@ def run_family(name: str, args) -> dict:
     torch.manual_seed(0)
     teacher = load_teacher(model, "random", kwargs).eval()
     specs = discover_blocks(teacher, (1, *shape))
-    candidates = build_all_candidates(specs, OpsConfig(include=OPS))
+    candidates = build_all_candidates(specs, OpsConfig(include=FAMILY_OPS.get(name, OPS)))
     gpu = args.device.startswith("cuda")
     cfg = LatencyConfig(device=args.device, batch_size=args.batch or batch, dtype=args.dtype, runtime=args.runtime,
                         threads=None if gpu else args.threads, clock="wall" if gpu else args.clock, repeats=args.repeats,
@@ -119,7 +125,8 @@ def _abs_error(frame) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--families", nargs="+", default=[f for f in FAMILIES if f != "vit"], choices=list(FAMILIES),
+                        help="default: the three CNNs (vit: the quality benchmark's ViT, its token ops, batch 32)")
     parser.add_argument("--networks", type=int, default=12, help="random networks per family (every one is held out)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])

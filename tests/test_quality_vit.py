@@ -256,3 +256,19 @@ def test_a_teacher_can_keep_a_moving_average_of_its_weights_and_resume_it(tmp_pa
     assert a.keys() == c.keys() and not all(torch.equal(a[k], c[k]) for k in a if k.endswith("weight"))
     model = build_model(DEMO, DEMO_KWARGS)
     model.load_state_dict(a)  # an ordinary state_dict: lana loads it as any teacher
+
+
+def test_latency_error_times_the_quality_benchmarks_vit_with_its_token_ops():
+    """``benchmarks.latency_error --families vit``: the benchmark's ViT, its token ops on all 12 blocks."""
+    from benchmarks import latency_error
+    from lana.config import OpsConfig
+    from lana.distill.candidates import build_all_candidates
+    from lana.teacher.blocks import discover_blocks
+
+    bench = _load_benchmark()
+    model, kwargs, shape, batch = latency_error.FAMILIES["vit"]
+    assert (model, kwargs) == bench.MODES["cpu"]["teachers"]["vit"] and shape == (1, 28, 28) and batch == 32
+    teacher = build_model(model, kwargs).eval()
+    specs = discover_blocks(teacher, (1, *shape))
+    cands = build_all_candidates(specs, OpsConfig(include=latency_error.FAMILY_OPS["vit"]))
+    assert len(specs) == 12 and all({"attn_heads50", "mlp_keep50", "identity"} <= set(c) for c in cands.values())
