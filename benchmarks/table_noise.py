@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 2:
         parser.error("--repeats must be at least 2: the spread is between two tables")
-    if not (Path(args.run) / args.teacher / f"seed{args.seed}").is_dir():
-        parser.error(f"{Path(args.run) / args.teacher / f'seed{args.seed}'} is missing: run benchmarks.quality --teachers {args.teacher} first")
+    folder = Path(args.run) / args.teacher / f"seed{args.seed}"
+    if not folder.is_dir():
+        parser.error(f"{folder} is missing: run benchmarks.quality --teachers {args.teacher} first")
     from benchmarks.quality_run import seed_context
     from lana.distill.candidates import build_all_candidates
     from lana.latency.profiles import profile_latency
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     for v in args.variants:
         pairs = spreads(tables[v])
         label = "the run's own" if v == "-" else v
-        print(f"| {label} | {statistics.median(walls[v]):.0f} s | {statistics.median(pairs):.1f} % ({', '.join(f'{p:.1f}' for p in pairs)}) |")
+        each = ", ".join(f"{p:.1f}" for p in pairs)
+        print(f"| {label} | {statistics.median(walls[v]):.0f} s | {statistics.median(pairs):.1f} % ({each}) |")
     return 0
 
 
