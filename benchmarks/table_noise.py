@@ -20,27 +20,23 @@ import statistics
 import time
 from pathlib import Path
 
-from pydantic import ValidationError
+from benchmarks.table_agreement import summary
+from lana.config import build_config
+from lana.errors import ConfigError
 
 
 def spreads(tables: list[dict]) -> list[float]:
     """The interquartile spread (%) of the per-candidate ratio for every pair of ``tables``."""
-    from benchmarks.table_agreement import summary
-
     return [summary(a, b)["spread_pct"] for a, b in itertools.combinations(tables, 2)]
 
 
 def variant(base, text: str):
-    """``base`` (a LatencyConfig) with ``KEY=VALUE[,KEY=VALUE]`` applied and validated; ``-``: as it is."""
+    """``base`` (a LatencyConfig) with ``KEY=VALUE[,KEY=VALUE]`` applied as ``--set latency.KEY=VALUE``
+    overrides are (:func:`lana.config.build_config`: YAML values, validated); ``-``: as it is."""
     if text == "-":
         return base
-    update = {}
-    for item in text.split(","):
-        key, sep, value = item.partition("=")
-        if not sep or key not in type(base).model_fields:
-            raise ValueError(f"expected KEY=VALUE with a latency setting as KEY, got {item!r}")
-        update[key] = None if value.lower() == "none" else value
-    return type(base).model_validate({**base.model_dump(), **update})
+    overrides = [f"latency.{item}" for item in text.split(",")]
+    return build_config({"latency": base.model_dump(mode="json")}, overrides).latency
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = seed_context(args.mode, args.teacher, args.run, args.seed)
     try:
         settings = {v: variant(ctx.config.latency, v) for v in args.variants}
-    except (ValueError, ValidationError) as exc:
+    except ConfigError as exc:
         parser.error(f"--variants: {exc}")
     candidates = build_all_candidates(ctx.specs, ctx.config.ops)
     tables: dict[str, list[dict]] = {v: [] for v in args.variants}
