@@ -38,6 +38,7 @@ demo: $(CORE) data
 	$(BIN)/lana demo --run runs/demo
 
 test: $(DEV)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n auto --dist worksteal --durations=15 tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
 
 clean:

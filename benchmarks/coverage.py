@@ -347,7 +347,8 @@ def write_doc(path: Path, names: list[str], records: dict[str, dict], limit: flo
         "`torch.export.load`) and match the eager student within 1e-3; *speed-up* the teacher's measured latency over the student's "
         "(eager, batch 1, one thread, CPU time, interleaved, after lana's budget check); *vs budget* the student's "
         "measured latency over the 50 % target and lana's verdict (`met` within 0.95-1.00, `under`, `over`: the "
-        "budget check re-solves once; not part of *e2e*); *e2e* all of the columns before it and a speed-up above 1. The speed-ups of random-weight teachers with two distillation steps say that the "
+        "budget check re-solves once; not part of *e2e*); *e2e* all of the columns before it and a speed-up above 1. "
+        "The speed-ups of random-weight teachers with two distillation steps say that the "
         "path works, not what accuracy a real run keeps."),
         "",
         "| model | side | blocks | cands/block | assembles | TorchScript | .pt2 | speed-up | vs budget | e2e | s | reason |",

@@ -83,8 +83,10 @@ def main() -> None:
         p = max((run_setting(ops, steps, args.batch, distill, groups) for _ in range(repeats)), key=lambda r: r["images"] / r["wall_s"])
         wall = p["wall_s"]
         rate = p["images"] / wall
-        print(f"| {label} | {p['candidates']} ({p['blocks']} blocks) | {p['groups']} | {rate:.0f} | {rate * p['candidates'] / p['groups']:.0f} "
-              f"| {100 * p['teacher_s'] / wall:.1f} % | {100 * p['candidates_s'] / wall:.1f} % | {100 * p['data_s'] / wall:.1f} % |", flush=True)
+        print(f"| {label} | {p['candidates']} ({p['blocks']} blocks) | {p['groups']} | {rate:.0f} "
+              f"| {rate * p['candidates'] / p['groups']:.0f} "
+              f"| {100 * p['teacher_s'] / wall:.1f} % | {100 * p['candidates_s'] / wall:.1f} % | {100 * p['data_s'] / wall:.1f} % |",
+              flush=True)
 
 
 if __name__ == "__main__":

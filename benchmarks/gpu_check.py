@@ -57,7 +57,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="CPU, a tiny ResNet-18 run: checks the script end to end")
     for key, value in FULL.items():
-        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None, help=f"default {value} ({SMOKE[key]} with --smoke)")
+        parser.add_argument(
+            f"--{key.replace('_', '-')}", type=type(value), default=None, help=f"default {value} ({SMOKE[key]} with --smoke)"
+        )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
     for key, value in (SMOKE if args.smoke else FULL).items():

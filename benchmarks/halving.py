@@ -78,16 +78,20 @@ def verdicts(table: pd.DataFrame) -> list[str]:
         if min(u["seeds"], h["seeds"]) < 2:  # one seed has no spread: nothing to judge a margin by
             word = f"no verdict (seeds in the band: uniform {u['seeds']}, halving {h['seeds']})"
         lines.append(f"{budget:g}×: {word}: validation top-1 {h['val_top1']:.2f} against {u['val_top1']:.2f} % "
-                     f"(difference {diff:+.2f}, larger spread {margin:.2f}); distillation {h['distill_cpu_s']:.0f} CPU-s against {u['distill_cpu_s']:.0f}")
+                     f"(difference {diff:+.2f}, larger spread {margin:.2f}); "
+                     f"distillation {h['distill_cpu_s']:.0f} CPU-s against {u['distill_cpu_s']:.0f}")
     return lines
 
 
 def markdown(table: pd.DataFrame, command: str) -> str:
     """The table and verdicts as Markdown."""
-    out = [f"`{command}`", "", "| setting | budget | seeds | distill+score+profile s (wall / CPU) | steps per candidate | val top-1 | test top-1 | measured share |",
+    out = [f"`{command}`", "",
+           "| setting | budget | seeds | distill+score+profile s (wall / CPU) | steps per candidate "
+           "| val top-1 | test top-1 | measured share |",
            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for _, r in table.iterrows():
-        out.append(f"| {r['setting']} | {r['budget']:g}× | {r['seeds']} | {r['distill_s']:.0f} / {r['distill_cpu_s']:.0f} | {r['steps_per_candidate']:.0f} | "
+        out.append(f"| {r['setting']} | {r['budget']:g}× | {r['seeds']} | {r['distill_s']:.0f} / {r['distill_cpu_s']:.0f} | "
+                   f"{r['steps_per_candidate']:.0f} | "
                    f"{r['val_top1']:.2f} ± {r['val_spread'] / 2:.2f} % | {r['top1']:.2f} ± {r['spread'] / 2:.2f} % | {r['share']:.3f} |")
     return "\n".join(out + [""] + [f"- {line}" for line in verdicts(table)])
 
@@ -104,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="uniform steps per candidate (default: the mode's max_steps)")
     parser.add_argument("--run", default="runs/halving", help="folder of both settings' runs (reused: a stopped run resumes)")
     parser.add_argument("--data", default=None, help="Fashion-MNIST folder (default: the system's)")
-    parser.add_argument("--override", action="append", default=[], help="extra config override for both settings, e.g. score.val_images=200")
+    parser.add_argument("--override", action="append", default=[],
+                        help="extra config override for both settings, e.g. score.val_images=200")
     args = parser.parse_args(argv)
     mode = "cpu"
     if args.teacher not in MODES[mode]["teachers"]:

@@ -51,7 +51,8 @@ from lana.teacher.load import load_teacher
 OPS = ["identity", "conv_k1", "conv_k3", "dwsep_k3", "mbconv_k3_e3", "mbconv_k5_e6", "fused_mbconv_k3_e1",
        "ghost_conv_k3", "pruned_keep50"]
 FAMILIES = {
-    "demo_resnet": ("lana.teacher.demo_net:demo_resnet", {"num_classes": 10, "in_chans": 3, "widths": [32, 64, 128], "depth": 2}, (3, 32, 32), 16),
+    "demo_resnet": ("lana.teacher.demo_net:demo_resnet", {"num_classes": 10, "in_chans": 3, "widths": [32, 64, 128], "depth": 2},
+                    (3, 32, 32), 16),
     "mobilenet_v2": ("torchvision:mobilenet_v2", {"num_classes": 10, "width_mult": 0.5}, (3, 64, 64), 8),
     "mobilenetv3": ("timm:mobilenetv3_large_100", {"num_classes": 10}, (3, 32, 32), 8),
     # the quality benchmark's ViT (its teacher's shape, batch and token ops)
@@ -144,7 +145,8 @@ def main() -> None:
     parser.add_argument("--context-min-s", type=float, default=defaults.context_min_s,
                         help="latency.context_min_s: more calls while a cover network's timed calls took less than this")
     parser.add_argument("--ordering-only", action="store_true",
-                        help="time candidates alone only briefly, to order the cover networks (as lana does); the naive column then uses those figures")
+                        help="time candidates alone only briefly, to order the cover networks (as lana does); "
+                        "the naive column then uses those figures")
     parser.add_argument("--retakes", type=int, default=0, help="latency.retakes: time a noisy group again up to N times")
     parser.add_argument("--quick", action="store_true", help="6 networks per family")
     parser.add_argument("--json", action="store_true")

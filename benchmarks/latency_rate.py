@@ -4,8 +4,9 @@
 
 The issue-24 case of ``benchmarks/score_rate.py`` (timm ``mobilenetv3_large_100``, 32x32,
 ``--per-block`` candidates per block + keep-teacher), the default ``LatencyConfig`` (batch
-64, eager) with one thread and the process clock (``--clock wall`` for the wall clock). A profile in context has two passes: every candidate timed
-alone (:func:`lana.latency.measure.measure_candidates`; in context only the order of the
+64, eager) with one thread and the process clock (``--clock wall`` for the wall clock). A
+profile in context has two passes: every candidate timed alone
+(:func:`lana.latency.measure.measure_candidates`; in context only the order of the
 first cover round comes from it) and the cover networks timed whole, clocked at the blocks
 (:func:`lana.latency.context.measure_in_context`: what the solver adds). Prints the CPU time
 of each pass and its calls, the alone pass with the default knobs against

@@ -35,7 +35,8 @@ from lana.data.datasets import read_idx
 
 TRAIN, VAL, CLASSES = 1437, 360, 10
 RECIPE = {"epochs": 30, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.05, "label_smoothing": 0.1,
-          "schedule": "cosine", "optimizer": "AdamW", "augment": "random crop 32 pad 4; horizontal flips for fashion only (a flipped digit is no digit)", "seed": 0}
+          "schedule": "cosine", "optimizer": "AdamW",
+          "augment": "random crop 32 pad 4; horizontal flips for fashion only (a flipped digit is no digit)", "seed": 0}
 NORMALISE = transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 

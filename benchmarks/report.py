@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-CSV_COLUMNS = ["teacher", "method", "budget", "seed", "share", "val_top1", "top1", "search_s", "train_s", "final_share", "headline_share", "note",
-               "protocol"]
+CSV_COLUMNS = ["teacher", "method", "budget", "seed", "share", "val_top1", "top1", "search_s", "train_s", "final_share", "headline_share",
+               "note", "protocol"]
 HEADLINE_ROUNDS = 5  # benchmarks.compare times the headline's students in this many rounds
 LONG = " (long fine-tune)"  # the suffix of the long fine-tune rows (``benchmarks.budget_cells.long_finetune``)
 
@@ -157,14 +157,16 @@ def headline(group: pd.DataFrame, table: pd.DataFrame) -> str:
 
 def markdown_table(frame: pd.DataFrame) -> list[str]:
     """Every cell: measured share (search / final), top-1 over seeds, seconds."""
-    out = ["| teacher | budget | method | seeds | share (search / final) | val top-1 | test top-1 (mean ± half-spread) | search s | training s | setting |",
+    out = ["| teacher | budget | method | seeds | share (search / final) | val top-1 | test top-1 (mean ± half-spread) "
+           "| search s | training s | setting |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for _, c in cells(frame).iterrows():
         if c["seeds"] == 0:
             out.append(f"| {c['teacher']} | {c['budget']:g}× | {c['method']} | 0 | — | — | — | — | — | {c['note']} |")
             continue
         out.append(f"| {c['teacher']} | {c['budget']:g}× | {c['method']} | {c['seeds']} | {c['share']:.3f} / {c['final_share']:.3f} | "
-                   f"{c['val_top1']:.2f} % | {c['top1']:.2f} ± {c['spread'] / 2:.2f} % | {c['search_s']:.0f} | {c['train_s']:.0f} | {c['setting']} |")
+                   f"{c['val_top1']:.2f} % | {c['top1']:.2f} ± {c['spread'] / 2:.2f} % | {c['search_s']:.0f} | {c['train_s']:.0f} | "
+                   f"{c['setting']} |")
     return out
 
 

@@ -175,7 +175,8 @@ def main() -> None:
     print(f"demo student (eager pick at 50 %; top-1 teacher/student {demo['top1'][0]:.1f}/{demo['top1'][1]:.1f} %):")
     for where, speedup in demo["speedups"].items():
         t, s = demo["latency_ms"][where]
-        print(f"  {where:<18} teacher {t or float('nan'):7.3f} ms  student {s or float('nan'):7.3f} ms  speed-up {speedup or float('nan'):.2f}x")
+        print(f"  {where:<18} teacher {t or float('nan'):7.3f} ms  student {s or float('nan'):7.3f} ms  "
+              f"speed-up {speedup or float('nan'):.2f}x")
     if demo["export_errors"]:
         print(f"  export errors: {demo['export_errors']}")
     print(f"seconds: demo {demo['seconds']}, mobilenet {results['mobilenet_v2']['seconds']}, total {results['total_s']:.0f}")

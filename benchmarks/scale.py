@@ -111,7 +111,8 @@ def pipeline_case(args) -> dict:
     peak = max(r["peak_rss_mib"] for r in rows.values())
     limit = limits.limit
     return {"stages": rows, "peak_rss_mib": peak, "max_memory": args.max_memory,
-            "limit_mib": round(limit / 2**20) if limit else None, "held_at_planning_mib": round(limits.held / 2**20) if limits.held else None,
+            "limit_mib": round(limit / 2**20) if limit else None,
+            "held_at_planning_mib": round(limits.held / 2**20) if limits.held else None,
             "within_limit": None if not limit else peak * 2**20 <= limit,
             "groups": limits.groups, "candidate_builds": BUILDS["builds"], "build_s": round(BUILDS["seconds"], 1),
             "weights_on_disk_mib": round(weights / 2**20),

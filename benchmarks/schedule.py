@@ -129,7 +129,8 @@ def run_units(deps: dict[Unit, set[Unit]], minutes: Callable[[Unit], float], job
     units it needs are done, the longest path first; returns every unit's result.
 
     ``pools`` makes the executor units run in (default: :func:`fresh_processes`); a new one
-    replaces a pool whose worker process died, and the units that were running in it are failed (a crash cannot say which of them caused it).
+    replaces a pool whose worker process died, and the units that were running in it are failed (a crash cannot say
+    which of them caused it).
     Raises :class:`UnitsFailed` after every unit that could run has run, when some failed.
     """
     rank = priorities(deps, minutes)

@@ -216,7 +216,8 @@ def stream_evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int, d
 
 def machine() -> dict:
     """What ran it: CPU count, RAM available now, torch version, GPU name."""
-    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "available_gib": round((available_bytes() or 0) / 2**30, 1),
+    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "available_gib": round((available_bytes() or 0) / 2**30, 1),
             "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 

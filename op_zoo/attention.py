@@ -10,7 +10,17 @@ from torch import nn
 
 from op_zoo._registry import register_grid, register_op
 from op_zoo._spec import BlockSpec
-from op_zoo._tokens import LinearMixer, ZeroMixer, attention_path, find_mlp, fresh_copy, norm_feeding, prune_heads, put_mixer, take_attention
+from op_zoo._tokens import (
+    LinearMixer,
+    ZeroMixer,
+    attention_path,
+    find_mlp,
+    fresh_copy,
+    norm_feeding,
+    prune_heads,
+    put_mixer,
+    take_attention,
+)
 
 TOKEN_LAYOUTS = ("nld", "nhwc")
 HEAD_KEEPS = [25, 50, 75]

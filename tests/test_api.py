@@ -124,9 +124,11 @@ def test_blocks_not_found_names_the_classes_seen(tmp_path):
 
 @pytest.mark.parametrize("train, match", [
     ([1, 2, 3], r"train is a list; expected a torch Dataset or DataLoader"),
-    (TensorDataset(torch.rand(8, 16, 16)), r"train yields batches of a list of \(a torch.float32 tensor of shape \(1, 16, 16\)\); expected float images \(N, C, H, W\)"),
+    (TensorDataset(torch.rand(8, 16, 16)),
+     r"train yields batches of a list of \(a torch.float32 tensor of shape \(1, 16, 16\)\); expected float images \(N, C, H, W\)"),
     (TensorDataset(torch.randint(0, 255, (8, 1, 16, 16))), r"expected float images \(N, C, H, W\)"),
-    (TensorDataset(torch.rand(8, 1, 16, 16), torch.rand(8)), r"train: labels are a torch.float32 tensor .*; expected 1 integer class indices"),
+    (TensorDataset(torch.rand(8, 1, 16, 16), torch.rand(8)),
+     r"train: labels are a torch.float32 tensor .*; expected 1 integer class indices"),
     (TensorDataset(torch.rand(0, 1, 16, 16)), r"train is empty"),
     (TensorDataset(torch.rand(8, 1, 12, 12)), r"the splits' images differ in shape"),
 ])

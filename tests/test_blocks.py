@@ -192,7 +192,11 @@ def _check_swappable_small(model, specs, shape):
 
 
 def test_nothing_found():
-    with pytest.raises(BlockDiscoveryError, match=r"no replaceable blocks found in PlainNet: no repeated submodule holds two or more weight layers \(module classes seen: .*Conv2d.*\); name the block modules: teacher.blocks"):
+    with pytest.raises(
+        BlockDiscoveryError,
+        match=r"no replaceable blocks found in PlainNet: no repeated submodule holds two or more weight layers "
+        r"\(module classes seen: .*Conv2d.*\); name the block modules: teacher.blocks",
+    ):
         discover_blocks(PlainNet(), (1, 3, 16, 16))
 
 

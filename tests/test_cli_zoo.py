@@ -135,7 +135,8 @@ def test_blocks_prints_names_shapes_and_candidate_counts(tmp_path):
     counts = {b: len(c) for b, c in build_all_candidates(specs, config.ops).items()}
     assert "8 blocks of timm:resnet18" in output
     expected = [
-        [s.name, type(s.module).__name__, str([s.in_channels, *s.in_size]), str([s.out_channels, *s.out_size]), str(s.stride), s.act, str(counts[s.name])]
+        [s.name, type(s.module).__name__, str([s.in_channels, *s.in_size]), str([s.out_channels, *s.out_size]), str(s.stride), s.act,
+         str(counts[s.name])]
         for s in specs
     ]
     assert table_rows(output) == expected

@@ -51,7 +51,8 @@ def test_finetune_then_export_matches_and_reports(solved_run):
     assert stored["choice"] == selection["choice"]
 
     report = run_export(run)
-    for key in ("teacher_top1", "student_top1", "teacher_latency_ms", "student_latency_ms", "predicted_student_latency_ms", "speedup", "budget", "device"):
+    for key in ("teacher_top1", "student_top1", "teacher_latency_ms", "student_latency_ms", "predicted_student_latency_ms", "speedup",
+                "budget", "device"):
         assert report[key] is not None, key
     assert report["finetuned"] is True
     assert json.loads(run.file("report.json").read_text())["speedup"] == pytest.approx(report["speedup"])

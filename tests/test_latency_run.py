@@ -158,7 +158,8 @@ def test_primary_profile_swaps_and_keeps_the_old_one(run_copy):
     from lana.latency.measure import settings_tag
 
     old_tag = json.loads(run_copy.file("latency.json").read_text())["tag"]
-    result = invoke("profile", "--run", run_copy.path, "--primary", *QUICK, "--set", "latency.batch_size=3", "--set", "latency.method=isolated")
+    result = invoke("profile", "--run", run_copy.path, "--primary", *QUICK, "--set", "latency.batch_size=3",
+                    "--set", "latency.method=isolated")
     assert result.exit_code == 0, result.output
     latency = json.loads(run_copy.file("latency.json").read_text())
     config = run_copy.load_config()

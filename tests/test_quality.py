@@ -30,7 +30,10 @@ def test_pruners_keep_the_classifier_and_shrink_the_network(one_thread):
     torch.manual_seed(0)
     teacher = build_model("timm:resnet18d", TINY_RESNET).eval()
     x = torch.randn(3, 1, 16, 16)
-    count = lambda m: sum(p.numel() for p in m.parameters())
+
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
     uniform = prune_magnitude(teacher, (1, 16, 16), 0.5, num_classes=10)
     batches = [(torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,)))]
     taylor = prune_taylor(teacher, batches, 0.5, num_classes=10)
@@ -38,8 +41,11 @@ def test_pruners_keep_the_classifier_and_shrink_the_network(one_thread):
         assert pruned(x).shape == (3, 10) and pruned.fc.out_features == 10
         assert count(pruned) < 0.7 * count(teacher)
     assert count(prune_taylor(teacher, batches, 0.0, 10)) == count(teacher)
+
     # global ranking: Taylor prunes layers unevenly, the uniform pruner evenly
-    widths = lambda m: [c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)]
+    def widths(m):
+        return [c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)]
+
     ratios = np.array(widths(taylor)) / np.array(widths(teacher))
     assert ratios.std() > 0.01 and all(p.grad is None for p in taylor.parameters())
 

@@ -202,7 +202,8 @@ def test_memory_groups_and_feature_cache_change_no_result(trained_run, tmp_path)
     # three groups; the last one's block was kept from the group before, so it needs no teacher pass
     assert (profile["groups"], profile["teacher_passes"], profile["cached_steps"]) == (3, 24, 12)
     profile = {}
-    distill_candidates(*_fresh(config), _with(config, max_memory="+8MB", feature_cache="none", max_steps=2), RunFolder(tmp_path / "none"), profile=profile)
+    distill_candidates(*_fresh(config), _with(config, max_memory="+8MB", feature_cache="none", max_steps=2), RunFolder(tmp_path / "none"),
+                       profile=profile)
     assert (profile["groups"], profile["teacher_passes"], profile["cached_steps"]) == (3, 6, 0)
 
 
@@ -274,7 +275,8 @@ def test_disk_full_keeps_the_previous_checkpoint(trained_run, tmp_path, monkeypa
         return real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    code, err = _main(["distill", "--config", run.file("config.yaml"), "--run", folder, "--set", "distill.checkpoint_every=3"], monkeypatch, capsys)
+    code, err = _main(["distill", "--config", run.file("config.yaml"), "--run", folder, "--set", "distill.checkpoint_every=3"],
+                      monkeypatch, capsys)
     assert code == 2 and _one_line_error(err).startswith("lana: error: no space left on the disk")
     assert load_tensors(state)["step"] == 3
     assert not list(folder.glob(".*.tmp")), "no temp file is left behind"
@@ -339,7 +341,8 @@ BAD_INPUTS = [
           "no replaceable blocks"),
     _case("budget-unparseable", "solve --run @RUN --budget fast", "budget 'fast'"),
     _case("budget-infeasible", "solve --run @RUN --budget 0.0001ms", "fastest reachable", code=3),
-    _case("data-missing", "distill --run @RUN --set data.kind=fashion_mnist --set data.root=@X/nowhere", "not found", setup=lambda t, r: str(t)),
+    _case("data-missing", "distill --run @RUN --set data.kind=fashion_mnist --set data.root=@X/nowhere", "not found",
+          setup=lambda t, r: str(t)),
     _case("data-empty", "distill --run @RUN --set data.kind=imagefolder --set data.root=@X", "no valid file", setup=_empty_images),
     _case("data-wrong-shape", "distill --run @RUN --set data.kind=fashion_mnist --set data.root=@X", "unexpected shapes", setup=_bad_idx),
     _case("data-misfits-teacher", "distill --run @RUN --set data.channels=3", "in_chans"),

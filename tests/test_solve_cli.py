@@ -138,7 +138,8 @@ def test_percent_budget_uses_teacher_rows_of_a_table(table):
 
 @pytest.mark.parametrize("args, kind, fragment", [
     (["--budget", "5"], BudgetError, "has no unit"),
-    (["--budget", "0.5ms"], InfeasibleError, "latency budget 0.5 ms is below the fastest reachable 0.65 ms; raise --budget (budget= in Python) to at least 0.65ms"),
+    (["--budget", "0.5ms"], InfeasibleError,
+     "latency budget 0.5 ms is below the fastest reachable 0.65 ms; raise --budget (budget= in Python) to at least 0.65ms"),
     (["--budget", "1.5ms", "--max-params", "500"], InfeasibleError, "raise --max-params (max_params=) to at least 900"),
     (["--budget", "0.7ms", "--max-params", "100"], InfeasibleError, "raise --max-params"),
     (["--budget", "2ms", "--solver", "gurobi"], SolverUnavailableError, "unknown solver 'gurobi'"),
@@ -161,7 +162,9 @@ def test_joint_infeasibility_names_the_other_limit(table):
 def test_a_budget_that_the_fixed_layers_alone_nearly_fill_says_so(run_dir):
     # the layers outside the blocks take 0.4 ms (latency.json); a 0.7 ms budget cannot be met
     message = failure(invoke("--run", str(run_dir), "--budget", "0.7ms"), InfeasibleError)
-    assert message.startswith("latency budget 0.7 ms is below the fastest reachable 1.05 ms; raise --budget (budget= in Python) to at least 1.05ms")
+    assert message.startswith(
+        "latency budget 0.7 ms is below the fastest reachable 1.05 ms; raise --budget (budget= in Python) to at least 1.05ms"
+    )
     assert "outside the replaceable blocks alone take 0.4 ms" in message and "teacher.blocks" in message
     assert "outside" not in failure(invoke("--run", str(run_dir), "--budget", "0.9ms", "--max-params", "10"), InfeasibleError)
 
@@ -208,11 +211,15 @@ def test_run_folder_without_config_budget(run_dir):
 
 def test_export_calls_the_exporter(run_dir, monkeypatch):
     calls = []
-    monkeypatch.setattr(pipeline, "run_export", lambda run, overrides, finetuned, out, formats=None: calls.append((run.path, finetuned)) or {})
+    monkeypatch.setattr(
+        pipeline, "run_export", lambda run, overrides, finetuned, out, formats=None: calls.append((run.path, finetuned)) or {}
+    )
     monkeypatch.setattr(pipeline, "print_report", lambda report, out: None)
     assert invoke("--run", str(run_dir), "--budget", "2ms", "--export").exit_code == 0
     assert calls == [(run_dir, True)] and (run_dir / "selection.json").is_file()
-    assert "drop --out" in failure(invoke("--run", str(run_dir), "--budget", "2ms", "--export", "--out", str(run_dir / "x.json")), ConfigError)
+    assert "drop --out" in failure(
+        invoke("--run", str(run_dir), "--budget", "2ms", "--export", "--out", str(run_dir / "x.json")), ConfigError
+    )
 
 
 def test_solve_run_for_the_demo(run_dir):

@@ -30,8 +30,12 @@ from solvers import (
 )
 from solvers._presolve import drop_dominated
 
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors], derandomize=True)
-FEW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors], derandomize=True)
+FAST = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors], derandomize=True
+)
+FEW = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors], derandomize=True
+)
 
 
 # -- problems --------------------------------------------------------------------------

@@ -108,7 +108,10 @@ def test_distillation_loss_falls(tmp_path):
     teacher = demo_resnet(widths=[8, 16], depth=1).eval()
     specs = discover_blocks(teacher, (1, *splits.input_shape))
     cands = build_all_candidates(specs, config.ops)
-    early = distill_candidates(teacher, specs, cands, splits, config.model_copy(update={"distill": config.distill.model_copy(update={"max_steps": 1})}), RunFolder(tmp_path / "a"))
+    early = distill_candidates(
+        teacher, specs, cands, splits, config.model_copy(update={"distill": config.distill.model_copy(update={"max_steps": 1})}),
+        RunFolder(tmp_path / "a"),
+    )
     late = distill_candidates(teacher, specs, cands, splits, config, RunFolder(tmp_path / "b"))
     trained = [k for k, v in late.items() if v["status"] == "ok"]
     assert len(trained) >= 10

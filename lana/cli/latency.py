@@ -23,7 +23,10 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 out = console()
 RunArg = Annotated[Path, typer.Option("--run", help="Run folder written by `lana distill`.")]
-SetArg = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set latency.batch_size=1 (repeatable).")]
+SetArg = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set latency.batch_size=1 (repeatable)."),
+]
 
 
 def _folder(run: Path):
@@ -36,13 +39,30 @@ def _folder(run: Path):
 @app.command("profile")
 def profile_command(
     run: RunArg,
-    device: Annotated[Optional[str], typer.Option("--device", help="Measure on this device (cpu, cuda, cuda:N); other settings with --set latency.KEY=VALUE.")] = None,
+    device: Annotated[
+        Optional[str],
+        typer.Option("--device", help="Measure on this device (cpu, cuda, cuda:N); other settings with --set latency.KEY=VALUE."),
+    ] = None,
     overrides: SetArg = None,
-    primary: Annotated[bool, typer.Option("--primary", help="Make this the profile `lana solve` uses (latency_ms); the old one becomes latency_ms:<tag>.")] = False,
-    bundle: Annotated[Optional[Path], typer.Option("--bundle", help="Write a self-contained TorchScript bundle with a torch-only runner to this folder instead of measuring.")] = None,
+    primary: Annotated[
+        bool,
+        typer.Option("--primary", help="Make this the profile `lana solve` uses (latency_ms); the old one becomes latency_ms:<tag>."),
+    ] = False,
+    bundle: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--bundle",
+            help="Write a self-contained TorchScript bundle with a torch-only runner to this folder instead of measuring.",
+        ),
+    ] = None,
     networks: Annotated[int, typer.Option("--networks", help="With --bundle: whole networks to include for the correction fit.")] = 6,
-    import_file: Annotated[Optional[Path], typer.Option("--import", help="Merge the CSV a bundle's runner.py wrote on another machine.")] = None,
-    reference: Annotated[bool, typer.Option("--reference", help="Only time the teacher now (RUN/reference.json): `lana solve` converts ms budgets with it.")] = False,
+    import_file: Annotated[
+        Optional[Path], typer.Option("--import", help="Merge the CSV a bundle's runner.py wrote on another machine.")
+    ] = None,
+    reference: Annotated[
+        bool,
+        typer.Option("--reference", help="Only time the teacher now (RUN/reference.json): `lana solve` converts ms budgets with it."),
+    ] = False,
 ) -> None:
     """(Re)measure a run's candidates for another device or setting, adding latency_ms:<tag> columns."""
     folder = _folder(run)
@@ -75,8 +95,17 @@ def profile_command(
 @app.command("latency-check")
 def latency_check_command(
     run: RunArg,
-    networks: Annotated[int, typer.Option("--networks", help="Random networks to build and measure (besides the solver's picks and the teacher).")] = 12,
-    fit: Annotated[bool, typer.Option("--fit", help="Choose a correction (none, offset, offset + scale) by nested leave-one-out error over every measured network and store it so `lana solve` uses it.")] = False,
+    networks: Annotated[
+        int, typer.Option("--networks", help="Random networks to build and measure (besides the solver's picks and the teacher).")
+    ] = 12,
+    fit: Annotated[
+        bool,
+        typer.Option(
+            "--fit",
+            help="Choose a correction (none, offset, offset + scale) by nested leave-one-out error over every measured network "
+            "and store it so `lana solve` uses it.",
+        ),
+    ] = False,
     tag: Annotated[Optional[str], typer.Option("--tag", help="Which latency profile (default: the primary one).")] = None,
     overrides: SetArg = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -96,7 +125,8 @@ def latency_check_command(
         table.add_row(row.kind, f"{row.predicted_ms:.4g}", f"{row.measured_ms:.4g}", f"{row.error_pct:+.1f}", str(row.changed_blocks))
     out.print(table)
     before = summary["before"]
-    out.print(f"error: median {before['median_error_pct']:.1f} %, worst {before['worst_error_pct']:.1f} % over {before['networks']} networks; "
+    out.print(f"error: median {before['median_error_pct']:.1f} %, worst {before['worst_error_pct']:.1f} % "
+              f"over {before['networks']} networks; "
               f"noise floor (the same networks in a second window) median {before['median_noise_pct']:.1f} %, "
               f"worst {before['worst_noise_pct']:.1f} %; "
               f"reference (teacher) moved {summary['reference_drift_pct']:+.1f} % since profiling "
@@ -128,10 +158,16 @@ def _proxy_table(run: Optional[Path], table: Optional[Path]):
 @app.command("proxy")
 def proxy_command(
     proxy: Annotated[str, typer.Option("--proxy", help="Latency column of the proxy device, e.g. latency_ms.")],
-    target: Annotated[str, typer.Option("--target", help="Latency column of the target device, e.g. 'latency_ms:cuda-b64-float16-eager'.")],
+    target: Annotated[
+        str, typer.Option("--target", help="Latency column of the target device, e.g. 'latency_ms:cuda-b64-float16-eager'.")
+    ],
     run: Annotated[Optional[Path], typer.Option("--run", help="Run folder whose table holds both columns.")] = None,
-    table: Annotated[Optional[Path], typer.Option("--table", help="Or a CSV/Parquet table with block, candidate, family, score and both columns.")] = None,
-    samples: Annotated[int, typer.Option("--samples", help="Fit a per-family correction on this many target rows (0: rank report only).")] = 0,
+    table: Annotated[
+        Optional[Path], typer.Option("--table", help="Or a CSV/Parquet table with block, candidate, family, score and both columns.")
+    ] = None,
+    samples: Annotated[
+        int, typer.Option("--samples", help="Fit a per-family correction on this many target rows (0: rank report only).")
+    ] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Which rows are sampled.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:

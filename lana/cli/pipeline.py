@@ -73,7 +73,9 @@ def export(
     run: Path = RunOpt,
     output: Optional[Path] = typer.Option(None, "--out", help="TorchScript file to write (default RUN/student.ts)."),
     no_finetune: bool = typer.Option(False, "--no-finetune", help="Export distilled weights even if fine-tuned ones exist."),
-    formats: Optional[str] = typer.Option(None, "--format", help="torchscript,pt2,aoti,onnx or all (installed ones); default export.formats."),
+    formats: Optional[str] = typer.Option(
+        None, "--format", help="torchscript,pt2,aoti,onnx or all (installed ones); default export.formats."
+    ),
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """Export the student in each format, check each reload against eager, time it there and write report.json."""

@@ -65,19 +65,77 @@ def _fmt(value: Any) -> str:
 @app.command("solve")
 def solve_command(
     ctx: typer.Context,
-    run: Annotated[Optional[Path], typer.Option("--run", metavar="DIR", help="Run folder written by `lana distill` (reads candidates.parquet, latency.json, config.yaml).")] = None,
-    table: Annotated[Optional[Path], typer.Option("--table", metavar="FILE", help="Bring-your-own CSV or Parquet table with columns block, candidate, score and cost columns (latency_ms, params, macs, ...).")] = None,
-    budget: Annotated[Optional[str], typer.Option("--budget", metavar="TEXT", help="Latency budget on the predicted total: 5ms, 500us, 0.005s or 50% of the teacher's latency. Run mode default: solve.budget of config.yaml.")] = None,
-    solver: Annotated[Optional[str], typer.Option("--solver", metavar="NAME", help="auto (exact DP for one latency limit, MIP otherwise), pulp (CBC), cpsat, scip, mckp or brute. Run mode default: solve.solver of config.yaml, else auto.")] = None,
-    cost: Annotated[Optional[list[str]], typer.Option("--cost", metavar="'COLUMN<=VALUE'", help="Extra limit 'COLUMN<=VALUE' or 'COLUMN>=VALUE', repeatable, e.g. 'latency_ms:cuda-b64-float16-eager<=2ms' or 'params<=3M'.")] = None,
-    max_params: Annotated[Optional[str], typer.Option("--max-params", metavar="COUNT", help="Limit on total parameters: 3M, 500k or 3000000.")] = None,
-    max_macs: Annotated[Optional[str], typer.Option("--max-macs", metavar="COUNT", help="Limit on total multiply-accumulates: 600M, 1.2G, ...")] = None,
-    sweep: Annotated[Optional[int], typer.Option("--sweep", metavar="N", help="Solve N budgets from the fastest reachable latency to the teacher's; write sweep.csv and sweep.png.")] = None,
+    run: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--run", metavar="DIR", help="Run folder written by `lana distill` (reads candidates.parquet, latency.json, config.yaml)."
+        ),
+    ] = None,
+    table: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--table",
+            metavar="FILE",
+            help="Bring-your-own CSV or Parquet table with columns block, candidate, score and cost columns "
+            "(latency_ms, params, macs, ...).",
+        ),
+    ] = None,
+    budget: Annotated[
+        Optional[str],
+        typer.Option(
+            "--budget",
+            metavar="TEXT",
+            help="Latency budget on the predicted total: 5ms, 500us, 0.005s or 50% of the teacher's latency. "
+            "Run mode default: solve.budget of config.yaml.",
+        ),
+    ] = None,
+    solver: Annotated[
+        Optional[str],
+        typer.Option(
+            "--solver",
+            metavar="NAME",
+            help="auto (exact DP for one latency limit, MIP otherwise), pulp (CBC), cpsat, scip, mckp or brute. "
+            "Run mode default: solve.solver of config.yaml, else auto.",
+        ),
+    ] = None,
+    cost: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--cost",
+            metavar="'COLUMN<=VALUE'",
+            help="Extra limit 'COLUMN<=VALUE' or 'COLUMN>=VALUE', repeatable, "
+            "e.g. 'latency_ms:cuda-b64-float16-eager<=2ms' or 'params<=3M'.",
+        ),
+    ] = None,
+    max_params: Annotated[
+        Optional[str], typer.Option("--max-params", metavar="COUNT", help="Limit on total parameters: 3M, 500k or 3000000.")
+    ] = None,
+    max_macs: Annotated[
+        Optional[str], typer.Option("--max-macs", metavar="COUNT", help="Limit on total multiply-accumulates: 600M, 1.2G, ...")
+    ] = None,
+    sweep: Annotated[
+        Optional[int],
+        typer.Option(
+            "--sweep",
+            metavar="N",
+            help="Solve N budgets from the fastest reachable latency to the teacher's; write sweep.csv and sweep.png.",
+        ),
+    ] = None,
     top_k: Annotated[int, typer.Option("--top-k", metavar="K", help="Return the K best distinct selections, best first.")] = 1,
-    time_limit: Annotated[Optional[float], typer.Option("--time-limit", metavar="SECONDS", help="Seconds per solve; when reached, the best selection found is returned with its proven gap.")] = None,
+    time_limit: Annotated[
+        Optional[float],
+        typer.Option(
+            "--time-limit",
+            metavar="SECONDS",
+            help="Seconds per solve; when reached, the best selection found is returned with its proven gap.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (nothing else).")] = False,
     export: Annotated[bool, typer.Option("--export", help="Run mode: export the selected student right after solving.")] = False,
-    out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE", help="Where to write the selection JSON (run mode default: RUN/selection.json).")] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", metavar="FILE", help="Where to write the selection JSON (run mode default: RUN/selection.json)."),
+    ] = None,
 ) -> None:
     """Choose one candidate per block: highest predicted accuracy within the latency budget and other limits."""
     if (run is None) == (table is None):

@@ -63,7 +63,11 @@ def build_module(spec: BlockSpec, name: str, seed: int = 0) -> nn.Module | None:
 def leaf_outputs(module: nn.Module, in_shape: tuple[int, ...]) -> list[int]:
     """Elements of every leaf module's output for one sample (eval mode: nothing changes)."""
     sizes: list[int] = []
-    hook = lambda _m, _a, out: sizes.append(out.numel()) if isinstance(out, torch.Tensor) else None
+
+    def hook(_m, _a, out):
+        if isinstance(out, torch.Tensor):
+            sizes.append(out.numel())
+
     handles = [m.register_forward_hook(hook) for m in module.modules() if not any(True for _ in m.children())]
     was_training = module.training
     device = next((p.device for p in module.parameters()), torch.device("cpu"))

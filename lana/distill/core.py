@@ -143,7 +143,9 @@ class _Distiller:
         try:
             with graceful_stop() as stop:
                 for index in range(first, len(groups)):
-                    self._train_group(groups, index, start if index == first else 0, state if index == first else None, tap, bar, stop, fault)
+                    self._train_group(
+                        groups, index, start if index == first else 0, state if index == first else None, tap, bar, stop, fault
+                    )
                     state = None
                 stopped = self.dist.any(stop["stop"])  # asked to stop during the very last step
         finally:
@@ -153,7 +155,9 @@ class _Distiller:
         self.profile["groups"] = len(groups)
         if self.dist.is_main:
             self._save_state(groups, len(groups), 0, [], None, None)
-        log.info("distill: %d groups of %d steps over %d candidates in %.1fs", len(groups), self.steps, len(self.keys), self.profile["wall_s"])
+        log.info(
+            "distill: %d groups of %d steps over %d candidates in %.1fs", len(groups), self.steps, len(self.keys), self.profile["wall_s"]
+        )
         if stopped:
             raise KeyboardInterrupt
         return self._results()
@@ -179,7 +183,9 @@ class _Distiller:
         shared = {b for b, o in owners.items() if len(o) > 1}
         if not shared:
             return set()
-        per_sample = sum(s.in_channels * math.prod(s.in_size) + s.out_channels * math.prod(s.out_size) for s in self.specs if s.name in shared)
+        per_sample = sum(
+            s.in_channels * math.prod(s.in_size) + s.out_channels * math.prod(s.out_size) for s in self.specs if s.name in shared
+        )
         need = FLOAT * per_sample * self.local_batch * (self.steps - start)
         limit = memory_limits(self.cfg)[1]
         if limit == "auto" and self.device.type == "cuda":  # kept on the GPU, in what the groups leave free
@@ -203,7 +209,11 @@ class _Distiller:
         params = [p for k in trainable for p in self._module(k).parameters()]
         optimiser = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay) if params else None
         steps = self.steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))) if optimiser else None
+        scheduler = (
+            torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+            if optimiser
+            else None
+        )
         if state is not None:
             for key, weights in state["weights"].items():
                 self._module(split_key(key)).load_state_dict(weights)
@@ -317,7 +327,12 @@ class _Distiller:
         if self.dist.world == 1:
             return {b: (feats[b][1].var().clamp_min(1e-8), feats[b][1].numel()) for b in blocks}
         ys = [feats[b][1] for b in blocks]
-        packed = self.dist.all_reduce(torch.stack([y.sum(dtype=torch.float64) for y in ys] + [torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device) for y in ys]))
+        packed = self.dist.all_reduce(
+            torch.stack(
+                [y.sum(dtype=torch.float64) for y in ys]
+                + [torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device) for y in ys]
+            )
+        )
         sums, counts = packed.chunk(2)
         squares = self.dist.all_reduce(torch.stack([(y.double() - m).square().sum() for y, m in zip(ys, sums / counts)]))
         var = (squares / (counts - 1).clamp_min(1)).float().clamp_min(1e-8)

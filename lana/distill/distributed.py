@@ -234,7 +234,9 @@ def all_reduce_grads(params: list[nn.Parameter], dist: Dist, bucket_bytes: int =
 def check_world(batch: int, dist: Dist) -> None:
     """Every rank needs at least one image of each global batch."""
     if batch < dist.world:
-        raise ConfigError(f"distill batch size {batch} is smaller than the {dist.world} ranks; raise distill.batch_size or use fewer processes")
+        raise ConfigError(
+            f"distill batch size {batch} is smaller than the {dist.world} ranks; raise distill.batch_size or use fewer processes"
+        )
 
 
 # -- memory: how candidates are grouped ------------------------------------------------

@@ -90,4 +90,6 @@ def load(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
     try:
         return torch.export.load(Path(path)).module()
     except Exception as exc:  # a truncated or foreign file, or one from another torch version
-        raise ExportError(f"cannot reload {path} with torch.export.load ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        raise ExportError(
+            f"cannot reload {path} with torch.export.load ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc

@@ -132,7 +132,8 @@ def check_frame(selections: list[dict[str, str]], kinds: list[str], measured: li
         block_sum = sum(latency[b][c] for b, c in choice.items())
         rows.append({"network": index, "kind": kind, "blocks_sum_ms": block_sum, "predicted_ms": fixed_ms + block_sum,
                      "measured_ms": result["median_ms"], "measured_ci_ms": result["ci_ms"], "half_a_ms": result["half_a_ms"],
-                     "half_b_ms": result["half_b_ms"], "takes": result.get("takes", 1), "changed_blocks": sum(c != TEACHER_OP for c in choice.values()),
+                     "half_b_ms": result["half_b_ms"], "takes": result.get("takes", 1),
+                     "changed_blocks": sum(c != TEACHER_OP for c in choice.values()),
                      "choice": json.dumps(choice)})
     frame = pd.DataFrame(rows)
     frame["error_pct"] = (frame["predicted_ms"] - frame["measured_ms"]) / frame["measured_ms"] * 100

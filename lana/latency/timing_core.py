@@ -265,7 +265,8 @@ def run_bundle(folder: Path, device: str, threads: int | None, name: str, out: P
                          clock=settings.get("clock", "wall"))
         result = sample_until_tight(step, **knobs)
         rows.append({"kind": entry["kind"], "block": entry.get("block", ""), "candidate": entry.get("candidate", ""),
-                     "name": entry.get("name", ""), "choice": json.dumps(entry.get("choice", "")), **{k: result[k] for k in ("median_ms", "iqr_ms", "ci_ms", "repeats")},
+                     "name": entry.get("name", ""), "choice": json.dumps(entry.get("choice", "")),
+                     **{k: result[k] for k in ("median_ms", "iqr_ms", "ci_ms", "repeats")},
                      "tag": tag, "host": name, "torch": torch.__version__})
         print(f"[{index}/{len(manifest['entries'])}] {entry['file']}: {result['median_ms']:.4g} ms", flush=True)
     with open(out, "w", newline="") as handle:

@@ -239,7 +239,9 @@ def export_stage(ctx: Context, selection: dict, finetuned: bool = True, out: Pat
     rows = export_formats(ctx, student, chosen, images, selection["choice"], {"torchscript": out} if out else None)
     by_format = {row["format"]: row for row in rows}
     ts = by_format.get("torchscript") or {}
-    export = {"path": ts["file"], "method": ts["method"], "max_abs_diff": ts["max_abs_diff"], "images": ts["images"]} if ts.get("file") else {}
+    export = (
+        {"path": ts["file"], "method": ts["method"], "max_abs_diff": ts["max_abs_diff"], "images": ts["images"]} if ts.get("file") else {}
+    )
     write_json(ctx.run.file("student.json"), {**export, "exports": rows, "choice": selection["choice"]})
 
     # Time the deployed student against the teacher in the profile's settings, interleaved

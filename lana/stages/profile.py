@@ -184,7 +184,8 @@ def import_csv(run, path, primary: bool = False) -> dict:
     blocks_sum = sum(v for (b, c), v in raw.items() if c == "teacher")
     teacher_ms = float(teacher["median_ms"].iloc[0])
     tag = str(rows["tag"].iloc[0])
-    record = {"tag": tag, "settings": {"tag": tag, "device": tag.split("-", 1)[0], "torch": str(rows.get("torch", pd.Series([""])).iloc[0])},
+    record = {"tag": tag,
+              "settings": {"tag": tag, "device": tag.split("-", 1)[0], "torch": str(rows.get("torch", pd.Series([""])).iloc[0])},
               "method": "imported", "source": str(path), "host": str(rows.get("host", pd.Series([""])).iloc[0]),
               "measured_at": _now(), "teacher_latency_ms": teacher_ms, "blocks_sum_ms": blocks_sum,
               "measured_fixed_latency_ms": teacher_ms - blocks_sum, "calibration": None,

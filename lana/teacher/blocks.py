@@ -41,7 +41,8 @@ from op_zoo._spec import BlockSpec
 #                when it has a skip or a kxk kernel; the plain 1x1 head conv that MobileNetV3
 #                keeps inside its blocks is left out, as torchvision keeps it outside)
 #   user models: the names above plus ResBlock / ResidualBlock / BottleneckBlock.
-_ANY: Callable[[nn.Module], bool] = lambda module: True
+def _ANY(module: nn.Module) -> bool:
+    return True
 
 
 def _is_fused_conv(module: nn.Module) -> bool:

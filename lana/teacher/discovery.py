@@ -7,8 +7,8 @@ is a *block candidate* when it runs once, takes and returns one tensor of the sa
 least two weight layers (a lone conv-BN-act is a layer, not a block), and is one of the
 repeated children of a container (``Sequential``, ``ModuleList`` or ``ModuleDict`` children
 that share their class: ``stages.N.blocks.M``, ``blocks.N``, ``layers.N``, ``features.N``),
-or a feature point that timm's ``feature_info`` names (or a child of such a stage). Among nested candidates the innermost ones win: a ConvNeXt stage
-is a container of blocks, not a block.
+or a feature point that timm's ``feature_info`` names (or a child of such a stage). Among nested candidates the
+innermost ones win: a ConvNeXt stage is a container of blocks, not a block.
 """
 from __future__ import annotations
 
