@@ -11,7 +11,7 @@ from conftest import tiny_config
 from lana.data import load_data
 from lana.distill.candidates import build_all_candidates
 from lana.distill.core import distill_candidates
-from lana.distill.halving import cut_steps, dominated
+from lana.distill.halving import cut_dominated, cut_steps, dominated
 from lana.run.folder import RunFolder
 from lana.teacher.blocks import discover_blocks
 from lana.teacher.load import build_model
@@ -23,6 +23,24 @@ def test_cuts_and_dominance():
     assert cut_steps(1, 0.25) == []
     entries = {"cheap_bad": (0.9, 1.0), "dear_good": (0.1, 9.0), "dear_bad": (0.5, 9.0), "tie": (0.1, 9.0), "nan": (math.nan, 1.0)}
     assert dominated(entries) == {"dear_bad"}  # equal on both is no domination; NaN is left alone
+
+
+def test_a_cut_stops_dominated_trainable_candidates_only_and_opens_a_new_window():
+    def record(win_sum, win_n, loss_n=0):
+        return {"status": "ok", "win_sum": win_sum, "win_n": win_n, "loss_sum": 0.0, "loss_n": loss_n}
+
+    stats = {("b1", "small"): record(0.2, 2), ("b1", "big"): record(1.0, 2), ("b1", "identity"): record(3.0, 2),
+             ("b1", "noop"): record(9.0, 2), ("b2", "other"): record(5.0, 2, loss_n=1)}
+    stats[("b1", "noop")]["status"] = "dropped: loss nan at step 1"
+    costs = {"small": 1.0, "big": 4.0, "identity": 4.0, "noop": 0.0, "other": 1.0}
+    stopped, live = cut_dominated(stats, list(stats), 6, trainable=lambda k: k[1] != "identity", cost=lambda k: costs[k[1]])
+    # "big" and the fixed "identity" are both dominated by "small"; only the trainable one stops
+    assert (stopped, live) == (1, 2)
+    assert stats[("b1", "big")]["status"] == "stopped: dominated at step 6"
+    assert (stats[("b1", "big")]["loss_sum"], stats[("b1", "big")]["loss_n"]) == (1.0, 2)  # the loss it stopped at
+    assert stats[("b1", "identity")]["status"] == "ok" and stats[("b1", "noop")]["status"].startswith("dropped")
+    assert stats[("b2", "other")]["loss_n"] == 1  # alone in its block: nothing dominates it, its late loss is kept
+    assert all(r["win_sum"] == 0.0 and r["win_n"] == 0 for r in stats.values())  # every candidate starts a new window
 
 
 @pytest.mark.parametrize("halving", [False, True])

@@ -50,8 +50,8 @@ from lana.distill.distributed import (
     plan_groups,
     synced_batchnorm,
 )
-from lana.distill.features import FeatureTap, normalised_mse
-from lana.distill.halving import cut_steps, dominated
+from lana.distill.features import FeatureTap, normalised_mse, target_scale
+from lana.distill.halving import cut_dominated, cut_steps
 from lana.distill.inference import channels_last_trains_safely, fast_batch
 from lana.progress import bar as progress
 from lana.run.folder import RunFolder
@@ -267,24 +267,7 @@ class _Distiller:
 
     def _cut(self, members: list[Key], done: int) -> None:
         """Successive halving: stop the trainable candidates another of their block dominates."""
-        blocks: dict[str, dict[Key, tuple[float, float]]] = {}
-        for key in members:
-            record = self.stats[key]
-            if record["status"] == "ok" and record["win_n"]:
-                blocks.setdefault(key[0], {})[key] = (record["win_sum"] / record["win_n"], float(self._cand(key).macs))
-        stopped = 0
-        for entries in blocks.values():
-            for key in dominated(entries):
-                record = self.stats[key]
-                if not self._cand(key).trainable:
-                    continue  # fixed ops cost nothing to keep
-                record["status"] = f"stopped: dominated at step {done}"
-                if not record["loss_n"]:  # the loss it had when it stopped
-                    record["loss_sum"], record["loss_n"] = record["win_sum"], record["win_n"]
-                stopped += 1
-        for key in members:
-            self.stats[key]["win_sum"], self.stats[key]["win_n"] = 0.0, 0
-        live = sum(self.stats[k]["status"] == "ok" and self._cand(k).trainable for k in members)
+        stopped, live = cut_dominated(self.stats, members, done, lambda k: self._cand(k).trainable, lambda k: self._cand(k).macs)
         log.info("distill: step %d, %d dominated candidates stop; %d train on", done, stopped, live)
 
     def _sync(self) -> None:
@@ -322,27 +305,11 @@ class _Distiller:
                 log.info("distill: the teacher failed on a channels_last batch (%s); contiguous batches from here", exc)
         return tap.features(self.teacher, x, blocks)
 
-    def _target_scale(self, feats, blocks) -> dict[str, tuple[torch.Tensor, int]]:
-        """Per block: the teacher output's variance over the global batch and its element count."""
-        if self.dist.world == 1:
-            return {b: (feats[b][1].var().clamp_min(1e-8), feats[b][1].numel()) for b in blocks}
-        ys = [feats[b][1] for b in blocks]
-        packed = self.dist.all_reduce(
-            torch.stack(
-                [y.sum(dtype=torch.float64) for y in ys]
-                + [torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device) for y in ys]
-            )
-        )
-        sums, counts = packed.chunk(2)
-        squares = self.dist.all_reduce(torch.stack([(y.double() - m).square().sum() for y, m in zip(ys, sums / counts)]))
-        var = (squares / (counts - 1).clamp_min(1)).float().clamp_min(1e-8)
-        return {b: (var[i], int(counts[i].item())) for i, b in enumerate(blocks)}
-
     def _step(self, members, blocks, feats, step, optimiser, scheduler) -> dict[Key, float]:
         """One optimisation step of a group; returns the global loss of each live candidate."""
         if optimiser is not None:
             optimiser.zero_grad(set_to_none=True)
-        scales = self._target_scale(feats, blocks)
+        scales = target_scale(feats, blocks, self.dist)
         losses: dict[Key, float] = {}
         for block in blocks:
             (x, y), (var, count) = feats[block], scales[block]

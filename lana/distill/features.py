@@ -76,3 +76,25 @@ def normalised_mse(
     var = target.var().clamp_min(1e-8) if var is None else var
     count = target.numel() if count is None else count
     return F.mse_loss(prediction, target, reduction="sum") / (count * var)
+
+
+def target_scale(feats: dict[str, tuple[torch.Tensor, torch.Tensor]], blocks, dist) -> dict[str, tuple[torch.Tensor, int]]:
+    """Per block: the teacher output's variance over the global batch and its element count.
+
+    ``feats`` maps a block to its (input, output) on this rank; ``dist`` is the run's
+    :class:`lana.distill.distributed.Dist` (with several ranks, the sums are all-reduced so
+    every rank divides by the same variance).
+    """
+    if dist.world == 1:
+        return {b: (feats[b][1].var().clamp_min(1e-8), feats[b][1].numel()) for b in blocks}
+    ys = [feats[b][1] for b in blocks]
+    packed = dist.all_reduce(
+        torch.stack(
+            [y.sum(dtype=torch.float64) for y in ys]
+            + [torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device) for y in ys]
+        )
+    )
+    sums, counts = packed.chunk(2)
+    squares = dist.all_reduce(torch.stack([(y.double() - m).square().sum() for y, m in zip(ys, sums / counts)]))
+    var = (squares / (counts - 1).clamp_min(1)).float().clamp_min(1e-8)
+    return {b: (var[i], int(counts[i].item())) for i, b in enumerate(blocks)}

@@ -14,7 +14,7 @@ the steps each candidate trained and why it stopped.
 """
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 
 def cut_steps(steps: int, warmup: float) -> list[int]:
@@ -45,3 +45,40 @@ def dominated(entries: dict[Hashable, tuple[float, float]]) -> set[Hashable]:
                 out.add(key)
                 break
     return out
+
+
+def cut_dominated(stats: dict, members: list, done: int, trainable: Callable[[Hashable], bool],
+                  cost: Callable[[Hashable], float]) -> tuple[int, int]:
+    """One cut over a group: mark its dominated trainable candidates stopped, start a new window.
+
+    Args:
+        stats: per candidate key (``(block, op)``), its running record: ``status``, the loss over
+            the window since the last cut (``win_sum``/``win_n``) and over the last quarter
+            (``loss_sum``/``loss_n``); updated in place.
+        members: the group's keys.
+        done: steps done (named in the stopped candidates' status).
+        trainable: whether a key trains (fixed ops cost nothing to keep and are never stopped).
+        cost: a key's cost (its MACs).
+
+    Returns:
+        How many candidates stopped now, and how many trainable ones train on.
+    """
+    blocks: dict[Hashable, dict[Hashable, tuple[float, float]]] = {}
+    for key in members:
+        record = stats[key]
+        if record["status"] == "ok" and record["win_n"]:
+            blocks.setdefault(key[0], {})[key] = (record["win_sum"] / record["win_n"], float(cost(key)))
+    stopped = 0
+    for entries in blocks.values():
+        for key in dominated(entries):
+            record = stats[key]
+            if not trainable(key):
+                continue
+            record["status"] = f"stopped: dominated at step {done}"
+            if not record["loss_n"]:  # the loss it had when it stopped
+                record["loss_sum"], record["loss_n"] = record["win_sum"], record["win_n"]
+            stopped += 1
+    for key in members:
+        stats[key]["win_sum"], stats[key]["win_n"] = 0.0, 0
+    live = sum(stats[k]["status"] == "ok" and trainable(k) for k in members)
+    return stopped, live
