@@ -87,7 +87,7 @@ def run_main(args, monkeypatch, capsys) -> tuple[int, str]:
     """Run ``lana ARGS`` through ``lana.cli.app.main``; return its exit code and stderr."""
     from lana.cli import app as cli
 
-    monkeypatch.setattr("sys.argv", ["lana", *args])
+    monkeypatch.setattr("sys.argv", ["lana", *map(str, args)])
     with pytest.raises(SystemExit) as exit_info:
         cli.main()
     return exit_info.value.code, capsys.readouterr().err
