@@ -10,6 +10,7 @@ DEV    := $(VENV)/.installed-dev
 
 # lana itself (what `make demo` needs); torch from this machine's disk where it lies there
 $(CORE): pyproject.toml
+	@$(PYTHON) -c "import shutil, sys; gb = shutil.disk_usage('.').free / 2**30; gb < 7 and print(f'lana: warning: only {gb:.1f} GB free here; torch with its CUDA libraries takes about 6 GB in $(VENV)', file=sys.stderr)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1 || $(BIN)/python -m pip install -q "torch>=2.4" torchvision
