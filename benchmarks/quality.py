@@ -140,7 +140,7 @@ MODES = {
         "jobs": 2,
         # minutes per unit of work on one core beside another one-thread job (benchmarks.schedule:
         # which unit a free worker takes first; --plan). Measured in the final run of 2026-12-06 at
-        # 82aee40 (docs/quality.md, `report.unit_minutes` of its quality_timing.json files; a budget
+        # 82aee40 (docs/quality.md, `schedule.unit_minutes` of its quality_timing.json files; a budget
         # is the mean of the three; the minutes a make test paused two units are left out); the teachers' training:
         # ResNet-18-D 29 min, MobileNetV2 121 min (40 epochs on a shared core), EfficientNet-B0's
         # second schedule about 60 min (15 epochs at about 240 s), the ViT's 40 epochs 486 min (its

@@ -9,10 +9,11 @@ validation top-1; test top-1 is only reported.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pandas as pd
+
+from benchmarks.schedule import scheduled_wall, work_seconds
 
 CSV_COLUMNS = ["teacher", "method", "budget", "seed", "share", "val_top1", "top1", "search_s", "train_s", "final_share", "headline_share",
                "note", "protocol"]
@@ -252,51 +253,6 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
 
 
 # -- docs/quality.md ---------------------------------------------------------------------
-def work_seconds(timing: dict) -> float:
-    """One teacher's benchmark work in seconds, from its ``quality_timing.json`` (see the Teachers table)."""
-    parts = sum(timing.get("distill_score_latency_s_per_seed", {}).values())
-    parts += sum(v for k, v in timing.items() if (k.startswith(("budget_", "long_")) and k.endswith("_s")
-                                                   and isinstance(v, (int, float)) and not math.isnan(v)))
-    return parts + timing.get("final_timing_s", 0.0) + timing.get("teacher_logits_s", 0.0)
-
-
-def unit_minutes(timing: dict[str, dict]) -> dict:
-    """Each teacher's measured units (``benchmarks.schedule.Unit`` → minutes) from its ``quality_timing.json``:
-    the distillation per seed, each budget and long budget, the final pass (the teacher's logits with it)."""
-    from benchmarks.schedule import Unit
-
-    out = {}
-    for key, t in timing.items():
-        for seed, seconds in t.get("distill_score_latency_s_per_seed", {}).items():
-            out[Unit(key, "distill", float(seed))] = seconds / 60
-        for name, seconds in t.items():
-            kind = name.split("_")[0]
-            if kind in ("budget", "long") and name.endswith("_s") and isinstance(seconds, (int, float)) \
-                    and not math.isnan(seconds):
-                out[Unit(key, kind, float(name.split("_")[1]))] = seconds / 60
-        out[Unit(key, "final")] = (t.get("final_timing_s", 0.0) + t.get("headline_timing_s", 0.0) + t.get("teacher_logits_s", 0.0)) / 60
-    return out
-
-
-def scheduled_wall(timing: dict[str, dict], jobs: int = 2) -> float:
-    """Minutes the run's units take on ``jobs`` workers in ``--jobs``' order (``benchmarks.schedule.simulate``)
-    at their measured minutes, teachers cached: the wall of one uninterrupted run of them."""
-    from benchmarks.schedule import simulate
-
-    measured = unit_minutes(timing)
-    deps = {}
-    for unit in measured:
-        own = {u for u in measured if u.key == unit.key}
-        if unit.kind in ("budget", "long"):
-            deps[unit] = {u for u in own if u.kind == "distill"}
-        elif unit.kind == "final":
-            deps[unit] = own - {unit}
-        else:
-            deps[unit] = set()
-    times = simulate(deps, measured.__getitem__, jobs)
-    return max((end for _, end in times.values()), default=0.0)
-
-
 def long_section(frame: pd.DataFrame) -> list[str]:
     """The long fine-tune's section of the doc (nothing when the run has no long fine-tune rows)."""
     lines = long_verdict(frame)

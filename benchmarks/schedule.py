@@ -18,6 +18,7 @@ need it are skipped, every other unit still runs, and the failures are raised at
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, ProcessPoolExecutor, wait
@@ -183,3 +184,45 @@ def run_units(deps: dict[Unit, set[Unit]], minutes: Callable[[Unit], float], job
     if failed:
         raise UnitsFailed("; ".join(f"{u}: {why}" for u, why in sorted(failed.items())))
     return results
+
+
+# -- measured minutes, from a run's quality_timing.json files -------------------------------
+def work_seconds(timing: dict) -> float:
+    """One teacher's benchmark work in seconds, from its ``quality_timing.json`` (see the Teachers table)."""
+    parts = sum(timing.get("distill_score_latency_s_per_seed", {}).values())
+    parts += sum(v for k, v in timing.items() if (k.startswith(("budget_", "long_")) and k.endswith("_s")
+                                                   and isinstance(v, (int, float)) and not math.isnan(v)))
+    return parts + timing.get("final_timing_s", 0.0) + timing.get("teacher_logits_s", 0.0)
+
+
+def unit_minutes(timing: dict[str, dict]) -> dict:
+    """Each teacher's measured units (``benchmarks.schedule.Unit`` → minutes) from its ``quality_timing.json``:
+    the distillation per seed, each budget and long budget, the final pass (the teacher's logits with it)."""
+    out = {}
+    for key, t in timing.items():
+        for seed, seconds in t.get("distill_score_latency_s_per_seed", {}).items():
+            out[Unit(key, "distill", float(seed))] = seconds / 60
+        for name, seconds in t.items():
+            kind = name.split("_")[0]
+            if kind in ("budget", "long") and name.endswith("_s") and isinstance(seconds, (int, float)) \
+                    and not math.isnan(seconds):
+                out[Unit(key, kind, float(name.split("_")[1]))] = seconds / 60
+        out[Unit(key, "final")] = (t.get("final_timing_s", 0.0) + t.get("headline_timing_s", 0.0) + t.get("teacher_logits_s", 0.0)) / 60
+    return out
+
+
+def scheduled_wall(timing: dict[str, dict], jobs: int = 2) -> float:
+    """Minutes the run's units take on ``jobs`` workers in ``--jobs``' order (``benchmarks.schedule.simulate``)
+    at their measured minutes, teachers cached: the wall of one uninterrupted run of them."""
+    measured = unit_minutes(timing)
+    deps = {}
+    for unit in measured:
+        own = {u for u in measured if u.key == unit.key}
+        if unit.kind in ("budget", "long"):
+            deps[unit] = {u for u in own if u.kind == "distill"}
+        elif unit.kind == "final":
+            deps[unit] = own - {unit}
+        else:
+            deps[unit] = set()
+    times = simulate(deps, measured.__getitem__, jobs)
+    return max((end for _, end in times.values()), default=0.0)

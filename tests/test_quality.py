@@ -299,7 +299,7 @@ def test_plan_lists_the_units_with_their_estimates_and_counts_what_the_run_holds
 
 
 def test_the_docs_wall_on_two_workers_is_the_schedule_of_the_measured_units():
-    from benchmarks.report import scheduled_wall, work_seconds
+    from benchmarks.schedule import scheduled_wall, work_seconds
 
     # one teacher: 10 + 10 min of distillation, budgets of 30, 20 and 20 min, a final pass of 2 (+ 0.5 of logits)
     one = {"distill_score_latency_s_per_seed": {"0": 600, "1": 600}, "budget_0.3_s": 1800, "budget_0.5_s": 1200,
